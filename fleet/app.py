@@ -1,0 +1,103 @@
+"""The Celery app and the queue topology.
+
+The app is configured lazily from :func:`fleet.settings.get_settings` the first time its
+configuration is read, so importing this module does no work. Producers import only this module
+(they enqueue by task name); workers import :mod:`fleet.worker`, which registers the tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu.entity import Exchange, Queue
+
+from fleet.keys import QUEUES
+from fleet.settings import Settings, get_settings
+
+__all__ = ["ESCALATE_TASK", "EXECUTE_TASK", "ROUTE_TASK", "FleetCelery", "app", "celery_config", "create_app"]
+
+#: Task names: producers and the router send by name and never import worker code.
+ROUTE_TASK = "fleet.route"
+EXECUTE_TASK = "fleet.execute"
+ESCALATE_TASK = "fleet.escalate"
+
+
+def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
+    """Celery settings for the fleet: JSON only, late acks, one message prefetched per slot."""
+    transport: dict[str, Any] = {
+        "visibility_timeout": settings.visibility_timeout(),
+        "health_check_interval": settings.broker.health_check_interval,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+    }
+    if redis_url.startswith("rediss://"):
+        transport["ssl_cert_reqs"] = "required"
+    exchange = Exchange("fleet", type="direct")
+    return {
+        "broker_url": redis_url,
+        "result_backend": redis_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {
+            "health_check_interval": settings.broker.health_check_interval,
+            "retry_policy": {"timeout": 5.0},
+        },
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # A broker message must not be able to run code: JSON in, JSON out, nothing else accepted.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        # Nothing lost: ack after the task body ran, requeue when the worker process dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_queues": [Queue(name, exchange, routing_key=name) for name in QUEUES],
+        "task_default_queue": "router",
+        "task_default_exchange": "fleet",
+        "task_default_routing_key": "router",
+        "task_create_missing_queues": False,
+        "result_expires": settings.broker.result_expires_s,
+        "result_extended": False,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "worker_consumer": "fleet.consumer:FleetConsumer",
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+class FleetCelery(Celery):
+    """A Celery app that reads its configuration from the fleet's settings on first use."""
+
+    def __init__(self, settings: Settings | None = None, redis_url: str | None = None, **kw: Any) -> None:
+        self._fleet_settings = settings
+        self._fleet_redis_url = redis_url
+        super().__init__("fleet", set_as_current=False, **kw)
+
+    @property
+    def fleet_settings(self) -> Settings:
+        if self._fleet_settings is None:
+            self._fleet_settings = get_settings()
+        return self._fleet_settings
+
+    def on_configure(self) -> None:
+        from fleet.discovery import broker_url  # deferred: reads the state directory
+
+        url = self._fleet_redis_url or broker_url(self.fleet_settings)
+        # Loaded by Celery right after this hook returns, before any key is read.
+        self.config_from_object(celery_config(self.fleet_settings, url))
+
+
+def create_app(settings: Settings | None = None, redis_url: str | None = None) -> FleetCelery:
+    """A new, lazily configured app (tests and clients that talk to more than one fleet)."""
+    return FleetCelery(settings, redis_url)
+
+
+#: The process-wide app: configured from the environment on first use.
+app = create_app()

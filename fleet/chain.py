@@ -1,0 +1,277 @@
+"""The fallback chain: each link of a tier's chain in turn, until one gives an acceptable answer.
+
+An outcome decides what happens next (retry policy is data, not exceptions swallowed):
+
+- ``ok`` and the answer passes the quality checks (not empty, not truncated, valid against
+  ``response_schema``): done.
+- a retryable outcome (:data:`RETRY_SAME_LINK`): the same link again, with exponential backoff and
+  jitter, bounded in attempts and in total wait; a Retry-After beyond the bound moves on instead of
+  holding the worker slot.
+- :data:`NEXT_LINK` outcomes: the next link (for ``context_length_exceeded``, the next link with a
+  larger context window).
+- :data:`SKIP_PROVIDER` outcomes (``auth``, a configuration fault): every remaining link of that
+  provider is skipped, and it is logged loudly.
+
+When no link is left the chain returns an exhausted outcome; the caller escalates to people.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from fleet.errors import (
+    EmptyAnswer,
+    ProviderError,
+    SchemaMismatch,
+    TruncatedAnswer,
+)
+from fleet.models import Attempt, TaskRequest
+from fleet.providers import ChatRequest, ChatResponse, Provider, build_provider, make_http_client
+from fleet.settings import Settings
+
+__all__ = [
+    "NEXT_LINK",
+    "RETRY_SAME_LINK",
+    "SKIP_PROVIDER",
+    "Chain",
+    "ChainOutcome",
+    "check_answer",
+]
+
+log = logging.getLogger(__name__)
+
+#: Outcomes worth another try on the same link.
+RETRY_SAME_LINK = frozenset({"rate_limited", "overloaded", "server_error", "timeout", "connection"})
+#: Outcomes that move to the next link at once.
+NEXT_LINK = frozenset(
+    {
+        "context_length_exceeded",
+        "content_filtered",
+        "bad_request",
+        "malformed_response",
+        "empty_answer",
+        "truncated",
+        "schema_mismatch",
+    }
+)
+#: Outcomes that skip every remaining link of the same provider (a configuration fault).
+SKIP_PROVIDER = frozenset({"auth"})
+
+
+@dataclass
+class ChainOutcome:
+    """What the chain ended with: an answer from one link, or the reason no link gave one."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+    answer: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    link_index: int | None = None
+    #: The outcome code that ended the chain without an answer (the last failure, or a policy).
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.answer is not None
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(a.input_tokens for a in self.attempts)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(a.output_tokens for a in self.attempts)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(a.cost_usd for a in self.attempts)
+
+
+def check_answer(response: ChatResponse, request: TaskRequest, *, provider: str, model: str) -> None:
+    """The quality checks an answer must pass before the chain accepts it.
+
+    Raises:
+        EmptyAnswer, TruncatedAnswer, SchemaMismatch: the check that failed.
+    """
+    if response.finish_reason == "length":
+        raise TruncatedAnswer(
+            "the answer was cut off (finish reason: length)", provider=provider, model=model
+        )
+    if not response.text.strip():
+        raise EmptyAnswer("the answer is empty", provider=provider, model=model)
+    if request.response_schema is not None:
+        import jsonschema
+
+        try:
+            document = json.loads(response.text)
+        except ValueError as exc:
+            raise SchemaMismatch(f"the answer is not JSON: {exc}", provider=provider, model=model) from None
+        try:
+            jsonschema.validate(document, request.response_schema)
+        except jsonschema.ValidationError as exc:
+            raise SchemaMismatch(
+                f"the answer does not match response_schema: {exc.message}", provider=provider, model=model
+            ) from None
+
+
+class Chain:
+    """Runs tiers' chains for one worker process: one shared httpx client, providers built once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: httpx.Client | None = None,
+        providers: dict[str, Provider] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self._client = client
+        self._providers: dict[str, Provider] = dict(providers or {})
+        self._lock = threading.RLock()
+        self._sleep = sleep
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = make_http_client(self.settings)
+        return self._client
+
+    def provider(self, name: str) -> Provider:
+        found = self._providers.get(name)
+        if found is None:
+            with self._lock:
+                found = self._providers.get(name)
+                if found is None:
+                    found = build_provider(name, self.settings, self.client)
+                    self._providers[name] = found
+        return found
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._providers.clear()
+
+    def run(
+        self, links: Sequence[tuple[str, str]], request: TaskRequest, *, timeout_s: float | None = None
+    ) -> ChainOutcome:
+        """Walk ``links`` (``(provider, model)`` pairs) for ``request``; never raises a ProviderError."""
+        outcome = ChainOutcome()
+        retry = self.settings.retry
+        skipped_providers: set[str] = set()
+        min_context = 0
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        chat = ChatRequest(
+            model="",
+            prompt=request.prompt,
+            system=request.system,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            response_schema=request.response_schema,
+        )
+        for index, (provider_name, model) in enumerate(links):
+            if provider_name in skipped_providers:
+                continue
+            model_settings = self.settings.model(provider_name, model)
+            if model_settings.context_window <= min_context:
+                continue
+            if request.max_cost_usd is not None and outcome.cost_usd >= request.max_cost_usd:
+                outcome.reason = "cost_ceiling"
+                return outcome
+            waited = 0.0
+            for try_no in range(1, retry.max_attempts_per_link + 1):
+                if deadline is not None and time.monotonic() >= deadline:
+                    outcome.reason = "timeout"
+                    return outcome
+                attempt, error, answer = self._call(provider_name, model, chat, request)
+                outcome.attempts.append(attempt)
+                if error is None:
+                    outcome.answer = answer
+                    outcome.provider, outcome.model, outcome.link_index = provider_name, model, index
+                    outcome.reason = None
+                    return outcome
+                outcome.reason = error.code
+                if error.code in SKIP_PROVIDER:
+                    log.error(
+                        "provider %s refused our credentials (%s): skipping it; fix its api_key_env",
+                        provider_name,
+                        error.status,
+                    )
+                    skipped_providers.add(provider_name)
+                    break
+                if error.code == "context_length_exceeded":
+                    min_context = model_settings.context_window
+                    break
+                if error.code not in RETRY_SAME_LINK or try_no == retry.max_attempts_per_link:
+                    break
+                delay = min(retry.backoff_max_s, retry.backoff_base_s * 2 ** (try_no - 1))
+                delay = random.uniform(delay / 2, delay)
+                if error.retry_after is not None:
+                    delay = error.retry_after
+                if waited + delay > retry.max_wait_s:
+                    break  # waiting that long would hold the worker slot: next link instead
+                waited += delay
+                self._sleep(delay)
+        return outcome
+
+    def _call(
+        self, provider_name: str, model: str, chat: ChatRequest, request: TaskRequest
+    ) -> tuple[Attempt, ProviderError | None, str | None]:
+        """One call and its quality checks: the attempt record, the error (if any), the answer."""
+        model_settings = self.settings.model(provider_name, model)
+        link = f"{provider_name}:{model}"
+        started = time.perf_counter()
+        call = dataclasses.replace(chat, model=model)
+        response: ChatResponse | None = None
+        try:
+            response = self.provider(provider_name).complete(call)
+            check_answer(response, request, provider=provider_name, model=model)
+        except ProviderError as exc:
+            latency = (time.perf_counter() - started) * 1000
+            tokens_in = response.input_tokens if response else 0
+            tokens_out = response.output_tokens if response else 0
+            attempt = Attempt(
+                link=link,
+                provider=provider_name,
+                model=model,
+                outcome=exc.code,
+                http_status=exc.status
+                if exc.status is not None
+                else (response.http_status if response else None),
+                latency_ms=round(latency, 2),
+                input_tokens=tokens_in,
+                output_tokens=tokens_out,
+                tokens_estimated=bool(response and response.tokens_estimated),
+                cost_usd=model_settings.cost(tokens_in, tokens_out),
+                error=exc.message[:500],
+            )
+            return attempt, exc, None
+        latency = (time.perf_counter() - started) * 1000
+        return (
+            Attempt(
+                link=link,
+                provider=provider_name,
+                model=model,
+                outcome="ok",
+                http_status=response.http_status,
+                latency_ms=round(latency, 2),
+                input_tokens=response.input_tokens,
+                output_tokens=response.output_tokens,
+                tokens_estimated=response.tokens_estimated,
+                cost_usd=model_settings.cost(response.input_tokens, response.output_tokens),
+            ),
+            None,
+            response.text,
+        )

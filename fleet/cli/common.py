@@ -1,0 +1,95 @@
+"""What every verb shares: exit codes, consoles, settings, and turning FleetErrors into messages."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from fleet.errors import (
+    BrokerError,
+    ConfigError,
+    EscalationError,
+    FleetError,
+    FleetNotRunning,
+    IllegalTransition,
+    InvalidRequest,
+    ResultTimeout,
+)
+from fleet.settings import Settings, load_settings
+
+__all__ = [
+    "EXIT_BROKER",
+    "EXIT_CONFIG",
+    "EXIT_FAILURE",
+    "EXIT_ILLEGAL",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "err_console",
+    "handle_errors",
+    "out_console",
+    "print_json",
+    "settings_for",
+]
+
+#: Exit codes, stable for scripts.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the command ran but its goal failed (e.g. the demo lost jobs)
+EXIT_USAGE = 2  # bad arguments (typer's own)
+EXIT_CONFIG = 3  # bad configuration
+EXIT_BROKER = 4  # no fleet running / broker unreachable
+EXIT_TIMEOUT = 5  # no final state in time
+EXIT_INVALID = 6  # the request is invalid
+EXIT_ILLEGAL = 7  # an escalation cannot make that transition
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+_EXIT_FOR: list[tuple[type[FleetError], int]] = [
+    (ConfigError, EXIT_CONFIG),
+    (FleetNotRunning, EXIT_BROKER),
+    (BrokerError, EXIT_BROKER),
+    (ResultTimeout, EXIT_TIMEOUT),
+    (InvalidRequest, EXIT_INVALID),
+    (IllegalTransition, EXIT_ILLEGAL),
+    (EscalationError, EXIT_FAILURE),
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on one stdout line (what scripts parse)."""
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """A FleetError becomes a one-line message on stderr (JSON with --json) and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except FleetError as exc:
+            code = next((c for cls, c in _EXIT_FOR if isinstance(exc, cls)), EXIT_FAILURE)
+            if kwargs.get("as_json"):
+                print_json({"error": exc.to_dict()})
+            else:
+                err_console.print(f"[bold red]error[/] ({exc.code}): {exc.message}", highlight=False)
+            raise typer.Exit(code) from None
+
+    return wrapper
+
+
+def settings_for(profile: str | None = None, **overrides: Any) -> Settings:
+    """Load settings for a command (``--profile`` wins over FLEET_PROFILE)."""
+    return load_settings(profile=profile, overrides={k: v for k, v in overrides.items() if v is not None})

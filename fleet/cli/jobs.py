@@ -1,0 +1,168 @@
+"""Verbs for jobs: submit, result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from fleet.cli.common import EXIT_OK, EXIT_TIMEOUT, handle_errors, out_console, print_json, settings_for
+from fleet.errors import InvalidRequest
+from fleet.models import Complexity, TaskResult, Tier
+
+__all__ = ["result", "submit"]
+
+
+def _read_text(source: str) -> str:
+    return sys.stdin.read() if source == "-" else Path(source).read_text()
+
+
+@handle_errors
+def submit(
+    prompt: Annotated[
+        str | None, typer.Argument(help="The prompt; '-' or nothing reads it from stdin.")
+    ] = None,
+    tier: Annotated[Tier | None, typer.Option(help="Pin the job to a tier (skips the router).")] = None,
+    kind: Annotated[str | None, typer.Option(help="Label of the job type, for cost reports.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    complexity: Annotated[Complexity | None, typer.Option(help="Hint: low, medium or high.")] = None,
+    requires_reasoning: Annotated[
+        bool, typer.Option("--requires-reasoning", help="Hint: send to full.")
+    ] = False,
+    safety_critical: Annotated[bool, typer.Option("--safety-critical", help="Hint: send to full.")] = False,
+    latency_budget_ms: Annotated[int | None, typer.Option(help="Hint: latency budget in ms.")] = None,
+    files: Annotated[list[str] | None, typer.Option("--file", help="Hint: a file the job touches.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Upper bound of the answer's tokens.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Same key, same task: enqueued once.")] = None,
+    metadata: Annotated[
+        list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")
+    ] = None,
+    request_file: Annotated[
+        str | None, typer.Option("--request", help="A whole TaskRequest as JSON from a file ('-': stdin).")
+    ] = None,
+    wait: Annotated[float | None, typer.Option(help="Wait up to S seconds for the result.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"task_id": ...} as JSON.')] = False,
+) -> None:
+    """Validate and enqueue one job; print its task id.
+
+    Example: fleet submit "Add a docstring to parse_rate()" --kind code.docstring --complexity low
+    """
+    from fleet.producer import Client
+
+    if request_file is not None:
+        try:
+            request: dict[str, Any] = json.loads(_read_text(request_file))
+        except ValueError as exc:
+            raise InvalidRequest([f"--request is not JSON: {exc}"]) from None
+    else:
+        if prompt is None or prompt == "-":
+            if sys.stdin.isatty() and prompt is None:
+                raise InvalidRequest(["prompt: give it as an argument or on stdin"])
+            prompt = sys.stdin.read()
+        hints: dict[str, Any] = {"files": files or []}
+        if complexity:
+            hints["complexity"] = complexity.value
+        if requires_reasoning:
+            hints["requires_reasoning"] = True
+        if safety_critical:
+            hints["safety_critical"] = True
+        if latency_budget_ms is not None:
+            hints["latency_budget_ms"] = latency_budget_ms
+        request = {"prompt": prompt, "hints": hints}
+        for key, value in (
+            ("tier", tier.value if tier else None),
+            ("kind", kind),
+            ("system", system),
+            ("max_tokens", max_tokens),
+            ("idempotency_key", idempotency_key),
+        ):
+            if value is not None:
+                request[key] = value
+        if metadata:
+            pairs = [m.partition("=") for m in metadata]
+            bad = [m for m, (_, sep, _) in zip(metadata, pairs, strict=True) if not sep]
+            if bad:
+                raise InvalidRequest([f"--meta {b!r}: expected KEY=VALUE" for b in bad])
+            request["metadata"] = {k: v for k, _, v in pairs}
+    client = Client(settings_for())
+    task_id = client.submit(request)
+    if wait is None:
+        if as_json:
+            print_json({"task_id": task_id})
+        else:
+            out_console.print(task_id, highlight=False)
+        return
+    _show(client.result(task_id, timeout=wait), as_json)
+
+
+def _show(res: TaskResult, as_json: bool) -> None:
+    if as_json:
+        print_json(res.model_dump(mode="json"))
+        return
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("task", res.task_id)
+    table.add_row("status", res.status + (f" ({res.reason})" if res.reason else ""))
+    if res.routing:
+        score = f", score {res.routing.score}" if res.routing.score is not None else ""
+        table.add_row("tier", f"{res.routing.tier} (by {res.routing.classifier}{score})")
+        for reason in res.routing.reasons:
+            table.add_row("", f"· {reason}")
+    if res.model:
+        table.add_row("model", f"{res.provider}:{res.model}")
+    table.add_row("tokens", f"{res.input_tokens} in, {res.output_tokens} out")
+    table.add_row("cost", f"${res.cost_usd:.6f}")
+    if res.latency_ms is not None:
+        table.add_row("latency", f"{res.latency_ms:.0f} ms")
+    if res.escalation_id:
+        table.add_row("escalation", res.escalation_id)
+    if res.resolved_by:
+        table.add_row("answered by", res.resolved_by + (f" ({res.resolver})" if res.resolver else ""))
+    out_console.print(table)
+    if res.attempts:
+        attempts = Table("#", "link", "outcome", "status", "ms", "tokens", "cost", title="attempts")
+        for i, a in enumerate(res.attempts, 1):
+            attempts.add_row(
+                str(i), a.link, a.outcome, str(a.http_status or ""), f"{a.latency_ms:.0f}",
+                f"{a.input_tokens}/{a.output_tokens}", f"${a.cost_usd:.6f}",
+            )  # fmt: skip
+        out_console.print(attempts)
+    if res.answer is not None:
+        out_console.rule("answer")
+        out_console.print(res.answer, highlight=False, markup=False)
+
+
+@handle_errors
+def result(
+    task_id: Annotated[str, typer.Argument(help="The task id printed by submit.")],
+    wait: Annotated[float | None, typer.Option(help="Wait up to S seconds for a final state.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the TaskResult as JSON.")] = False,
+) -> None:
+    """Show a job's result: tier, routing reasons, model, attempts, tokens, cost and the answer.
+
+    Without --wait a job still in flight prints its state and exits 0; with --wait, a job without
+    a final state in time exits 5.
+
+    Example: fleet result 3f2a... --wait 30
+    """
+    from fleet.producer import Client
+
+    client = Client(settings_for())
+    if wait is not None:
+        _show(client.result(task_id, timeout=wait), as_json)
+        return
+    found = client.peek([task_id]).get(task_id)
+    if found is not None:
+        _show(found, as_json)
+        return
+    state = client.state(task_id).lower()
+    if as_json:
+        print_json({"task_id": task_id, "state": state})
+    else:
+        out_console.print(f"{task_id}: {state} (no final state yet)")
+    raise typer.Exit(EXIT_OK if state != "failure" else EXIT_TIMEOUT)

@@ -1,0 +1,285 @@
+"""Verbs that run the fleet: up, demo, worker, flower, mock-provider."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fleet.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    err_console,
+    handle_errors,
+    out_console,
+    print_json,
+    settings_for,
+)
+from fleet.demo import Progress as DemoProgress
+from fleet.demo import run_workload, summarise
+from fleet.errors import ConfigError, FleetError
+from fleet.keys import QUEUES
+from fleet.supervisor import FleetOptions, Supervisor, is_loopback
+
+__all__ = ["demo", "flower", "mock_provider", "up", "worker"]
+
+
+def _parse_scale(values: list[str] | None) -> dict[str, int]:
+    scale: dict[str, int] = {}
+    for item in values or []:
+        name, sep, count = item.partition("=")
+        if not sep or name not in QUEUES or not count.isdigit() or int(count) < 1:
+            raise ConfigError(
+                f"--scale {item!r}: expected QUEUE=N with QUEUE one of {', '.join(QUEUES)} and N >= 1"
+            )
+        scale[name] = int(count)
+    return scale
+
+
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM, so shutdown runs the same path as Ctrl-C."""
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()
+
+
+@handle_errors
+def up(
+    profile: Annotated[str | None, typer.Option(help="Config profile, e.g. 'demo' (mock provider).")] = None,
+    failure_rate: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="With the mock: probability a call fails.")
+    ] = None,
+    scale: Annotated[
+        list[str] | None, typer.Option(help="QUEUE=N: start a pool with N slots (repeatable).")
+    ] = None,
+    flower_port: Annotated[
+        int | None, typer.Option(help="Flower's port (default from config: 5555).")
+    ] = None,
+    no_flower: Annotated[bool, typer.Option("--no-flower", help="Do not start Flower.")] = False,
+) -> None:
+    """Run the fleet in the foreground until Ctrl-C or SIGTERM.
+
+    Starts the embedded broker when no FLEET_REDIS_URL is set (data in .fleet/broker, append-only
+    file on), one worker pool per queue, and Flower on 127.0.0.1:5555.
+
+    Example: fleet up --profile demo --scale full=8
+    """
+    settings = settings_for(profile, **{"mock.failure_rate": failure_rate})
+    options = FleetOptions(scale=_parse_scale(scale), flower=not no_flower, flower_port=flower_port)
+    sup = Supervisor(settings, options, on_event=lambda msg: err_console.print(f"[dim]·[/] {msg}"))
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        sup.start()
+        err_console.print(
+            f"[bold green]fleet is up[/]: broker {sup.redis_url.split('@')[-1]}"
+            + (f", flower {sup.flower_url}" if sup.flower_url else "")
+            + f", logs in {sup.log_dir}/. Ctrl-C stops it."
+        )
+        while True:
+            for event in sup.check():
+                err_console.print(f"[yellow]![/] {event}")
+            time.sleep(1.0)
+    except (KeyboardInterrupt, _Stop):
+        err_console.print("stopping: in-flight jobs finish, waiting ones stay queued ...")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sup.stop()
+    err_console.print("fleet stopped")
+
+
+def _render(progress: DemoProgress, bar: Progress, task_id: Any) -> Group:
+    bar.update(task_id, completed=progress.done, total=progress.total)
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for col in ("submitted", "completed", "escalated", "mini", "standard", "full", "fast"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(progress.submitted),
+        f"[green]{progress.completed}[/]",
+        f"[yellow]{progress.escalated}[/]",
+        *(str(progress.by_tier.get(t, 0)) for t in ("mini", "standard", "full", "fast")),
+    )
+    return Group(bar, table)
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="fleet demo summary", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    for key in ("submitted", "completed", "escalated", "lost", "fallbacks"):
+        style = "red" if key == "lost" and summary[key] else ""
+        table.add_row(key, f"[{style}]{summary[key]}[/]" if style else str(summary[key]))
+    for tier, count in summary["by_tier"].items():
+        table.add_row(f"tier {tier}", str(count))
+    saving = 1 - summary["cost_usd"] / summary["cost_all_full_usd"] if summary["cost_all_full_usd"] else 0.0
+    table.add_row("cost", f"${summary['cost_usd']:.4f}")
+    table.add_row("cost if all on full", f"${summary['cost_all_full_usd']:.4f}")
+    table.add_row("saving", f"{saving:.0%}")
+    table.add_row("latency p50 / p99", f"{summary['p50_ms']:.0f} ms / {summary['p99_ms']:.0f} ms")
+    table.add_row("broker", summary["broker"])
+    return table
+
+
+@handle_errors
+def demo(
+    tasks: Annotated[int, typer.Option(min=1, max=100_000, help="How many jobs to submit.")] = 200,
+    failure_rate: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Probability each mock call fails (spread over fault kinds)."),
+    ] = 0.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON line (last line of stdout).")
+    ] = False,
+    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for every job.")] = 600.0,
+    seed: Annotated[int, typer.Option(help="Seed of the mock provider's faults.")] = 0,
+    flower: Annotated[bool, typer.Option(help="Start Flower (on a free port).")] = True,
+) -> None:
+    """Run the whole fleet on an embedded broker with the mock provider, submit a sample workload,
+    show live progress, print a summary, and stop everything it started.
+
+    JSON summary keys: submitted, completed, escalated, lost, by_tier, fallbacks, cost_usd,
+    cost_all_full_usd, p50_ms, p99_ms, broker. Exits 0 only when lost is 0.
+
+    Example: fleet demo --tasks 200 --failure-rate 0.3 --json
+    """
+    from fleet.producer import Client
+    from fleet.workload import sample
+
+    settings = settings_for(
+        "demo", **{"mock.failure_rate": failure_rate, "mock.seed": seed, "mock.enabled": True}
+    )
+    console = err_console if as_json else out_console
+    tmp = tempfile.TemporaryDirectory(prefix="fleet-demo-")
+    log_dir = Path(settings.state_dir) / "logs" / "demo"
+    for old in log_dir.glob("*.log"):
+        old.unlink()
+    options = FleetOptions(
+        flower=flower,
+        flower_port=0,
+        broker_dir=Path(tmp.name) / "broker",
+        log_dir=log_dir,
+        publish_state=False,
+        shutdown_grace_s=10.0,
+    )
+    sup = Supervisor(settings, options, on_event=lambda msg: console.print(f"[dim]·[/] {msg}"))
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    started = time.monotonic()
+    try:
+        with console.status("starting the fleet ..."):
+            sup.start()
+        console.print(f"fleet ready in {time.monotonic() - started:.1f} s; logs in {log_dir}/")
+        client = Client(settings, redis_url=sup.redis_url)
+        jobs = sample(tasks)
+        bar = Progress(
+            TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        )
+        bar_task = bar.add_task("jobs", total=len(jobs))
+        with Live(console=console, refresh_per_second=8, transient=False) as live:
+            results, task_ids, _ = run_workload(
+                client,
+                jobs,
+                timeout_s=timeout,
+                on_progress=lambda p: live.update(_render(p, bar, bar_task)),
+            )
+        summary = summarise(settings, sup.redis_url, task_ids, results)
+        client.close()
+    except (KeyboardInterrupt, _Stop):
+        console.print("[yellow]interrupted[/]: stopping everything the demo started ...")
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        with console.status("stopping the fleet ..."):
+            sup.stop()
+        tmp.cleanup()
+    console.print(_summary_table(summary))
+    if as_json:
+        print_json(summary)
+    raise typer.Exit(EXIT_OK if summary["lost"] == 0 else EXIT_FAILURE)
+
+
+@handle_errors
+def worker(
+    queue: Annotated[str, typer.Argument(help=f"The queue to consume: {', '.join(QUEUES)}.")],
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Worker slots (default: the queue file).")
+    ] = None,
+    pool: Annotated[str | None, typer.Option(help="prefork, threads, gevent or solo.")] = None,
+    hostname: Annotated[str | None, typer.Option(help="Node name (default QUEUE@%h).")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run one Celery worker pool for one queue (what each container of docker-compose runs).
+
+    Example: fleet worker full --concurrency 8
+    """
+    if queue not in QUEUES:
+        raise ConfigError(f"unknown queue {queue!r}: expected one of {', '.join(QUEUES)}")
+    settings = settings_for()
+    qs = settings.queues[queue]
+    from fleet.worker import app, worker_argv
+
+    app.worker_main(
+        worker_argv(
+            queue,
+            concurrency=concurrency or qs.concurrency,
+            pool=pool or qs.pool,
+            hostname=hostname,
+            loglevel=loglevel,
+        )
+    )
+
+
+@handle_errors
+def flower(
+    address: Annotated[str | None, typer.Option(help="Address to listen on (default from config).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from config: 5555).")] = None,
+) -> None:
+    """Run Flower for the fleet. Off loopback it requires FLEET_FLOWER_BASIC_AUTH=user:password.
+
+    Example: FLEET_FLOWER_BASIC_AUTH=ops:secret fleet flower --address 0.0.0.0
+    """
+    import os
+
+    settings = settings_for()
+    address = address or settings.flower.address
+    argv = ["flower", f"--address={address}", f"--port={port or settings.flower.port}"]
+    if settings.flower.basic_auth is not None:
+        os.environ["FLOWER_BASIC_AUTH"] = settings.flower.basic_auth.get_secret_value()
+    elif not is_loopback(address):
+        raise FleetError(
+            f"Flower would listen on {address} without authentication: "
+            "set FLEET_FLOWER_BASIC_AUTH=user:password"
+        )
+    from fleet.app import app
+
+    app.start(argv)
+
+
+@handle_errors
+def mock_provider(
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    failure_rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability a call fails.")] = 0.0,
+    latency_ms: Annotated[float, typer.Option(min=0.0, help="Mean latency of a call.")] = 20.0,
+    seed: Annotated[int, typer.Option(help="Seed: the same calls get the same faults.")] = 0,
+) -> None:
+    """Serve the mock provider (OpenAI and Anthropic wire formats, fault injection, GET /stats).
+
+    Example: fleet mock-provider --port 8000 --failure-rate 0.2 --latency-ms 200
+    """
+    from fleet.providers.mock_server import MockConfig, serve
+
+    config = MockConfig(failure_rate=failure_rate, latency_ms=latency_ms, seed=seed)
+
+    def ready(actual: int) -> None:
+        print(f"mock provider listening on http://{host}:{actual}", flush=True)
+
+    serve(config, host=host, port=port, ready=ready)

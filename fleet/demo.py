@@ -1,0 +1,120 @@
+"""The demo's workload run: submit a sample workload, follow it to its final states, summarise."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet.models import TaskResult
+from fleet.producer import Client
+from fleet.settings import Settings, mask_url
+
+__all__ = ["Progress", "percentile", "run_workload", "summarise"]
+
+
+@dataclass
+class Progress:
+    """What the live display shows; updated by :func:`run_workload`."""
+
+    total: int
+    submitted: int = 0
+    completed: int = 0
+    escalated: int = 0
+    by_tier: Counter[str] = field(default_factory=Counter)
+    rejected: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.escalated
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def run_workload(
+    client: Client,
+    jobs: list[dict[str, Any]],
+    *,
+    timeout_s: float = 300.0,
+    on_progress: Callable[[Progress], None] | None = None,
+    poll_s: float = 0.2,
+) -> tuple[dict[str, TaskResult], list[str], Progress]:
+    """Submit ``jobs`` and wait for each to reach a final state (or the timeout).
+
+    Returns the results by task id, every submitted task id, and the final progress.
+    """
+    progress = Progress(total=len(jobs))
+    task_ids: list[str] = []
+    submit_error: list[BaseException] = []
+
+    def submit_all() -> None:
+        try:
+            for job in jobs:
+                task_ids.append(client.submit(job))
+                progress.submitted += 1
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
+            submit_error.append(exc)
+
+    submitter = threading.Thread(target=submit_all, name="fleet-demo-submit", daemon=True)
+    submitter.start()
+    results: dict[str, TaskResult] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pending = [t for t in list(task_ids) if t not in results]
+        for task_id, res in client.peek(pending).items():
+            results[task_id] = res
+            if res.status == "completed":
+                progress.completed += 1
+            else:
+                progress.escalated += 1
+            if res.tier is not None:
+                progress.by_tier[str(res.tier)] += 1
+        if on_progress is not None:
+            on_progress(progress)
+        if submit_error:
+            raise submit_error[0]
+        if not submitter.is_alive() and len(results) == len(task_ids):
+            break
+        time.sleep(poll_s)
+    submitter.join(timeout=1)
+    return results, list(task_ids), progress
+
+
+def summarise(
+    settings: Settings, redis_url: str, task_ids: list[str], results: dict[str, TaskResult]
+) -> dict[str, Any]:
+    """The demo's JSON summary (see ``fleet demo --help``)."""
+    completed = [r for r in results.values() if r.status == "completed"]
+    escalated = [r for r in results.values() if r.status != "completed"]
+    full_provider, full_model = settings.tier("full").links()[0]
+    full_prices = settings.model(full_provider, full_model)
+    latencies = [r.latency_ms for r in results.values() if r.latency_ms is not None]
+    by_tier: Counter[str] = Counter(str(r.tier) for r in results.values() if r.tier is not None)
+    by_model: Counter[str] = Counter(f"{r.provider}:{r.model}" for r in completed)
+    return {
+        "submitted": len(task_ids),
+        "completed": len(completed),
+        "escalated": len(escalated),
+        "lost": len(task_ids) - len(completed) - len(escalated),
+        "by_tier": {tier: by_tier.get(tier, 0) for tier in ("mini", "standard", "full", "fast")},
+        "by_model": dict(by_model.most_common()),
+        "fallbacks": sum(1 for r in completed if (r.fallback_index or 0) > 0),
+        "cost_usd": round(sum(r.cost_usd for r in results.values()), 6),
+        "cost_all_full_usd": round(
+            sum(full_prices.cost(r.input_tokens, r.output_tokens) for r in results.values()), 6
+        ),
+        "p50_ms": round(statistics.median(latencies), 1) if latencies else 0.0,
+        "p99_ms": round(percentile(latencies, 99), 1),
+        "broker": mask_url(redis_url),
+    }

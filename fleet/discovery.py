@@ -1,0 +1,92 @@
+"""How a command finds the running fleet's broker.
+
+``FLEET_REDIS_URL`` (or ``broker.url`` in config) wins. Otherwise ``fleet up`` and ``fleet demo``
+write ``<state_dir>/fleet.json`` with the URL of the broker they started, and every other command
+in another terminal reads it from there, as long as the process that wrote it is alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from fleet.errors import FleetNotRunning
+from fleet.settings import Settings
+
+__all__ = ["broker_url", "clear_state", "read_state", "redis_client", "state_file", "write_state"]
+
+
+def state_file(settings: Settings) -> Path:
+    return Path(settings.state_dir) / "fleet.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_state(settings: Settings) -> dict[str, Any] | None:
+    """The running fleet's state file, or None when there is none or its writer has died."""
+    path = state_file(settings)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not _alive(int(data.get("pid", 0))):
+        return None
+    return data
+
+
+def write_state(settings: Settings, **fields: Any) -> Path:
+    """Record this fleet's broker URL (and more) for commands in other terminals (mode 0600)."""
+    path = state_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"pid": os.getpid(), **fields}, fh)
+    tmp.replace(path)
+    return path
+
+
+def clear_state(settings: Settings) -> None:
+    state = read_state(settings)
+    if state is None or state.get("pid") == os.getpid():
+        state_file(settings).unlink(missing_ok=True)
+
+
+def broker_url(settings: Settings) -> str:
+    """The Redis URL to use.
+
+    Raises:
+        FleetNotRunning: no URL is configured and no running fleet wrote one.
+    """
+    if settings.broker.url:
+        return settings.broker.url
+    state = read_state(settings)
+    if state and state.get("redis_url"):
+        return str(state["redis_url"])
+    raise FleetNotRunning(
+        f"no broker configured and no running fleet found under {settings.state_dir}/: "
+        "start one with `fleet up` (in this directory) or set FLEET_REDIS_URL"
+    )
+
+
+@lru_cache(maxsize=8)
+def _client(url: str, pid: int) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=25)
+
+
+def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
+    """A pooled Redis client for this process (a new one after a fork)."""
+    return _client(url or broker_url(settings), os.getpid())

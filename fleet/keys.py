@@ -1,0 +1,61 @@
+"""Every Redis key name and prefix the fleet uses, in one place.
+
+Celery and kombu own their own keys (queue lists named after the queue, ``unacked``,
+``_kombu.binding.*``, ``celery-task-meta-<id>``); everything the fleet adds starts with ``fleet:``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PREFIX",
+    "QUEUES",
+    "TIER_QUEUES",
+    "escalation",
+    "escalation_by_task",
+    "escalations_index",
+    "escalations_state",
+    "idempotency",
+    "queue_lists",
+]
+
+#: Prefix of every key the fleet itself writes.
+PREFIX = "fleet:"
+
+#: The Celery queues of the fleet, in the order a job meets them.
+QUEUES = ("router", "mini", "standard", "full", "fast", "escalations")
+#: The queues that run model calls.
+TIER_QUEUES = ("mini", "standard", "full", "fast")
+
+#: kombu's Redis transport spreads a queue over one list per priority step; the default steps.
+_KOMBU_PRIORITY_STEPS = (3, 6, 9)
+_KOMBU_SEP = "\x06\x16"
+
+
+def idempotency(key: str) -> str:
+    """Maps an idempotency key to the first task id submitted with it (SET NX, with a TTL)."""
+    return f"{PREFIX}idem:{key}"
+
+
+def escalation(escalation_id: str) -> str:
+    """One escalation record (a JSON string)."""
+    return f"{PREFIX}esc:{escalation_id}"
+
+
+def escalation_by_task(task_id: str) -> str:
+    """Task id -> escalation id, so a redelivered failure is recognised, not recorded twice."""
+    return f"{PREFIX}esc:task:{task_id}"
+
+
+def escalations_index() -> str:
+    """Sorted set of every escalation id, scored by creation time."""
+    return f"{PREFIX}esc:index"
+
+
+def escalations_state(state: str) -> str:
+    """Sorted set of escalation ids in one state, scored by creation time."""
+    return f"{PREFIX}esc:state:{state}"
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists kombu uses for ``queue`` (one per priority step)."""
+    return [queue] + [f"{queue}{_KOMBU_SEP}{step}" for step in _KOMBU_PRIORITY_STEPS]

@@ -1,0 +1,222 @@
+"""The wire contract: what producers send, what the router decides, what a job ends as.
+
+Every model forbids unknown fields: a misspelt field is an error, never silently dropped.
+Requests are validated at the producer and again at the worker (a message can come from anywhere).
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from fleet.errors import InvalidRequest
+
+__all__ = [
+    "DEFAULT_MAX_PROMPT_BYTES",
+    "Attempt",
+    "Complexity",
+    "Hints",
+    "JobEnvelope",
+    "RoutingDecision",
+    "TaskRequest",
+    "TaskResult",
+    "Tier",
+    "validate_request",
+]
+
+#: Default size limit of ``prompt`` (UTF-8 bytes); ``[limits] max_prompt_bytes`` in config overrides it.
+DEFAULT_MAX_PROMPT_BYTES = 1024 * 1024
+#: Upper bound of ``system``, in characters.
+MAX_SYSTEM_CHARS = 1024 * 1024
+#: Upper bound of a metadata value, a file path, and other short strings, in characters.
+MAX_SHORT_TEXT = 4096
+
+ShortStr = Annotated[StrictStr, Field(max_length=MAX_SHORT_TEXT)]
+
+
+class Tier(StrEnum):
+    """The four model tiers, cheapest first (``fast`` is latency-optimised, not capability-ranked)."""
+
+    MINI = "mini"
+    STANDARD = "standard"
+    FULL = "full"
+    FAST = "fast"
+
+
+class Complexity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Hints(_Strict):
+    """What the producer knows about the job; each hint outranks the content classifier."""
+
+    complexity: Complexity | None = None
+    requires_reasoning: StrictBool = False
+    safety_critical: StrictBool = False
+    latency_budget_ms: StrictInt | None = Field(default=None, gt=0, le=86_400_000)
+    files: list[ShortStr] = Field(default_factory=list, max_length=10_000)
+
+
+class TaskRequest(_Strict):
+    """One job: a prompt with optional hints. ``prompt`` is required and non-empty."""
+
+    prompt: StrictStr
+    system: StrictStr | None = Field(default=None, max_length=MAX_SYSTEM_CHARS)
+    kind: StrictStr | None = Field(default=None, min_length=1, max_length=128)
+    tier: Tier | None = None
+    hints: Hints = Field(default_factory=Hints)
+    max_tokens: StrictInt | None = Field(default=None, gt=0, le=1_000_000)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    response_schema: dict[str, Any] | None = None
+    idempotency_key: StrictStr | None = Field(default=None, min_length=1, max_length=256)
+    metadata: dict[ShortStr, ShortStr] = Field(default_factory=dict, max_length=64)
+    max_cost_usd: float | None = Field(default=None, gt=0.0)
+
+    @field_validator("prompt", mode="after")
+    @classmethod
+    def _prompt_size(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be empty")
+        limit = DEFAULT_MAX_PROMPT_BYTES
+        if isinstance(info.context, dict):
+            limit = int(info.context.get("max_prompt_bytes", limit))
+        size = len(value.encode("utf-8"))
+        if size > limit:
+            raise ValueError(f"prompt is {size} bytes, over the limit of {limit} bytes")
+        return value
+
+    @field_validator("temperature", "max_cost_usd", mode="after")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("response_schema", mode="after")
+    @classmethod
+    def _schema_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        import jsonschema  # deferred: only requests that carry a schema pay for the import
+
+        try:
+            jsonschema.validators.validator_for(value).check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"response_schema is not a valid JSON schema: {exc.message}") from exc
+        return value
+
+
+def validate_request(data: Any, *, max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES) -> TaskRequest:
+    """Validate a request from a dict, a JSON string or a ``TaskRequest``.
+
+    Raises:
+        InvalidRequest: one readable line per problem (``hints.latency_budget_ms: ...``).
+    """
+    if isinstance(data, TaskRequest):
+        data = data.model_dump(exclude_unset=True)
+    context = {"max_prompt_bytes": max_prompt_bytes}
+    try:
+        if isinstance(data, str | bytes):
+            return TaskRequest.model_validate_json(data, context=context)
+        if not isinstance(data, dict):
+            raise InvalidRequest([f"a task request must be a JSON object, got {type(data).__name__}"])
+        return TaskRequest.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise InvalidRequest(_error_lines(exc)) from None
+    except RecursionError:
+        raise InvalidRequest(["request is nested too deeply"]) from None
+
+
+def _error_lines(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"]) or "request"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{where}: {msg}")
+    return lines
+
+
+class RoutingDecision(_Strict):
+    """Where the router sent a job and why; ``reasons`` are for people."""
+
+    tier: Tier
+    score: int | None = Field(default=None, ge=1, le=5)
+    reasons: list[str] = Field(default_factory=list)
+    classifier: str = "rules"
+
+
+class Attempt(_Strict):
+    """One call on one link of a chain, successful or not."""
+
+    link: str
+    provider: str
+    model: str
+    outcome: str  # "ok" or an error code from fleet.errors
+    http_status: int | None = None
+    latency_ms: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tokens_estimated: bool = False
+    cost_usd: float = 0.0
+    error: str | None = None
+
+
+class JobEnvelope(_Strict):
+    """What travels beside the request from hop to hop: identity, timing, routing, history."""
+
+    id: str
+    submitted_at: float
+    routing: RoutingDecision | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    deliveries: int = 0
+
+
+class TaskResult(_Strict):
+    """A job's final state as stored in the result backend."""
+
+    task_id: str
+    status: Literal["completed", "escalated", "discarded"]
+    answer: str | None = None
+    tier: Tier | None = None
+    provider: str | None = None
+    model: str | None = None
+    kind: str | None = None
+    routing: RoutingDecision | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    fallback_index: int | None = None
+    escalation_id: str | None = None
+    reason: str | None = None
+    resolved_by: Literal["model", "human"] | None = None
+    resolver: str | None = None
+    submitted_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def latency_ms(self) -> float | None:
+        if self.submitted_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.submitted_at) * 1000.0

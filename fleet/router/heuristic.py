@@ -1,0 +1,330 @@
+"""The heuristic content classifier: a 1-5 score from what the request asks for.
+
+The score starts at ``thresholds.base_score`` (3, standard) and each feature found in the *ask*
+adds its weight once: design, security, proofs and ambiguity push it up; mechanical, bounded and
+precisely specified work pulls it down. The ask is the prompt without pasted material (fenced
+blocks, code and log lines, and a document introduced by "Here is the log:"), so a long pasted
+input never makes a job look hard by its length or by the words inside it. Score 1-2 -> mini,
+3 -> standard, 4-5 -> full.
+
+Regexes are compiled once per settings object (a small cache keyed by its identity), never per call.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+
+from fleet.models import RoutingDecision, TaskRequest, Tier
+from fleet.settings import HeuristicSettings, RouterSettings
+
+__all__ = ["CLASSIFIER", "AskText", "classify", "score_request", "split_ask", "tier_for_score"]
+
+#: The ``classifier`` name on decisions made here.
+CLASSIFIER = "heuristic"
+
+# Words for keyword matching: "trade-off", "trade_off" and "trade off" are all the words trade, off.
+_WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+# Lines ending with ':' ("Here is the log:"), candidates for the line that introduces pasted input.
+_COLON_LINE_RE = re.compile(r"^[^\n]{1,300}:[ \t]*$", re.M)
+# Only the start of a prompt is searched for that introduction.
+_INTRO_SCAN_CHARS = 4000
+# Fenced blocks; an unclosed fence runs to the end of the prompt.
+_FENCE_RE = re.compile(r"(```|~~~).*?(?:\1|\Z)", re.S)
+# Lines that are code, logs, diffs or data rather than instructions.
+_CODE_LINE_RE = re.compile(
+    r"^(?:"
+    r"(?:    |\t).*"  # indented block
+    r"|.*[;{}]\s*"  # statement or brace line
+    r"|\s*(?:def|class|import|from|return|function|const|let|var|public|private|package|func|fn)\s.*"
+    r"|\s*(?:#include|@@ |\+\+\+ |--- ).*"
+    r"|\s*(?:select|insert|update|delete|create table)\s.*\b(?:from|into|set|where)\b.*"
+    r"|\s*\[?\d{4}-\d\d-\d\d[ T]\d\d:\d\d.*"  # timestamped log line
+    r"|\s*(?:at [\w.$<>]+\(|File \"|Traceback|Caused by:|Exception in|panic:|goroutine \d).*"
+    r"|\s*[<\[{\]}].*"  # markup, JSON, arrays
+    r"|\s*\"[^\"\n]{1,80}\"\s*:.*"  # JSON key
+    r"|(?:[^\n,]*,(?! )){4,}[^\n,]*"  # CSV row (no space after its commas, unlike prose)
+    r")$",
+    re.M | re.I,
+)
+# Paths such as src/api/routes.py or ./deploy/values.yaml (a slash, or a known source extension).
+_PATH_RE = re.compile(
+    r"(?<![\w/.])(?:[\w.-]+/)+[\w.-]+\.\w{1,6}\b"
+    r"|(?<![\w/.])[\w-]+\.(?:py|pyi|js|jsx|ts|tsx|go|rs|java|kt|rb|php|cs|cpp|cc|c|h|hpp|swift|scala|sql"
+    r"|sh|yaml|yml|toml|json|tf|proto|vue|svelte|html|css|md)\b"
+)
+# How a trailing ask after a pasted block usually starts ("What is wrong here?", "Please ...").
+_ASK_START_RE = re.compile(
+    r"(?:please|now|then|also|so|and|what|why|how|which|where|when|who|can|could|would|is|are|does|do|"
+    r"should|find|fix|explain|summari[sz]e|write|give|tell|list|identify|review|rewrite|return|make|add|"
+    r"create|draft|translate|extract|classify|format|convert|answer|reply|respond|based on|using|given)\b",
+    re.I,
+)
+
+
+# Features that lower the score; a hard feature overrules them.
+_EASY = frozenset({"mechanical", "light", "bounded_code", "precise"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Category:
+    name: str
+    weight: float
+    label: str
+
+
+# One phrase whose first word is known: the words after it, whether its last word is a stem,
+# and the category it belongs to.
+_Follow = tuple[tuple[str, ...], bool, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """The keyword sets of one settings object as word-indexed phrases (matched per word, not by
+    one regex alternation per set, which costs tens of microseconds on every ask)."""
+
+    categories: tuple[_Category, ...]
+    #: Exact first word -> phrases that start with it.
+    exact: dict[str, tuple[_Follow, ...]]
+    #: Stemmed first words (``architect*``), checked once per distinct word, then cached.
+    stems: tuple[tuple[str, _Follow], ...]
+    words: dict[str, tuple[_Follow, ...]] = field(default_factory=dict)
+
+    def phrases_at(self, word: str) -> tuple[_Follow, ...]:
+        known = self.words.get(word)
+        if known is None:
+            known = self.exact.get(word, ()) + tuple(f for stem, f in self.stems if word.startswith(stem))
+            if len(self.words) >= _WORD_CACHE_SIZE:
+                self.words.clear()
+            self.words[word] = known
+        return known
+
+    def match(self, text: str) -> list[list[str]]:
+        """For each category, the distinct phrases found in ``text`` (lowercase), in order."""
+        hits: list[list[str]] = [[] for _ in self.categories]
+        words = _WORD_RE.findall(text)
+        count = len(words)
+        for i, word in enumerate(words):
+            for rest, stem, cat in self.phrases_at(word):
+                n = len(rest)
+                if n:
+                    if i + n >= count:
+                        continue
+                    last = words[i + n]
+                    if not (last.startswith(rest[-1]) if stem else last == rest[-1]):
+                        continue
+                    if n > 1 and tuple(words[i + 1 : i + n]) != rest[:-1]:
+                        continue
+                    found = " ".join(words[i : i + n + 1])
+                else:
+                    found = word
+                if found not in hits[cat]:
+                    hits[cat].append(found)
+        return hits
+
+
+@dataclass(frozen=True, slots=True)
+class AskText:
+    """The prompt split into the ask (what is asked) and the count of pasted characters."""
+
+    ask: str
+    pasted_chars: int
+
+
+# Keyed by id(settings); the settings object is kept in the value so its id cannot be reused.
+# Settings are treated as immutable once used: mutate a copy, not the cached object.
+_CACHE: dict[int, tuple[HeuristicSettings, _Compiled]] = {}
+_CACHE_SIZE = 8
+_CACHE_LOCK = threading.Lock()
+_WORD_CACHE_SIZE = 50_000
+# Category indexes of the sets that are not scored directly.
+_DEBUGGING, _COMPONENTS, _CUES, _POINTERS = range(-4, 0)
+
+
+def _compile(settings: HeuristicSettings) -> _Compiled:
+    kw, w = settings.keywords, settings.weights
+    spec = [
+        ("hard", kw.hard, w.hard, "needs design or deep judgement"),
+        ("ambiguous", kw.ambiguous, w.ambiguous, "open or ambiguous goal"),
+        ("stakes", kw.stakes, w.stakes, "high stakes"),
+        ("mechanical", kw.mechanical, w.mechanical, "mechanical task"),
+        ("light", kw.light, w.light, "light generative task"),
+        ("precise", kw.precise, w.precise, "precisely specified output"),
+        ("bounded_code", kw.bounded_code, w.bounded_code, "small, bounded code ask"),
+        ("judgement", kw.judgement, w.judgement, "asks for judgement"),
+        ("debugging", kw.debugging, 0.0, "debugging"),
+        ("components", kw.components, 0.0, "components"),
+        ("pasted_cues", kw.pasted_cues, 0.0, "names pasted input"),
+        ("pasted_pointers", kw.pasted_pointers, 0.0, "points at pasted input"),
+    ]
+    exact: dict[str, list[_Follow]] = {}
+    stems: list[tuple[str, _Follow]] = []
+    for index, (_, phrases, _, _) in enumerate(spec):
+        for phrase in phrases:
+            words = _WORD_RE.findall(phrase.lower())
+            if not words:
+                continue
+            stem = phrase.rstrip().endswith("*")
+            follow: _Follow = (tuple(words[1:]), stem and len(words) > 1, index)
+            if stem and len(words) == 1:
+                stems.append((words[0], follow))
+            else:
+                exact.setdefault(words[0], []).append(follow)
+    return _Compiled(
+        categories=tuple(_Category(name, weight, label) for name, _, weight, label in spec),
+        exact={word: tuple(follows) for word, follows in exact.items()},
+        stems=tuple(stems),
+    )
+
+
+def _compiled(settings: HeuristicSettings) -> _Compiled:
+    hit = _CACHE.get(id(settings))
+    if hit is not None and hit[0] is settings:
+        return hit[1]
+    compiled = _compile(settings)
+    with _CACHE_LOCK:  # router workers run threads
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[id(settings)] = (settings, compiled)
+    return compiled
+
+
+def split_ask(prompt: str, settings: HeuristicSettings) -> AskText:
+    """Separate what is asked from what is pasted (code, logs, documents)."""
+    c = _compiled(settings)
+    th = settings.thresholds
+    text = prompt
+    if "```" in text or "~~~" in text:
+        text = _FENCE_RE.sub("\n\n", text)
+    cut = _intro_end(text, c)
+    if cut is not None:
+        head, body = text[:cut], text[cut:]
+        rest, sep, last = body.rstrip().rpartition("\n\n")
+        tail = ""
+        # An instruction after the pasted block ("What is the root cause?") is part of the ask.
+        if sep and rest.strip() and len(last) <= 400:
+            last = last.strip()
+            if last.endswith("?") or _ASK_START_RE.match(last):
+                tail = last
+        text = f"{head}\n\n{tail}" if tail else head
+    if len(text) > th.ask_head_chars + th.ask_tail_chars:
+        tail_part = text[-th.ask_tail_chars :] if th.ask_tail_chars else ""
+        text = text[: th.ask_head_chars] + "\n" + tail_part
+    if len(text) > 200:
+        text = _CODE_LINE_RE.sub("", text)
+    ask = text.strip()
+    return AskText(ask=ask, pasted_chars=max(0, len(prompt) - len(ask)))
+
+
+def _intro_end(text: str, c: _Compiled) -> int | None:
+    """Where pasted material starts: after a line like "Logs:" or a first paragraph like
+    "Summarize this article." followed by more text; None when nothing points at pasted input."""
+    end: int | None = None
+    for line in _COLON_LINE_RE.finditer(text, 0, _INTRO_SCAN_CHARS):
+        if line.end() < len(text.rstrip()) and c.match(line.group(0).lower())[_CUES]:
+            end = line.end()
+            break
+    brk = text.find("\n\n", 0, end if end is not None else _INTRO_SCAN_CHARS)
+    if brk > 0 and text[brk:].strip() and c.match(text[:brk].lower())[_POINTERS]:
+        end = brk
+    return end
+
+
+def tier_for_score(score: int) -> Tier:
+    """1-2 -> mini, 3 -> standard, 4-5 -> full."""
+    if score <= 2:
+        return Tier.MINI
+    if score == 3:
+        return Tier.STANDARD
+    return Tier.FULL
+
+
+def _quoted(words: list[str]) -> str:
+    return ", ".join(f"'{w}'" for w in words)
+
+
+def _points(value: float) -> str:
+    return f"{value:+g}"
+
+
+def score_request(request: TaskRequest, settings: HeuristicSettings) -> tuple[int, list[str]]:
+    """The 1-5 content score and the reasons (the features that decided it)."""
+    c = _compiled(settings)
+    w, th = settings.weights, settings.thresholds
+    split = split_ask(request.prompt, settings)
+    ask = split.ask.lower()
+    if request.kind:
+        # The producer's job label ("security-review", "docstring") is part of what is asked.
+        ask = f"{request.kind.lower()}\n{ask}"
+
+    total = 0.0
+    reasons: list[str] = []
+    matched = c.match(ask)
+    found = {cat.name: matched[i] for i, cat in enumerate(c.categories)}
+    fired = {name for name, hits in found.items() if hits}
+    # Under-routing costs more than over-routing: a design or proof ask is not made cheap by a
+    # mechanical word in it ("show that any comparison sort...", "extract a plan for the migration").
+    overruled = _EASY if "hard" in fired else frozenset()
+    for cat in c.categories:
+        hits = found[cat.name]
+        if not hits or not cat.weight:
+            continue
+        if cat.name in overruled:
+            reasons.append(f"ignored {_quoted(hits[:3])}: the ask also needs design or deep judgement")
+            continue
+        total += cat.weight
+        reasons.append(f"matched {_quoted(hits[:3])} ({_points(cat.weight)}, {cat.label})")
+
+    debugging, components = matched[_DEBUGGING], matched[_COMPONENTS]
+    if debugging and w.cross_component and len(components) >= th.components:
+        total += w.cross_component
+        fired.add("cross_component")
+        reasons.append(
+            f"debugging ({_quoted(debugging[:2])}) across {len(components)} components "
+            f"{_quoted(components[:4])} ({_points(w.cross_component)})"
+        )
+
+    files = {f.strip() for f in request.hints.files if f.strip()}
+    files.update(_PATH_RE.findall(split.ask))
+    if w.many_files and len(files) >= th.many_files:
+        total += w.many_files
+        reasons.append(f"touches {len(files)} files ({_points(w.many_files)})")
+
+    if request.response_schema is not None and w.response_schema:
+        total += w.response_schema
+        reasons.append(f"response_schema fixes the output ({_points(w.response_schema)})")
+
+    needs_judgement = {"hard", "ambiguous", "stakes", "judgement", "cross_component"}
+    if w.input_bound and split.pasted_chars >= th.input_bound_chars and not fired & needs_judgement:
+        total += w.input_bound
+        fired.add("input_bound")
+        reasons.append(f"works only on the pasted input, no judgement asked ({_points(w.input_bound)})")
+
+    question = split.ask
+    if (
+        w.short_question
+        and len(question) <= th.short_question_chars
+        and question.endswith("?")
+        and "\n" not in question
+        and not fired & needs_judgement - {"judgement"}
+    ):
+        total += w.short_question
+        reasons.append(f"quick one-line question ({_points(w.short_question)})")
+
+    if split.pasted_chars >= th.pasted_note_chars:
+        reasons.append(f"pasted input ({split.pasted_chars:,} chars) not counted as difficulty")
+
+    raw = th.base_score + total
+    score = max(1, min(5, int(raw + 0.5)))
+    if not total:
+        reasons.append(f"no deciding feature: base score {th.base_score:g}")
+    return score, reasons
+
+
+def classify(request: TaskRequest, settings: RouterSettings) -> RoutingDecision:
+    """Score the request's content and map the score to a tier."""
+    score, reasons = score_request(request, settings.heuristic)
+    tier = tier_for_score(score)
+    reasons.append(f"score {score} -> {tier.value}")
+    return RoutingDecision(tier=tier, score=score, reasons=reasons, classifier=CLASSIFIER)

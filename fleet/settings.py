@@ -1,0 +1,665 @@
+"""Typed settings: ``config/fleet.toml`` and ``queues/*.toml``, then a profile, then ``FLEET_*`` variables.
+
+The order of precedence, lowest first:
+
+1. the files in the config directory (``FLEET_CONFIG_DIR``; else the defaults shipped with the package),
+2. the profile named by ``FLEET_PROFILE`` or ``--profile`` (``[profiles.<name>]`` in ``fleet.toml``),
+3. ``FLEET_<SECTION>__<KEY>=value`` variables (``FLEET_QUEUES__FULL__CONCURRENCY=8``), values in TOML
+   syntax where they parse as TOML, else taken as strings; ``FLEET_REDIS_URL`` sets ``broker.url``.
+
+A bad value fails at start with the file, the key and what was expected (:class:`ConfigError`).
+Build the object once with :func:`get_settings` and pass it in; only this module and the CLI read
+the environment.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from fleet.errors import ConfigError
+from fleet.keys import QUEUES, TIER_QUEUES
+from fleet.models import DEFAULT_MAX_PROMPT_BYTES, Tier
+
+__all__ = [
+    "BrokerSettings",
+    "EscalationSettings",
+    "FlowerSettings",
+    "MockSettings",
+    "ModelSettings",
+    "ProviderSettings",
+    "QueueSettings",
+    "RouterSettings",
+    "Settings",
+    "TelemetrySettings",
+    "default_config_dir",
+    "get_settings",
+    "load_settings",
+    "mask_url",
+    "parse_rate",
+]
+
+#: Variables that configure where configuration comes from, not a config key.
+_RESERVED_ENV = {"FLEET_CONFIG_DIR", "FLEET_PROFILE", "FLEET_STATE_DIR", "FLEET_REDIS_URL"}
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(value: str) -> float:
+    """``"600/m"`` -> 10.0 (per second). Raises ValueError on anything else, or on a rate <= 0."""
+    match = _RATE_RE.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a rate like '600/m' (units: s, m, h)")
+    count = float(match.group(1))
+    if count <= 0:
+        raise ValueError(f"{value!r}: the rate must be above 0")
+    return count / _RATE_UNITS[match.group(2)]
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ``***``."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BrokerSettings(_Section):
+    #: Redis or Valkey URL (``redis://``, ``rediss://``); empty -> the embedded valkey-server.
+    url: str = ""
+    #: Seconds between Redis health checks on idle connections.
+    health_check_interval: int = Field(default=25, ge=0)
+    #: How long task results are kept in the backend, in seconds (default 7 days).
+    result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
+    #: How long an idempotency key maps to its first task id, in seconds (default 24 h).
+    idempotency_ttl_s: int = Field(default=24 * 3600, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix", "valkey", "valkeys"):
+            raise ValueError("expected a redis:// or rediss:// URL")
+        return value
+
+
+class EmbeddedSettings(_Section):
+    #: Port for the embedded valkey-server; 0 picks a free one.
+    port: int = Field(default=0, ge=0, le=65535)
+    #: Append-only file on, so a restart of the broker loses nothing.
+    appendonly: bool = True
+
+
+class LimitsSettings(_Section):
+    #: Largest accepted prompt, in UTF-8 bytes.
+    max_prompt_bytes: int = Field(default=DEFAULT_MAX_PROMPT_BYTES, gt=0)
+
+
+class ModelSettings(_Section):
+    #: USD per million input tokens.
+    input_per_mtok: float = Field(ge=0)
+    #: USD per million output tokens.
+    output_per_mtok: float = Field(ge=0)
+    #: Context window, in tokens.
+    context_window: int = Field(default=128_000, gt=0)
+    #: Requests per minute the account may send this model (None: no limit).
+    rpm: int | None = Field(default=None, gt=0)
+    #: Tokens per minute the account may send this model (None: no limit).
+    tpm: int | None = Field(default=None, gt=0)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1_000_000
+
+
+class ProviderSettings(_Section):
+    kind: Literal["openai-compatible", "anthropic"]
+    base_url: str
+    #: Name of the environment variable holding the API key (the key itself is never in a file).
+    api_key_env: str | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+    #: Resolved from ``api_key_env`` at load time; never printed, logged or traced.
+    api_key: SecretStr | None = Field(default=None, exclude=True)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("expected an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class RetrySettings(_Section):
+    """How the chain retries the same link on a retryable outcome."""
+
+    max_attempts_per_link: int = Field(default=2, ge=1, le=10)
+    backoff_base_s: float = Field(default=0.2, ge=0)
+    backoff_max_s: float = Field(default=2.0, ge=0)
+    #: A Retry-After longer than this moves to the next link instead of holding the worker slot.
+    max_wait_s: float = Field(default=5.0, ge=0)
+
+
+class QueueSettings(_Section):
+    name: str
+    #: Worker slots of the queue's pool.
+    concurrency: int = Field(default=4, gt=0, le=10_000)
+    #: Celery pool type; model calls are I/O-bound, so tiers want threads (or gevent).
+    pool: Literal["prefork", "threads", "gevent", "solo"] = "threads"
+    #: Fleet-wide rate limit of the queue, e.g. "600/m" (None: no limit).
+    rate_limit: str | None = None
+    #: (min, max) worker slots for Celery's autoscaler (None: fixed concurrency).
+    autoscale: tuple[int, int] | None = None
+    #: Hard time limit of one job on this queue, in seconds.
+    timeout_s: float = Field(default=120.0, gt=0)
+    #: Ordered ``provider:model`` links; after the last, the job goes to people.
+    chain: list[str] = Field(default_factory=list)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate(value)
+        return value
+
+    @field_validator("autoscale")
+    @classmethod
+    def _autoscale(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not (0 < value[0] <= value[1]):
+            raise ValueError("expected [min, max] with 0 < min <= max")
+        return value
+
+    @field_validator("chain")
+    @classmethod
+    def _links(cls, value: list[str]) -> list[str]:
+        for link in value:
+            provider, sep, model = link.partition(":")
+            if not sep or not provider or not model:
+                raise ValueError(f"{link!r} is not a 'provider:model' link")
+        return value
+
+    def links(self) -> list[tuple[str, str]]:
+        return [(p, m) for p, _, m in (link.partition(":") for link in self.chain)]
+
+
+# --- router settings: the router issue owns this class and the [router] table of fleet.toml ---
+class RouterKeywords(_Section):
+    """Phrases the heuristic looks for in the ask (never in pasted code, logs or documents).
+
+    Matching is case-insensitive on whole words; a space also matches ``-`` or ``_``, and a
+    trailing ``*`` matches any word ending (``architect*`` matches "architecture").
+    """
+
+    # Word lists read better packed than one phrase per line.
+    # fmt: off
+    #: Work that needs a frontier model: design, architecture, trade-offs, security, proofs, algorithms.
+    hard: list[str] = Field(
+        default_factory=lambda: [
+            "design a", "design an", "design the", "design our", "design for", "system design",
+            "architect*", "trade off*", "tradeoff*", "pros and cons", "security review", "secur* audit",
+            "threat model*", "vulnerab*", "exploit*", "attack surface", "privilege escalation",
+            "sql injection", "xss", "csrf", "ssrf", "root cause*", "post mortem", "postmortem",
+            "race condition*", "deadlock*",
+            "prove", "proof", "formally verify", "invariant*", "algorithm for", "design an algorithm",
+            "complexity analysis", "big o", "consistency model", "distributed", "consensus",
+            "migration plan", "migration strategy", "zero downtime", "capacity plan*", "scalab*",
+            "strategy for", "roadmap", "evaluate whether", "decide between", "choose between",
+            "which approach", "should we", "build vs buy", "rfc", "capacity", "devise", "come up with",
+            "propose a", "pick between", "weigh*", "alternatives", "formally", "formal proof", "formal argument", "formal verification", "lock free", "linearizab*",
+            "concurren*", "thread safe*", "show that", "lower bound", "upper bound", "correctness",
+            "theorem", "lemma", "decid*", "build or buy", "build our own",
+        ]
+    )
+    #: An open or ambiguous goal the model must interpret.
+    ambiguous: list[str] = Field(
+        default_factory=lambda: [
+            "not sure", "figure out", "somehow", "something is off", "something is wrong",
+            "best way", "best approach", "what would you", "what should", "how should", "any ideas",
+            "how would you", "would you use", "how we should", "we should", "what could", "going on", "estimat*", "assumption*",
+            "open ended", "unclear", "ambiguous", "vague", "make it better", "rethink",
+        ]
+    )
+    #: High stakes: money, law, health, personal data, production safety.
+    stakes: list[str] = Field(
+        default_factory=lambda: [
+            "security", "authentication", "authorization", "auth", "credential*", "layoff*", "severance",
+            "secret*", "pii", "gdpr", "hipaa", "soc 2", "pci", "compliance", "regulat*", "legal*",
+            "liability", "contract clause*", "medical", "diagnos*", "dosage", "financial advice",
+            "data loss", "corrupt*", "outage*", "incident*", "production database", "downtime", "breach*",
+            "exposure", "penalt*", "lawsuit*", "hospital*", "patient*", "medication*", "clinical",
+            "investor*", "expose*", "iam", "permission*", "least privilege", "access control", "public access",
+            "publicly", "privacy", "data residency", "dpa",
+        ]
+    )
+    #: Debugging; across several components it counts as hard.
+    debugging: list[str] = Field(
+        default_factory=lambda: [
+            "debug*", "why does", "why do", "why is", "why are", "why did", "intermittent*", "flaky",
+            "sometimes", "occasionally", "stale", "wrong", "broken", "fail*", "error*", "bug*",
+            "disappear*", "lost", "missing", "degrad*", "worse",
+            "sometimes fail*", "randomly", "memory leak", "leak*", "regression", "hangs", "stall*",
+            "crash*", "slow down", "latency spike*", "timeout*", "inconsistent", "investigat*", "lag",
+            "lagging",
+        ]
+    )
+    #: Components of a system, counted to tell cross-component work from local work.
+    components: list[str] = Field(
+        default_factory=lambda: [
+            "service", "services", "microservice*", "api gateway", "gateway", "load balancer",
+            "database", "db", "postgres*", "mysql", "redis", "cache", "kafka", "queue", "broker",
+            "worker*", "frontend", "backend", "cdn", "dns", "kubernetes", "k8s", "ingress",
+            "replica*", "shard*", "cluster", "client", "server", "proxy", "scheduler", "webhook*",
+            "elasticsearch", "indexer", "producer*", "consumer*", "sqlite", "mobile", "device*",
+            "sync service", "search", "cdn",
+        ]
+    )
+    #: Mechanical, bounded transformations a small model does well.
+    mechanical: list[str] = Field(
+        default_factory=lambda: [
+            "format the", "format this", "format these", "format it", "reformat", "pretty print",
+            "extract", "pull out", "parse", "translate", "find and replace", "replace all", "bump",
+            "copyright",
+            "rename", "docstring*", "boilerplate", "scaffold*", "stub out", "skeleton", "classify", "categori*", "tag",
+            "label", "lint", "linter", "flake8", "eslint", "pylint", "typo*", "spelling", "grammar",
+            "proofread", "convert", "alphabeti*", "mask",
+            "transform", "sort", "dedupe", "deduplicate", "normalize", "capitali*", "uppercase",
+            "lowercase", "fill in", "fill out", "transcribe", "redact", "add type hints",
+            "type annotations",
+            "comment each", "commit message", "changelog entry", "alt text", "sentiment",
+        ]
+    )
+    #: Light generative asks: summaries, short replies, simple explanations.
+    light: list[str] = Field(
+        default_factory=lambda: [
+            "summar*", "tl dr", "tldr", "sentence", "one line", "one liner", "short", "brief",
+            "a few words", "subject line", "title*", "headline*", "tagline*", "slogan*",
+            "rephrase", "reword", "paraphrase", "shorten", "thank you note", "word for",
+            "acknowledg*", "define", "list the", "count*", "calculate", "sum of", "sum up", "tally",
+        ]
+    )
+    #: Precise output specifications: the job is well specified.
+    precise: list[str] = Field(
+        default_factory=lambda: [
+            "as json", "in json", "json object", "json array", "json with", "as csv", "as yaml",
+            "as a table", "markdown table", "one per line", "return only", "output only",
+            "only the", "exactly", "with keys", "fields", "columns", "following schema",
+            "in the format", "iso 8601", "snake case", "camel case", "unchanged", "untouched",
+            "do not change", "don't change", "without changing",
+        ]
+    )
+    #: A small, bounded piece of code asked for.
+    bounded_code: list[str] = Field(
+        default_factory=lambda: [
+            "write a function", "function that", "function to", "helper function", "regex",
+            "regular expression", "bash one liner", "shell command", "cron expression", "getter*",
+            "setter*", "dataclass", "enum",
+            "dockerfile", "gitignore",
+        ]
+    )
+    #: Words that point at pasted material ("this article", "the log below"): after the first paragraph
+    #: that has one, the rest of the prompt is pasted, except a closing question or instruction.
+    pasted_pointers: list[str] = Field(
+        default_factory=lambda: [
+            "this", "these", "the following", "following", "below", "above", "attached", "pasted",
+            "here is", "here are", "here's",
+        ]
+    )
+    #: Asks that need judgement about the given input (review, explain, refactor): they keep a job
+    #: that works on pasted input from counting as bounded by it.
+    judgement: list[str] = Field(
+        default_factory=lambda: [
+            "refactor*", "review*", "explain*", "analy*", "interpret*", "improv*", "optimi*",
+            "rewrite", "edit", "tighten", "port", "reply", "respond", "response", "draft*",
+            "suggest*", "recommend*", "assess*", "evaluat*", "critique", "why", "whether", "cause*",
+            "what's wrong", "what is wrong", "fix", "describe", "implement*", "design*", "plan*",
+            "trend*", "insight*", "anomal*", "unhealthy", "advice", "advise", "faq", "article", "guide",
+            "blog*", "post", "essay", "story", "speech", "proposal",
+        ]
+    )
+    #: Nouns that introduce pasted material in a line ending with ':' ("Customer email:").
+    pasted_cues: list[str] = Field(
+        default_factory=lambda: [
+            "following", "below", "here is", "here's", "here are", "attached", "pasted", "text",
+            "email", "message", "ticket", "log", "logs", "trace", "traceback", "stack trace",
+            "output", "diff", "patch", "code", "file", "snippet", "document", "doc", "article",
+            "transcript", "review", "reviews", "comment", "comments", "json", "csv", "yaml",
+            "data", "table", "report", "notes", "input", "content", "conversation", "chat",
+        ]
+    )
+    # fmt: on
+
+
+class RouterWeights(_Section):
+    """Points each feature adds to (or takes from) the base score; counted once per feature."""
+
+    hard: float = 2.0
+    ambiguous: float = 1.0
+    stakes: float = 1.0
+    #: Debugging that names at least ``thresholds.components`` distinct components.
+    cross_component: float = 1.0
+    #: At least ``thresholds.many_files`` files in ``hints.files`` and paths in the ask.
+    many_files: float = 1.0
+    mechanical: float = -2.0
+    light: float = -1.0
+    precise: float = -1.0
+    bounded_code: float = -1.0
+    #: Asks for judgement; 0 by default: it only stops ``input_bound`` from applying.
+    judgement: float = 0.0
+    #: The job works only on pasted input (extract, list, change) with no judgement asked.
+    input_bound: float = -1.0
+    #: ``response_schema`` set: the output is specified exactly.
+    response_schema: float = -1.0
+    #: A one-line question of at most ``thresholds.short_question_chars`` with no hard feature.
+    short_question: float = -1.0
+
+
+class RouterThresholds(_Section):
+    """Limits that turn counts and lengths into features."""
+
+    #: Score of an ask with no deciding feature (3: standard, the safe middle).
+    base_score: float = Field(default=3.0, ge=1, le=5)
+    #: Files touched (hints.files plus distinct paths in the ask) that count as a wide change.
+    many_files: int = Field(default=4, ge=1)
+    #: Distinct components named by a debugging ask that make it cross-component.
+    components: int = Field(default=2, ge=1)
+    #: Length of a quick question ("What is the capital of Australia?").
+    short_question_chars: int = Field(default=80, ge=0)
+    #: Pasted input at or over this many characters makes a job without judgement ``input_bound``.
+    input_bound_chars: int = Field(default=150, ge=0)
+    #: Pasted input at or over this many characters is noted in the reasons.
+    pasted_note_chars: int = Field(default=400, ge=0)
+    #: Characters of the ask read from its start and its end; the middle of a longer ask is skipped.
+    ask_head_chars: int = Field(default=2000, ge=100)
+    ask_tail_chars: int = Field(default=600, ge=0)
+
+
+class HeuristicSettings(_Section):
+    """The content classifier's keyword sets, weights and thresholds (``[router.heuristic.*]``)."""
+
+    keywords: RouterKeywords = Field(default_factory=RouterKeywords)
+    weights: RouterWeights = Field(default_factory=RouterWeights)
+    thresholds: RouterThresholds = Field(default_factory=RouterThresholds)
+
+
+class RouterSettings(_Section):
+    #: A latency budget at or under this many milliseconds routes to the fast tier.
+    fast_threshold_ms: int = Field(default=2000, gt=0)
+    #: Which content classifier scores jobs without a deciding hint: "heuristic" or "llm".
+    classifier: Literal["heuristic", "llm"] = "heuristic"
+    #: Timeout of the LLM classifier's call, in seconds.
+    llm_timeout_s: float = Field(default=2.0, gt=0)
+    #: The heuristic classifier's keyword sets, weights and thresholds.
+    heuristic: HeuristicSettings = Field(default_factory=HeuristicSettings)
+
+
+# --- end of router settings ---
+
+
+class EscalationSettings(_Section):
+    #: Days a resolved, retried or discarded escalation is kept.
+    retention_days: float = Field(default=30.0, gt=0)
+    #: Webhook notified of each new escalation (Slack-compatible JSON); empty: none.
+    webhook_url: str = ""
+
+
+class TelemetrySettings(_Section):
+    service_name: str = "fleet"
+    #: Record prompt and answer text on spans (the GenAI conventions' opt-in).
+    capture_content: bool = False
+
+
+class FlowerSettings(_Section):
+    address: str = "127.0.0.1"
+    port: int = Field(default=5555, ge=0, le=65535)
+    #: "user:password" for basic auth; required unless Flower listens on loopback.
+    basic_auth: SecretStr | None = None
+
+
+class MockSettings(_Section):
+    """The mock provider: when enabled, every provider points at it."""
+
+    enabled: bool = False
+    #: URL of a running mock provider; set by the supervisor when it starts one.
+    url: str = ""
+    port: int = Field(default=0, ge=0, le=65535)
+    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    latency_ms: float = Field(default=20.0, ge=0.0)
+    #: How long the mock's "timeout" fault holds a call before answering.
+    timeout_sleep_s: float = Field(default=30.0, ge=0.0)
+    seed: int = 0
+
+
+class Settings(_Section):
+    config_dir: str = ""
+    state_dir: str = ".fleet"
+    profile: str | None = None
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    queues: dict[str, QueueSettings] = Field(default_factory=dict)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    escalation: EscalationSettings = Field(default_factory=EscalationSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    mock: MockSettings = Field(default_factory=MockSettings)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Settings:
+        missing = [q for q in QUEUES if q not in self.queues]
+        if missing:
+            raise ValueError(f"missing queue files for: {', '.join(missing)}")
+        for tier in TIER_QUEUES:
+            queue = self.queues[tier]
+            if not queue.chain:
+                raise ValueError(f"queues.{tier}.chain: a tier queue needs at least one provider:model link")
+            for provider, model in queue.links():
+                if provider not in self.providers:
+                    raise ValueError(f"queues.{tier}.chain: unknown provider {provider!r}")
+                if model not in self.providers[provider].models:
+                    raise ValueError(f"queues.{tier}.chain: provider {provider!r} has no model {model!r}")
+        return self
+
+    # -- derived values --------------------------------------------------------------------------
+
+    def tier(self, tier: Tier | str) -> QueueSettings:
+        return self.queues[str(tier)]
+
+    def model(self, provider: str, model: str) -> ModelSettings:
+        return self.providers[provider].models[model]
+
+    def base_url(self, provider: str) -> str:
+        """The provider's base URL, or the mock provider's when the mock is on."""
+        settings = self.providers[provider]
+        if self.mock.enabled and self.mock.url:
+            root = self.mock.url.rstrip("/")
+            return f"{root}/v1" if settings.kind == "openai-compatible" else root
+        return settings.base_url
+
+    def visibility_timeout(self) -> int:
+        """Seconds before Redis redelivers an unacked message: above the longest task timeout."""
+        longest = max(q.timeout_s for q in self.queues.values())
+        return int(longest * 2 + 60)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data, with every secret masked."""
+        data = self.model_dump(mode="json")
+        data["broker"]["url"] = mask_url(self.broker.url)
+        for name, provider in self.providers.items():
+            data["providers"][name]["api_key"] = "***" if provider.api_key else None
+        data["flower"]["basic_auth"] = "***" if self.flower.basic_auth else None
+        return data
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def default_config_dir() -> Path:
+    """The defaults shipped with the package (a wheel), or the source checkout's config."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "_defaults"
+    if (packaged / "config" / "fleet.toml").is_file():
+        return packaged
+    return here.parent
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError("cannot set a key below a plain value", key=".".join(path))
+    node[path[-1]] = value
+
+
+def load_settings(
+    *,
+    config_dir: str | Path | None = None,
+    profile: str | None = None,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Load, merge and validate settings.
+
+    Raises:
+        ConfigError: naming the file (or variable), the key and what was expected.
+    """
+    environ = dict(os.environ if env is None else env)
+    root = Path(config_dir or environ.get("FLEET_CONFIG_DIR") or default_config_dir())
+    fleet_file = root / "config" / "fleet.toml"
+    data = _read_toml(fleet_file)
+    sources: dict[tuple[str, ...], str] = {(): str(fleet_file)}
+
+    profiles = data.pop("profiles", {})
+    profile = profile or environ.get("FLEET_PROFILE") or None
+    if profile:
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise ConfigError(f"unknown profile {profile!r} (defined: {known})", file=str(fleet_file))
+        data = _merge(data, profiles[profile])
+        for key in profiles[profile]:
+            sources[(key,)] = f"{fleet_file} [profiles.{profile}]"
+
+    queues: dict[str, Any] = {}
+    for name in QUEUES:
+        qfile = root / "queues" / f"{name}.toml"
+        if qfile.is_file():
+            queues[name] = {"name": name, **_read_toml(qfile)}
+            sources[("queues", name)] = str(qfile)
+    data["queues"] = _merge(queues, data.get("queues", {}))
+
+    if environ.get("FLEET_REDIS_URL"):
+        data.setdefault("broker", {})["url"] = environ["FLEET_REDIS_URL"]
+        sources[("broker", "url")] = "environment variable FLEET_REDIS_URL"
+    for var, raw in sorted(environ.items()):
+        if not var.startswith("FLEET_") or var in _RESERVED_ENV or var.startswith("FLEET_TEST_"):
+            continue
+        path = [p.lower() for p in var[len("FLEET_") :].split("__") if p]
+        if not path:
+            continue
+        _set_path(data, path, _env_value(raw))
+        sources[tuple(path)] = f"environment variable {var}"
+    for dotted, value in (overrides or {}).items():
+        _set_path(data, dotted.split("."), value)
+        sources[tuple(dotted.split("."))] = "command line"
+
+    data["config_dir"] = str(root)
+    data["profile"] = profile
+    data["state_dir"] = environ.get("FLEET_STATE_DIR", data.get("state_dir", ".fleet"))
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, sources) from None
+
+    for name, provider in settings.providers.items():
+        if provider.api_key_env:
+            key = environ.get(provider.api_key_env)
+            provider.api_key = SecretStr(key) if key else None
+        if settings.mock.enabled and provider.api_key is None:
+            provider.api_key = SecretStr(f"mock-key-{name}")
+    auth = environ.get("FLEET_FLOWER_BASIC_AUTH")
+    if auth:
+        settings.flower.basic_auth = SecretStr(auth)
+    return settings
+
+
+def _config_error(exc: ValidationError, sources: dict[tuple[str, ...], str]) -> ConfigError:
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(str(p) for p in err["loc"])
+    source = sources[()]
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in sources:
+            source = sources[loc[:n]]
+            break
+    key = ".".join(loc)
+    if source.endswith(".toml") and len(loc) >= 2 and loc[0] == "queues" and "queues" in source:
+        key = ".".join(loc[2:]) or key
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    got = err.get("input")
+    if err["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict | list):
+        msg += f" (got {got!r})"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return ConfigError(msg + more, file=source, key=key, expected=err["msg"])
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, loaded once from the environment and the config directory."""
+    return load_settings()

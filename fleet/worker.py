@@ -1,0 +1,35 @@
+"""What a worker process imports: the app with its tasks registered (``celery -A fleet.worker``)."""
+
+from __future__ import annotations
+
+from fleet import tasks as _tasks  # noqa: F401 - registers the tasks on the app
+from fleet.app import app
+
+__all__ = ["app", "worker_argv"]
+
+
+def worker_argv(
+    queue: str,
+    *,
+    concurrency: int,
+    pool: str,
+    hostname: str | None = None,
+    loglevel: str = "INFO",
+    autoscale: tuple[int, int] | None = None,
+) -> list[str]:
+    """Arguments of ``celery -A fleet.worker`` for one pool consuming one queue."""
+    argv = [
+        "worker",
+        "--queues", queue,
+        "--hostname", hostname or f"{queue}@%h",
+        "--pool", pool,
+        "--loglevel", loglevel,
+        "--task-events",
+        "--without-gossip",
+        "--without-mingle",
+    ]  # fmt: skip
+    if autoscale:
+        argv += ["--autoscale", f"{autoscale[1]},{autoscale[0]}"]
+    else:
+        argv += ["--concurrency", str(concurrency)]
+    return argv

@@ -1,0 +1,138 @@
+"""The chain's policy per outcome, with scripted providers (a pure unit: no HTTP here)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from fleet.chain import Chain
+from fleet.errors import AuthError, ContextLengthExceeded, ProviderError, RateLimited, ServerError
+from fleet.models import TaskRequest
+from fleet.providers import ChatRequest, ChatResponse
+from fleet.settings import Settings, load_settings
+
+Step = Callable[[ChatRequest], ChatResponse]
+
+
+def ok(text: str = "fine", finish: str = "stop") -> Step:
+    return lambda req: ChatResponse(text=text, finish_reason=finish, input_tokens=10, output_tokens=5)
+
+
+def fail(exc: ProviderError) -> Step:
+    def step(req: ChatRequest) -> ChatResponse:
+        raise exc
+
+    return step
+
+
+class Scripted:
+    def __init__(self, name: str, steps: list[Step]) -> None:
+        self.name = name
+        self.steps = steps
+        self.calls: list[str] = []
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        self.calls.append(request.model)
+        return self.steps.pop(0)(request)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings(env={})
+
+
+LINKS = [("openai", "gpt-4.1-mini"), ("groq", "llama-3.3-70b-versatile"), ("anthropic", "claude-sonnet-4-5")]
+
+
+def make(settings: Settings, **scripts: list[Step]) -> tuple[Chain, dict[str, Scripted], list[float]]:
+    providers = {name: Scripted(name, steps) for name, steps in scripts.items()}
+    slept: list[float] = []
+    return Chain(settings, providers=providers, sleep=slept.append), providers, slept  # type: ignore[arg-type]
+
+
+def test_first_link_answers(settings: Settings) -> None:
+    chain, _, _ = make(settings, openai=[ok("hello")])
+    out = chain.run(LINKS, TaskRequest(prompt="hi"))
+    assert out.ok and out.answer == "hello" and out.link_index == 0
+    assert [a.outcome for a in out.attempts] == ["ok"]
+    assert out.cost_usd == pytest.approx(settings.model("openai", "gpt-4.1-mini").cost(10, 5))
+
+
+def test_retryable_outcome_retries_same_link_then_moves_on(settings: Settings) -> None:
+    chain, _providers, slept = make(
+        settings, openai=[fail(ServerError("boom", status=500)), fail(ServerError("boom", status=500))],
+        groq=[ok("from groq")],
+    )  # fmt: skip
+    out = chain.run(LINKS, TaskRequest(prompt="hi"))
+    assert out.answer == "from groq" and out.link_index == 1
+    assert [a.outcome for a in out.attempts] == ["server_error", "server_error", "ok"]
+    assert len(slept) == 1 and 0 < slept[0] <= settings.retry.backoff_max_s
+
+
+def test_short_retry_after_waits_long_one_moves_on(settings: Settings) -> None:
+    chain, _, slept = make(settings, openai=[fail(RateLimited("slow down", retry_after=0.5)), ok("later")])
+    assert chain.run(LINKS, TaskRequest(prompt="hi")).answer == "later"
+    assert slept == [0.5]
+    chain, _, slept = make(settings, openai=[fail(RateLimited("slow down", retry_after=60))], groq=[ok("g")])
+    out = chain.run(LINKS, TaskRequest(prompt="hi"))
+    assert out.answer == "g" and slept == []
+
+
+@pytest.mark.parametrize(
+    ("step", "code"),
+    [
+        (ok(""), "empty_answer"),
+        (ok("cut", finish="length"), "truncated"),
+    ],
+)
+def test_bad_answers_move_to_the_next_link(settings: Settings, step: Step, code: str) -> None:
+    chain, _, slept = make(settings, openai=[step], groq=[ok("good")])
+    out = chain.run(LINKS, TaskRequest(prompt="hi"))
+    assert out.answer == "good"
+    assert [a.outcome for a in out.attempts] == [code, "ok"]
+    assert slept == []
+
+
+def test_schema_mismatch_moves_on(settings: Settings) -> None:
+    schema = {"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}}
+    chain, _, _ = make(
+        settings, openai=[ok('{"total": "ten"}')], groq=[ok("not json")], anthropic=[ok('{"total": 10}')]
+    )
+    out = chain.run(LINKS, TaskRequest(prompt="hi", response_schema=schema))
+    assert out.answer == '{"total": 10}'
+    assert [a.outcome for a in out.attempts] == ["schema_mismatch", "schema_mismatch", "ok"]
+
+
+def test_auth_skips_every_link_of_that_provider(settings: Settings) -> None:
+    links = [("openai", "gpt-4.1-mini"), ("openai", "gpt-4.1"), ("anthropic", "claude-sonnet-4-5")]
+    chain, providers, _ = make(settings, openai=[fail(AuthError("bad key", status=401))], anthropic=[ok("a")])
+    out = chain.run(links, TaskRequest(prompt="hi"))
+    assert out.answer == "a"
+    assert providers["openai"].calls == ["gpt-4.1-mini"]
+
+
+def test_context_length_skips_links_with_no_larger_window(settings: Settings) -> None:
+    links = [("groq", "llama-3.3-70b-versatile"), ("groq", "llama-3.1-8b-instant"), ("openai", "gpt-4.1")]
+    chain, providers, _ = make(
+        settings, groq=[fail(ContextLengthExceeded("too long", status=400))], openai=[ok("big")]
+    )
+    out = chain.run(links, TaskRequest(prompt="hi"))
+    assert out.answer == "big"
+    assert providers["groq"].calls == ["llama-3.3-70b-versatile"]
+
+
+def test_all_links_down_returns_the_whole_history(settings: Settings) -> None:
+    down = [fail(ServerError("down", status=503))] * 2
+    chain, _, _ = make(settings, openai=list(down), groq=list(down), anthropic=list(down))
+    out = chain.run(LINKS, TaskRequest(prompt="hi"))
+    assert not out.ok and out.reason == "server_error"
+    assert len(out.attempts) == 6
+    assert {a.link for a in out.attempts} == {f"{p}:{m}" for p, m in LINKS}
+
+
+def test_cost_ceiling_escalates_instead_of_spending_more(settings: Settings) -> None:
+    chain, _, _ = make(settings, openai=[ok("", "stop")], groq=[ok("never")])
+    out = chain.run(LINKS, TaskRequest(prompt="hi", max_cost_usd=1e-9))
+    assert not out.ok and out.reason == "cost_ceiling"
+    assert len(out.attempts) == 1

@@ -1,0 +1,74 @@
+"""The wire contract: what is accepted, what is refused and how the refusal reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fleet.errors import InvalidRequest
+from fleet.models import TaskRequest, TaskResult, Tier, validate_request
+
+
+def test_minimal_request_gets_defaults() -> None:
+    req = validate_request({"prompt": "hello"})
+    assert req.hints.files == [] and req.tier is None and req.metadata == {}
+
+
+def test_full_request_round_trips_through_json() -> None:
+    data = {
+        "prompt": "Extract the total",
+        "system": "You extract fields.",
+        "kind": "extract.invoice",
+        "tier": "mini",
+        "hints": {"complexity": "low", "latency_budget_ms": 1500, "files": ["a.py"]},
+        "max_tokens": 200,
+        "temperature": 0.2,
+        "response_schema": {"type": "object", "required": ["total"]},
+        "idempotency_key": "inv-1",
+        "metadata": {"team": "billing"},
+    }
+    req = validate_request(json.dumps(data))
+    assert req.tier is Tier.MINI
+    assert validate_request(req.model_dump(mode="json")) == req
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({}, "prompt: Field required"),
+        ({"prompt": ""}, "prompt must not be empty"),
+        ({"prompt": "a", "extra": 1}, "extra: unknown field"),
+        ({"prompt": "a", "hints": {"speed": 1}}, "hints.speed: unknown field"),
+        ({"prompt": "a", "hints": {"requires_reasoning": "yes"}}, "hints.requires_reasoning"),
+        ({"prompt": "a", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "a", "max_tokens": "10"}, "max_tokens"),
+        ({"prompt": "a", "metadata": {"k": 1}}, "metadata.k"),
+        ({"prompt": "a", "temperature": float("inf")}, "temperature"),
+        ({"prompt": "a", "response_schema": {"type": 12}}, "response_schema"),
+        ({"prompt": "\ud800"}, "prompt: Input should be a valid string"),
+    ],
+)
+def test_bad_requests_name_the_field(data: dict[str, object], fragment: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        validate_request(data)
+    assert fragment in str(info.value)
+
+
+def test_prompt_limit_comes_from_config() -> None:
+    validate_request({"prompt": "x" * 100}, max_prompt_bytes=100)
+    with pytest.raises(InvalidRequest, match="101 bytes, over the limit of 100"):
+        validate_request({"prompt": "x" * 101}, max_prompt_bytes=100)
+
+
+def test_non_object_json_is_refused() -> None:
+    with pytest.raises(InvalidRequest):
+        validate_request("[1, 2]")
+    with pytest.raises(InvalidRequest):
+        validate_request("{not json")
+
+
+def test_result_latency() -> None:
+    res = TaskResult(task_id="t", status="completed", submitted_at=10.0, finished_at=10.25)
+    assert res.latency_ms == pytest.approx(250.0)
+    assert TaskRequest.model_fields["prompt"].is_required()

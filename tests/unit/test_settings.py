@@ -1,0 +1,111 @@
+"""Settings: defaults load; profiles and FLEET_* overrides apply; bad values name file and key."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import ConfigError
+from fleet.settings import default_config_dir, load_settings, mask_url, parse_rate
+
+
+def _copy_config(tmp_path: Path) -> Path:
+    root = default_config_dir()
+    shutil.copytree(root / "config", tmp_path / "config")
+    shutil.copytree(root / "queues", tmp_path / "queues")
+    return tmp_path
+
+
+def test_defaults_load_with_every_queue_and_a_chain_per_tier() -> None:
+    settings = load_settings(env={})
+    assert set(settings.queues) == {"router", "mini", "standard", "full", "fast", "escalations"}
+    for tier in ("mini", "standard", "full", "fast"):
+        assert len(settings.tier(tier).links()) >= 2
+    assert settings.visibility_timeout() > max(q.timeout_s for q in settings.queues.values())
+    assert settings.mock.enabled is False
+
+
+def test_demo_profile_points_providers_at_the_mock() -> None:
+    settings = load_settings(profile="demo", env={"FLEET_MOCK__URL": "http://127.0.0.1:9"})
+    assert settings.mock.enabled
+    assert settings.base_url("openai") == "http://127.0.0.1:9/v1"
+    assert settings.base_url("anthropic") == "http://127.0.0.1:9"
+    assert settings.providers["openai"].api_key is not None
+
+
+def test_env_overrides_use_toml_values() -> None:
+    settings = load_settings(
+        env={"FLEET_QUEUES__FULL__CONCURRENCY": "9", "FLEET_REDIS_URL": "redis://h:6379/2"}
+    )
+    assert settings.queues["full"].concurrency == 9
+    assert settings.broker.url == "redis://h:6379/2"
+
+
+def test_api_keys_come_from_the_named_variable_and_are_masked() -> None:
+    settings = load_settings(env={"OPENAI_API_KEY": "sk-canary-123"})
+    assert settings.providers["openai"].api_key is not None
+    assert settings.providers["openai"].api_key.get_secret_value() == "sk-canary-123"
+    assert "sk-canary" not in str(settings.masked())
+    assert "sk-canary" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "key"),
+    [
+        ("queues/full.toml", 'rate_limit = "300/m"', 'rate_limit = "10/x"', "rate_limit"),
+        ("queues/mini.toml", "concurrency = 16", "concurrency = 0", "concurrency"),
+        ("queues/mini.toml", "concurrency = 16", "concurrency = -3", "concurrency"),
+        ("queues/fast.toml", 'rate_limit = "3000/m"', 'rate_limit = "0/m"', "rate_limit"),
+        ("queues/standard.toml", "timeout_s = 180", 'timeout_s = "long"', "timeout_s"),
+        (
+            "config/fleet.toml",
+            "fast_threshold_ms = 2000",
+            "fast_threshold_ms = -1",
+            "router.fast_threshold_ms",
+        ),
+    ],
+)
+def test_bad_values_name_the_file_and_key(tmp_path: Path, file: str, old: str, new: str, key: str) -> None:
+    root = _copy_config(tmp_path)
+    path = root / file
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_dir=root, env={})
+    assert Path(file).name in str(info.value)
+    assert key in str(info.value)
+
+
+def test_unknown_key_and_unknown_chain_model_are_refused(tmp_path: Path) -> None:
+    root = _copy_config(tmp_path)
+    (root / "queues" / "mini.toml").write_text('concurency = 3\nchain = ["openai:gpt-4.1-mini"]\n')
+    with pytest.raises(ConfigError, match="concurency: unknown key"):
+        load_settings(config_dir=root, env={})
+    (root / "queues" / "mini.toml").write_text('chain = ["openai:gpt-9"]\n')
+    with pytest.raises(ConfigError, match="no model 'gpt-9'"):
+        load_settings(config_dir=root, env={})
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"FLEET_QUEUES__MINI__POOL": "fibers"})
+    assert "FLEET_QUEUES__MINI__POOL" in str(info.value)
+
+
+def test_unknown_profile() -> None:
+    with pytest.raises(ConfigError, match="unknown profile 'nope'"):
+        load_settings(profile="nope", env={})
+
+
+def test_parse_rate_and_mask_url() -> None:
+    assert parse_rate("600/m") == 10.0
+    assert parse_rate("2/s") == 2.0
+    for bad in ("10/x", "0/m", "-1/m", "ten/m"):
+        with pytest.raises(ValueError):
+            parse_rate(bad)
+    assert mask_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert mask_url("rediss://user:pw@host/1") == "rediss://user:***@host/1"
+    assert mask_url("redis://host:6379/0") == "redis://host:6379/0"

@@ -1,0 +1,107 @@
+"""The demo workload: every line a valid request, distinct prompts, known kinds, sampling."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from fleet.models import Tier, validate_request
+from fleet.workload import load_workload, sample
+
+#: The kind labels the workload may use (cost reports group by them; keep the set small).
+KNOWN_KINDS = frozenset(
+    {
+        "code.function",
+        "code.bugfix",
+        "code.review",
+        "code.tests",
+        "code.refactor",
+        "code.docstring",
+        "code.boilerplate",
+        "code.sql",
+        "code.autocomplete",
+        "write.email",
+        "write.release_notes",
+        "write.summary",
+        "write.marketing",
+        "write.translate",
+        "extract.invoice",
+        "extract.email",
+        "extract.logs",
+        "classify.ticket",
+        "support.reply",
+        "support.triage",
+        "analysis.compare",
+        "analysis.metric",
+        "analysis.incident",
+        "analysis.threat_model",
+        "ops.runbook",
+        "ops.alert",
+        "ops.infra",
+        "ops.postmortem",
+        "lookup.quick",
+    }
+)
+
+
+def test_every_line_is_a_valid_request() -> None:
+    # Given the shipped workload / When each line is validated / Then none raises
+    jobs = load_workload()
+    for job in jobs:
+        validate_request(job)
+
+
+def test_at_least_150_distinct_prompts() -> None:
+    prompts = [job["prompt"] for job in load_workload()]
+    assert len(prompts) >= 150
+    assert len(set(prompts)) == len(prompts)
+
+
+def test_every_kind_is_known() -> None:
+    kinds = {job.get("kind") for job in load_workload()}
+    assert kinds <= KNOWN_KINDS, sorted(str(k) for k in kinds - KNOWN_KINDS)
+
+
+def test_the_mix_exercises_every_routing_path() -> None:
+    # Given the workload / Then each precedence rule of the router has jobs to act on
+    jobs = [validate_request(job) for job in load_workload()]
+    pins = collections.Counter(job.tier for job in jobs if job.tier is not None)
+    assert 0.02 <= sum(pins.values()) / len(jobs) <= 0.10
+    assert set(pins) == set(Tier)
+    budgets = [j.hints.latency_budget_ms for j in jobs if j.hints.latency_budget_ms is not None]
+    assert len(budgets) / len(jobs) >= 0.10
+    assert all(500 <= ms <= 1500 for ms in budgets)
+    assert any(j.hints.safety_critical for j in jobs)
+    assert any(j.hints.requires_reasoning for j in jobs)
+    assert {j.hints.complexity for j in jobs if j.hints.complexity} == {"low", "medium", "high"}
+    assert 8 <= sum(j.response_schema is not None for j in jobs) <= 15
+    hinted = sum("hints" in job for job in load_workload())
+    assert 0.35 <= hinted / len(jobs) <= 0.65
+
+
+@pytest.mark.parametrize("n", [10, 400])
+def test_sample_sizes_and_distinct_prompts(n: int) -> None:
+    # When n jobs are sampled (400 is more than the file holds) / Then there are n, all distinct and valid
+    jobs = sample(n)
+    assert len(jobs) == n
+    assert len({job["prompt"] for job in jobs}) == n
+    for job in jobs:
+        validate_request(job)
+
+
+def test_sample_takes_the_first_n_then_cycles_with_variants() -> None:
+    workload = load_workload()
+    jobs = sample(len(workload) + 2)
+    assert jobs[:10] == workload[:10]
+    assert jobs[len(workload)]["prompt"] == workload[0]["prompt"] + " (variant 1)"
+    assert jobs[len(workload)]["kind"] == workload[0]["kind"]
+
+
+def test_sample_with_a_seed_is_deterministic() -> None:
+    # Given a seed / Then the same jobs every time, a different pick than file order, and n < 0 refused
+    assert sample(20, seed=3) == sample(20, seed=3)
+    assert sample(20, seed=3) != sample(20)
+    assert sample(0) == []
+    with pytest.raises(ValueError):
+        sample(-1)
