@@ -41,11 +41,15 @@ __all__ = [
     "BrokerSettings",
     "EscalationSettings",
     "FlowerSettings",
+    "HeuristicSettings",
     "MockSettings",
     "ModelSettings",
     "ProviderSettings",
     "QueueSettings",
+    "RouterKeywords",
     "RouterSettings",
+    "RouterThresholds",
+    "RouterWeights",
     "Settings",
     "TelemetrySettings",
     "default_config_dir",
@@ -220,28 +224,27 @@ class RouterKeywords(_Section):
     #: Work that needs a frontier model: design, architecture, trade-offs, security, proofs, algorithms.
     hard: list[str] = Field(
         default_factory=lambda: [
-            "design a", "design an", "design the", "design our", "design for", "system design",
-            "architect*", "trade off*", "tradeoff*", "pros and cons", "security review", "secur* audit",
-            "threat model*", "vulnerab*", "exploit*", "attack surface", "privilege escalation",
-            "sql injection", "xss", "csrf", "ssrf", "root cause*", "post mortem", "postmortem",
-            "race condition*", "deadlock*",
-            "prove", "proof", "formally verify", "invariant*", "algorithm for", "design an algorithm",
-            "complexity analysis", "big o", "consistency model", "distributed", "consensus",
-            "migration plan", "migration strategy", "zero downtime", "capacity plan*", "scalab*",
-            "strategy for", "roadmap", "evaluate whether", "decide between", "choose between",
-            "which approach", "should we", "build vs buy", "rfc", "capacity", "devise", "come up with",
-            "propose a", "pick between", "weigh*", "alternatives", "formally", "formal proof", "formal argument", "formal verification", "lock free", "linearizab*",
-            "concurren*", "thread safe*", "show that", "lower bound", "upper bound", "correctness",
-            "theorem", "lemma", "decid*", "build or buy", "build our own",
+            "design a", "design an", "design the", "design our", "design for", "system design", "architect*",
+            "trade off*", "tradeoff*", "pros and cons", "security review", "secur* audit", "threat model*",
+            "vulnerab*", "exploit*", "attack surface", "privilege escalation", "sql injection", "xss", "csrf",
+            "ssrf", "root cause*", "post mortem", "postmortem", "race condition*", "deadlock*", "prove",
+            "proof", "formally verify", "invariant*", "algorithm for", "design an algorithm",
+            "complexity analysis", "big o", "consistency model", "distributed", "consensus", "migration plan",
+            "migration strategy", "zero downtime", "capacity plan*", "scalab*", "strategy for", "roadmap",
+            "evaluate whether", "decide between", "choose between", "which approach", "should we",
+            "build vs buy", "rfc", "capacity", "devise", "come up with", "propose a", "pick between",
+            "weigh*", "alternatives", "formally", "formal proof", "formal argument", "formal verification",
+            "lock free", "linearizab*", "concurren*", "thread safe*", "show that", "lower bound",
+            "upper bound", "correctness", "theorem", "lemma", "decid*", "build or buy", "build our own",
         ]
     )
     #: An open or ambiguous goal the model must interpret.
     ambiguous: list[str] = Field(
         default_factory=lambda: [
-            "not sure", "figure out", "somehow", "something is off", "something is wrong",
-            "best way", "best approach", "what would you", "what should", "how should", "any ideas",
-            "how would you", "would you use", "how we should", "we should", "what could", "going on", "estimat*", "assumption*",
-            "open ended", "unclear", "ambiguous", "vague", "make it better", "rethink",
+            "not sure", "figure out", "somehow", "something is off", "something is wrong", "best way",
+            "best approach", "what would you", "what should", "how should", "any ideas", "how would you",
+            "would you use", "how we should", "we should", "what could", "going on", "estimat*",
+            "assumption*", "open ended", "unclear", "ambiguous", "vague", "make it better", "rethink",
         ]
     )
     #: High stakes: money, law, health, personal data, production safety.
@@ -249,106 +252,100 @@ class RouterKeywords(_Section):
         default_factory=lambda: [
             "security", "authentication", "authorization", "auth", "credential*", "layoff*", "severance",
             "secret*", "pii", "gdpr", "hipaa", "soc 2", "pci", "compliance", "regulat*", "legal*",
-            "liability", "contract clause*", "medical", "diagnos*", "dosage", "financial advice",
-            "data loss", "corrupt*", "outage*", "incident*", "production database", "downtime", "breach*",
-            "exposure", "penalt*", "lawsuit*", "hospital*", "patient*", "medication*", "clinical",
-            "investor*", "expose*", "iam", "permission*", "least privilege", "access control", "public access",
-            "publicly", "privacy", "data residency", "dpa",
+            "liability", "contract clause*", "medical", "diagnos*", "dosage", "financial advice", "data loss",
+            "corrupt*", "outage*", "incident*", "production database", "downtime", "breach*", "exposure",
+            "penalt*", "lawsuit*", "hospital*", "patient*", "medication*", "clinical", "investor*", "expose*",
+            "iam", "permission*", "least privilege", "access control", "public access", "publicly", "privacy",
+            "data residency", "dpa",
         ]
     )
     #: Debugging; across several components it counts as hard.
     debugging: list[str] = Field(
         default_factory=lambda: [
             "debug*", "why does", "why do", "why is", "why are", "why did", "intermittent*", "flaky",
-            "sometimes", "occasionally", "stale", "wrong", "broken", "fail*", "error*", "bug*",
-            "disappear*", "lost", "missing", "degrad*", "worse",
-            "sometimes fail*", "randomly", "memory leak", "leak*", "regression", "hangs", "stall*",
-            "crash*", "slow down", "latency spike*", "timeout*", "inconsistent", "investigat*", "lag",
-            "lagging",
+            "sometimes", "occasionally", "stale", "wrong", "broken", "fail*", "error*", "bug*", "disappear*",
+            "lost", "missing", "degrad*", "worse", "sometimes fail*", "randomly", "memory leak", "leak*",
+            "regression", "hangs", "stall*", "crash*", "slow down", "latency spike*", "timeout*",
+            "inconsistent", "investigat*", "lag", "lagging",
         ]
     )
     #: Components of a system, counted to tell cross-component work from local work.
     components: list[str] = Field(
         default_factory=lambda: [
-            "service", "services", "microservice*", "api gateway", "gateway", "load balancer",
-            "database", "db", "postgres*", "mysql", "redis", "cache", "kafka", "queue", "broker",
-            "worker*", "frontend", "backend", "cdn", "dns", "kubernetes", "k8s", "ingress",
-            "replica*", "shard*", "cluster", "client", "server", "proxy", "scheduler", "webhook*",
-            "elasticsearch", "indexer", "producer*", "consumer*", "sqlite", "mobile", "device*",
-            "sync service", "search", "cdn",
+            "service", "services", "microservice*", "api gateway", "gateway", "load balancer", "database",
+            "db", "postgres*", "mysql", "redis", "cache", "kafka", "queue", "broker", "worker*", "frontend",
+            "backend", "cdn", "dns", "kubernetes", "k8s", "ingress", "replica*", "shard*", "cluster",
+            "client", "server", "proxy", "scheduler", "webhook*", "elasticsearch", "indexer", "producer*",
+            "consumer*", "sqlite", "mobile", "device*", "sync service", "search", "cdn",
         ]
     )
     #: Mechanical, bounded transformations a small model does well.
     mechanical: list[str] = Field(
         default_factory=lambda: [
-            "format the", "format this", "format these", "format it", "reformat", "pretty print",
-            "extract", "pull out", "parse", "translate", "find and replace", "replace all", "bump",
-            "copyright",
-            "rename", "docstring*", "boilerplate", "scaffold*", "stub out", "skeleton", "classify", "categori*", "tag",
-            "label", "lint", "linter", "flake8", "eslint", "pylint", "typo*", "spelling", "grammar",
-            "proofread", "convert", "alphabeti*", "mask",
-            "transform", "sort", "dedupe", "deduplicate", "normalize", "capitali*", "uppercase",
-            "lowercase", "fill in", "fill out", "transcribe", "redact", "add type hints",
-            "type annotations",
-            "comment each", "commit message", "changelog entry", "alt text", "sentiment",
+            "format the", "format this", "format these", "format it", "reformat", "pretty print", "extract",
+            "pull out", "parse", "translate", "find and replace", "replace all", "bump", "copyright",
+            "rename", "docstring*", "boilerplate", "scaffold*", "stub out", "skeleton", "classify",
+            "categori*", "tag", "label", "lint", "linter", "flake8", "eslint", "pylint", "typo*", "spelling",
+            "grammar", "proofread", "convert", "alphabeti*", "mask", "transform", "sort", "dedupe",
+            "deduplicate", "normalize", "capitali*", "uppercase", "lowercase", "fill in", "fill out",
+            "transcribe", "redact", "add type hints", "type annotations", "comment each", "commit message",
+            "changelog entry", "alt text", "sentiment",
         ]
     )
     #: Light generative asks: summaries, short replies, simple explanations.
     light: list[str] = Field(
         default_factory=lambda: [
-            "summar*", "tl dr", "tldr", "sentence", "one line", "one liner", "short", "brief",
-            "a few words", "subject line", "title*", "headline*", "tagline*", "slogan*",
-            "rephrase", "reword", "paraphrase", "shorten", "thank you note", "word for",
-            "acknowledg*", "define", "list the", "count*", "calculate", "sum of", "sum up", "tally",
+            "summar*", "tl dr", "tldr", "sentence", "one line", "one liner", "short", "brief", "a few words",
+            "subject line", "title*", "headline*", "tagline*", "slogan*", "rephrase", "reword", "paraphrase",
+            "shorten", "thank you note", "word for", "acknowledg*", "define", "list the", "count*",
+            "calculate", "sum of", "sum up", "tally",
         ]
     )
     #: Precise output specifications: the job is well specified.
     precise: list[str] = Field(
         default_factory=lambda: [
-            "as json", "in json", "json object", "json array", "json with", "as csv", "as yaml",
-            "as a table", "markdown table", "one per line", "return only", "output only",
-            "only the", "exactly", "with keys", "fields", "columns", "following schema",
-            "in the format", "iso 8601", "snake case", "camel case", "unchanged", "untouched",
-            "do not change", "don't change", "without changing",
+            "as json", "in json", "json object", "json array", "json with", "as csv", "as yaml", "as a table",
+            "markdown table", "one per line", "return only", "output only", "only the", "exactly",
+            "with keys", "fields", "columns", "following schema", "in the format", "iso 8601", "snake case",
+            "camel case", "unchanged", "untouched", "do not change", "don't change", "without changing",
         ]
     )
     #: A small, bounded piece of code asked for.
     bounded_code: list[str] = Field(
         default_factory=lambda: [
             "write a function", "function that", "function to", "helper function", "regex",
-            "regular expression", "bash one liner", "shell command", "cron expression", "getter*",
-            "setter*", "dataclass", "enum",
-            "dockerfile", "gitignore",
+            "regular expression", "bash one liner", "shell command", "cron expression", "getter*", "setter*",
+            "dataclass", "enum", "dockerfile", "gitignore",
         ]
     )
     #: Words that point at pasted material ("this article", "the log below"): after the first paragraph
     #: that has one, the rest of the prompt is pasted, except a closing question or instruction.
     pasted_pointers: list[str] = Field(
         default_factory=lambda: [
-            "this", "these", "the following", "following", "below", "above", "attached", "pasted",
-            "here is", "here are", "here's",
+            "this", "these", "the following", "following", "below", "above", "attached", "pasted", "here is",
+            "here are", "here's",
         ]
     )
     #: Asks that need judgement about the given input (review, explain, refactor): they keep a job
     #: that works on pasted input from counting as bounded by it.
     judgement: list[str] = Field(
         default_factory=lambda: [
-            "refactor*", "review*", "explain*", "analy*", "interpret*", "improv*", "optimi*",
-            "rewrite", "edit", "tighten", "port", "reply", "respond", "response", "draft*",
-            "suggest*", "recommend*", "assess*", "evaluat*", "critique", "why", "whether", "cause*",
-            "what's wrong", "what is wrong", "fix", "describe", "implement*", "design*", "plan*",
-            "trend*", "insight*", "anomal*", "unhealthy", "advice", "advise", "faq", "article", "guide",
-            "blog*", "post", "essay", "story", "speech", "proposal",
+            "refactor*", "review*", "explain*", "analy*", "interpret*", "improv*", "optimi*", "rewrite",
+            "edit", "tighten", "port", "reply", "respond", "response", "draft*", "suggest*", "recommend*",
+            "assess*", "evaluat*", "critique", "why", "whether", "cause*", "what's wrong", "what is wrong",
+            "fix", "describe", "implement*", "design*", "plan*", "trend*", "insight*", "anomal*", "unhealthy",
+            "advice", "advise", "faq", "article", "guide", "blog*", "post", "essay", "story", "speech",
+            "proposal",
         ]
     )
     #: Nouns that introduce pasted material in a line ending with ':' ("Customer email:").
     pasted_cues: list[str] = Field(
         default_factory=lambda: [
-            "following", "below", "here is", "here's", "here are", "attached", "pasted", "text",
-            "email", "message", "ticket", "log", "logs", "trace", "traceback", "stack trace",
-            "output", "diff", "patch", "code", "file", "snippet", "document", "doc", "article",
-            "transcript", "review", "reviews", "comment", "comments", "json", "csv", "yaml",
-            "data", "table", "report", "notes", "input", "content", "conversation", "chat",
+            "following", "below", "here is", "here's", "here are", "attached", "pasted", "text", "email",
+            "message", "ticket", "log", "logs", "trace", "traceback", "stack trace", "output", "diff",
+            "patch", "code", "file", "snippet", "document", "doc", "article", "transcript", "review",
+            "reviews", "comment", "comments", "json", "csv", "yaml", "data", "table", "report", "notes",
+            "input", "content", "conversation", "chat",
         ]
     )
     # fmt: on

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from fleet.app import ESCALATE_TASK, EXECUTE_TASK, ROUTE_TASK, app
 from fleet.chain import Chain
 from fleet.discovery import redis_client
-from fleet.errors import InvalidRequest
+from fleet.errors import InvalidRequest, ProviderError
 from fleet.escalations import EscalationStore, NewEscalation
 from fleet.models import (
     Attempt,
@@ -99,6 +99,20 @@ def dead_letter(new: NewEscalation) -> TaskResult:
     )
 
 
+def _ask_mini_tier(prompt: str, timeout_s: float) -> str:
+    """The LLM classifier's model call: the mini tier's chain, bounded by ``timeout_s``.
+
+    Raises:
+        ProviderError: no link answered in time.
+    """
+    outcome = _get_chain().run(
+        _settings().tier("mini").links(), TaskRequest(prompt=prompt, max_tokens=200), timeout_s=timeout_s
+    )
+    if outcome.answer is None:
+        raise ProviderError(f"the mini tier gave no verdict ({outcome.reason})")
+    return outcome.answer
+
+
 def _validate(task: Task, request: Any, job: Any) -> tuple[TaskRequest, JobEnvelope] | TaskResult:
     """The request and envelope, or the dead-letter result of a message that does not validate."""
     settings = _settings()
@@ -131,7 +145,8 @@ def route(self: Task, request: Any = None, job: Any = None) -> None:
         return
     req, envelope = checked
     settings = _settings()
-    envelope.routing = decide(req, settings.router)
+    ask = _ask_mini_tier if settings.router.classifier == "llm" else None
+    envelope.routing = decide(req, settings.router, ask=ask)
     tier = settings.tier(envelope.routing.tier)
     app.send_task(
         EXECUTE_TASK,

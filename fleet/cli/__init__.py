@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from fleet.cli.classify import classify
 from fleet.cli.jobs import result, submit
 from fleet.cli.ops import config_app, status
 from fleet.cli.run import demo, flower, mock_provider, up, worker
@@ -33,16 +34,7 @@ app.command("result")(result)
 app.command("status")(status)
 app.add_typer(config_app, name="config")
 
-
-def _register_optional() -> None:
-    try:
-        from fleet.cli.classify import classify
-    except ImportError:  # the router issue's verb; absent in a partial checkout
-        return
-    app.command("classify")(classify)
-
-
-_register_optional()
+app.command("classify")(classify)
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ blocks, code and log lines, and a document introduced by "Here is the log:"), so
 input never makes a job look hard by its length or by the words inside it. Score 1-2 -> mini,
 3 -> standard, 4-5 -> full.
 
-Regexes are compiled once per settings object (a small cache keyed by its identity), never per call.
+Keyword sets are indexed by word once per settings object (a small cache keyed by its identity),
+never per call; a regex alternation per set cost tens of microseconds per ask.
 """
 
 from __future__ import annotations

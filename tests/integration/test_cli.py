@@ -14,8 +14,8 @@ pytestmark = pytest.mark.integration
 
 def test_submit_then_result_then_status(clean_fleet: RunningFleet) -> None:
     env = clean_fleet.env()
-    submitted = run(["submit", "Extract the order id from: 'Order #A-1234 shipped'", "--kind", "extract.order",
-                     "--complexity", "low", "--json"], env)  # fmt: skip
+    prompt = "Extract the order id from: 'Order #A-1234 shipped'"
+    submitted = run(["submit", prompt, "--kind", "extract.order", "--complexity", "low", "--json"], env)
     assert submitted.returncode == 0, submitted.stderr
     task_id = json.loads(submitted.stdout.strip().splitlines()[-1])["task_id"]
 

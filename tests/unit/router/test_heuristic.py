@@ -1,0 +1,168 @@
+"""The heuristic content classifier: features, reasons, pasted input, config defaults, caching."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.models import RoutingDecision, Tier, validate_request
+from fleet.router import heuristic
+from fleet.settings import HeuristicSettings, RouterSettings, load_settings
+
+REPO = Path(__file__).resolve().parents[3]
+SETTINGS = RouterSettings()
+
+PASTED_CODE = "\n".join(
+    f"def handler_{i}(request):\n    # security review: architecture trade-offs, root cause\n    return {i};"
+    for i in range(200)
+)
+
+
+def classify(prompt: str, settings: RouterSettings = SETTINGS, **fields: Any) -> RoutingDecision:
+    return heuristic.classify(validate_request({"prompt": prompt, **fields}), settings)
+
+
+def test_package_defaults_equal_what_config_ships() -> None:
+    # Given the [router] table of config/fleet.toml
+    with (REPO / "config" / "fleet.toml").open("rb") as fh:
+        shipped = tomllib.load(fh)["router"]
+    # Then it equals the defaults carried by the package, key by key
+    assert RouterSettings.model_validate(shipped) == RouterSettings()
+    assert set(shipped["heuristic"]["keywords"]) == set(HeuristicSettings().keywords.model_dump())
+    assert set(shipped["heuristic"]["weights"]) == set(HeuristicSettings().weights.model_dump())
+    assert set(shipped["heuristic"]["thresholds"]) == set(HeuristicSettings().thresholds.model_dump())
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "Add docstrings to the functions in billing/invoice.py.",
+        "Extract the invoice number and total from this receipt text and return JSON.",
+        "Translate this paragraph into Spanish.",
+        "Classify this ticket as billing, bug or other.",
+        "Generate the boilerplate for a new Flask app.",
+    ],
+)
+def test_mechanical_asks_go_to_mini(prompt: str) -> None:
+    decision = classify(prompt)
+    assert decision.tier is Tier.MINI
+    assert decision.score is not None and decision.score <= 2
+    assert decision.classifier == "heuristic"
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "Do a security review of our login flow.",
+        "Design the architecture for a multi-region event store and weigh the trade-offs.",
+        "Prove that this scheduling algorithm always terminates.",
+        "Find the root cause of the duplicate charges between the orders and payments services.",
+        "Should we move off our monolith this year? I'm not sure what to prioritise.",
+    ],
+)
+def test_design_security_proof_and_ambiguity_go_to_full(prompt: str) -> None:
+    decision = classify(prompt)
+    assert decision.tier is Tier.FULL
+    assert decision.score is not None and decision.score >= 4
+
+
+def test_reasons_name_the_deciding_features() -> None:
+    decision = classify("Do a security review of the session handling.")
+    assert any("matched 'security review'" in r and "(+2" in r for r in decision.reasons)
+    assert decision.reasons[-1] == f"score {decision.score} -> full"
+
+
+def test_long_pasted_input_alone_does_not_raise_the_score() -> None:
+    # Given the same mechanical ask, once short and once with a long paste full of hard words
+    short = classify("Add docstrings to these functions.")
+    long = classify("Add docstrings to these functions.\n\n```python\n" + PASTED_CODE + "\n```")
+    # Then the score does not move, and the reasons say the paste was not counted
+    assert long.score == short.score
+    assert long.tier is Tier.MINI
+    assert any(r.startswith("pasted input (") and "not counted as difficulty" in r for r in long.reasons)
+
+
+def test_pasted_document_after_an_intro_line_is_not_read_as_the_ask() -> None:
+    doc = "We should redesign the architecture and weigh every trade-off. " * 60
+    decision = classify("Translate the following email into German:\n" + doc)
+    assert decision.tier is Tier.MINI
+
+
+def test_a_question_after_the_paste_is_part_of_the_ask() -> None:
+    logs = "\n".join(f"2024-06-02T14:00:{i:02d}Z ERROR orders upstream timeout" for i in range(60))
+    decision = classify("Here are the logs:\n" + logs + "\n\nWhat is the root cause of these timeouts?")
+    assert decision.tier is Tier.FULL
+
+
+def test_many_files_count_as_wider_scope() -> None:
+    files = [f"svc/module_{i}.py" for i in range(7)]
+    decision = classify("Implement request-id propagation.", hints={"files": files})
+    assert "touches 7 files (+1)" in decision.reasons
+    assert decision.tier is Tier.FULL
+
+
+def test_paths_in_the_ask_count_as_files() -> None:
+    prompt = "Update api/routes.py, api/models.py, core/db.py and web/views.py to use the new client."
+    decision = classify(prompt)
+    assert "touches 4 files (+1)" in decision.reasons
+
+
+def test_a_design_ask_is_not_made_cheap_by_a_mechanical_word() -> None:
+    decision = classify("Show that any comparison sort needs n log n comparisons in the worst case.")
+    assert decision.tier is Tier.FULL
+    assert any(r.startswith("ignored 'sort'") for r in decision.reasons)
+
+
+def test_kind_counts_as_part_of_the_ask() -> None:
+    assert classify("Look at this.", kind="security-review").tier is Tier.FULL
+    assert classify("Look at this.", kind="docstring").tier is Tier.MINI
+
+
+def test_response_schema_lowers_the_score() -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    plain = classify("Write a product description for a desk lamp.")
+    fixed = classify("Write a product description for a desk lamp.", response_schema=schema)
+    assert plain.score is not None and fixed.score == plain.score - 1
+
+
+def test_no_feature_means_the_base_score() -> None:
+    decision = classify("Write a blog post about our team offsite.")
+    assert decision.score == 3
+    assert decision.tier is Tier.STANDARD
+    assert "no deciding feature: base score 3" in decision.reasons
+
+
+@pytest.mark.parametrize(
+    ("score", "tier"), [(1, "mini"), (2, "mini"), (3, "standard"), (4, "full"), (5, "full")]
+)
+def test_score_to_tier(score: int, tier: str) -> None:
+    assert heuristic.tier_for_score(score).value == tier
+
+
+def test_operators_tune_keywords_and_weights_without_code() -> None:
+    # Given an operator who treats "invoice" as high stakes, through the environment
+    env = {"FLEET_ROUTER__HEURISTIC__KEYWORDS__STAKES": '["invoice*"]'}
+    tuned = load_settings(config_dir=REPO, env=env).router
+    prompt = "Write a blog post about invoices."
+    # Then the same prompt scores higher with the tuned settings
+    assert classify(prompt, tuned).score == (classify(prompt).score or 0) + 1
+    # And a weight of 0 switches a feature off
+    quiet = RouterSettings.model_validate({"heuristic": {"weights": {"hard": 0}}})
+    assert classify("Do a security review of the login flow.", quiet).score == 4
+
+
+def test_compiled_patterns_are_cached_per_settings_object() -> None:
+    settings = HeuristicSettings()
+    first = heuristic._compiled(settings)
+    assert heuristic._compiled(settings) is first
+    assert heuristic._compiled(HeuristicSettings()) is not first
+
+
+def test_split_ask_reports_pasted_characters() -> None:
+    prompt = "Fix the lint errors in this file.\n\n```python\n" + PASTED_CODE + "\n```"
+    split = heuristic.split_ask(prompt, SETTINGS.heuristic)
+    assert split.ask == "Fix the lint errors in this file."
+    assert split.pasted_chars == len(prompt) - len(split.ask)
