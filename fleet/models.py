@@ -99,9 +99,16 @@ class TaskRequest(_Strict):
         limit = DEFAULT_MAX_PROMPT_BYTES
         if isinstance(info.context, dict):
             limit = int(info.context.get("max_prompt_bytes", limit))
-        size = len(value.encode("utf-8"))
+        size = len(_utf8(value))
         if size > limit:
             raise ValueError(f"prompt is {size} bytes, over the limit of {limit} bytes")
+        return value
+
+    @field_validator("system", mode="after")
+    @classmethod
+    def _system_text(cls, value: str | None) -> str | None:
+        if value is not None:
+            _utf8(value)
         return value
 
     @field_validator("temperature", "max_cost_usd", mode="after")
@@ -123,6 +130,13 @@ class TaskRequest(_Strict):
         except jsonschema.SchemaError as exc:
             raise ValueError(f"response_schema is not a valid JSON schema: {exc.message}") from exc
         return value
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid unicode text (it holds a lone surrogate)") from None
 
 
 def validate_request(data: Any, *, max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES) -> TaskRequest:

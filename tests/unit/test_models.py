@@ -46,7 +46,8 @@ def test_full_request_round_trips_through_json() -> None:
         ({"prompt": "a", "metadata": {"k": 1}}, "metadata.k"),
         ({"prompt": "a", "temperature": float("inf")}, "temperature"),
         ({"prompt": "a", "response_schema": {"type": 12}}, "response_schema"),
-        ({"prompt": "\ud800"}, "prompt: Input should be a valid string"),
+        ({"prompt": "\ud800"}, "prompt: Value error, not valid unicode"),
+        ({"prompt": "a", "system": "\udfff"}, "system: Value error, not valid unicode"),
     ],
 )
 def test_bad_requests_name_the_field(data: dict[str, object], fragment: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fleet.cli import classify as classify_module
+classify_module = importlib.import_module("fleet.cli.classify")
 from fleet.settings import Settings, load_settings
+
+classify_module = importlib.import_module("fleet.cli.classify")
 
 REPO = Path(__file__).resolve().parents[3]
 
