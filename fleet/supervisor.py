@@ -239,6 +239,8 @@ class Supervisor:
                 f"Flower would listen on {flower.address} without authentication: set "
                 "FLEET_FLOWER_BASIC_AUTH=user:password, or keep [flower] address on 127.0.0.1"
             )
+        else:
+            env["FLOWER_UNAUTHENTICATED_API"] = "true"  # loopback only: its JSON API for local tools
         argv = [
             sys.executable, "-m", "celery", "-A", "fleet.app", "flower",
             f"--address={flower.address}", f"--port={port}",

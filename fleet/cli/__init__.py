@@ -19,6 +19,11 @@ app = typer.Typer(
         "no model can do waits for people in the escalation inbox.\n\n"
         "Start here: fleet demo   (everything on an embedded broker with a mock provider)"
     ),
+    epilog=(
+        "Examples:  fleet demo --tasks 200 --json  ·  fleet up --profile demo --scale full=8  ·  "
+        'fleet submit "Add a docstring to parse_rate()" --wait 30  ·  fleet result ID  ·  fleet status  ·  '
+        "fleet classify requests.jsonl --report  ·  fleet config show"
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -53,6 +53,16 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop()
 
 
+def _trap_stop_signals() -> dict[int, Any]:
+    """SIGTERM and SIGINT both stop the fleet, even when a shell started us with SIGINT ignored."""
+    return {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 @handle_errors
 def up(
     profile: Annotated[str | None, typer.Option(help="Config profile, e.g. 'demo' (mock provider).")] = None,
@@ -77,7 +87,7 @@ def up(
     settings = settings_for(profile, **{"mock.failure_rate": failure_rate})
     options = FleetOptions(scale=_parse_scale(scale), flower=not no_flower, flower_port=flower_port)
     sup = Supervisor(settings, options, on_event=lambda msg: err_console.print(f"[dim]·[/] {msg}"))
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    previous = _trap_stop_signals()
     try:
         sup.start()
         err_console.print(
@@ -92,7 +102,7 @@ def up(
     except (KeyboardInterrupt, _Stop):
         err_console.print("stopping: in-flight jobs finish, waiting ones stay queued ...")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _restore_signals(previous)
         sup.stop()
     err_console.print("fleet stopped")
 
@@ -171,7 +181,7 @@ def demo(
         shutdown_grace_s=10.0,
     )
     sup = Supervisor(settings, options, on_event=lambda msg: console.print(f"[dim]·[/] {msg}"))
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    previous = _trap_stop_signals()
     started = time.monotonic()
     try:
         with console.status("starting the fleet ..."):
@@ -196,7 +206,7 @@ def demo(
         console.print("[yellow]interrupted[/]: stopping everything the demo started ...")
         raise typer.Exit(130) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _restore_signals(previous)
         with console.status("stopping the fleet ..."):
             sup.stop()
         tmp.cleanup()
