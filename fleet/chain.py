@@ -1,16 +1,22 @@
 """The fallback chain: each link of a tier's chain in turn, until one gives an acceptable answer.
 
-An outcome decides what happens next (retry policy is data, not exceptions swallowed):
+An outcome decides what happens next; the policy is data (``[retry.policy]`` in fleet.toml,
+defaults in :data:`fleet.settings.DEFAULT_POLICY`), not exceptions swallowed:
 
 - ``ok`` and the answer passes the quality checks (not empty, not truncated, valid against
   ``response_schema``): done.
-- a retryable outcome (:data:`RETRY_SAME_LINK`): the same link again, with exponential backoff and
-  jitter, bounded in attempts and in total wait; a Retry-After beyond the bound moves on instead of
-  holding the worker slot.
-- :data:`NEXT_LINK` outcomes: the next link (for ``context_length_exceeded``, the next link with a
-  larger context window).
-- :data:`SKIP_PROVIDER` outcomes (``auth``, a configuration fault): every remaining link of that
-  provider is skipped, and it is logged loudly.
+- ``retry``: the same link again, with exponential backoff and jitter, bounded in attempts and in
+  total wait; a Retry-After beyond the bound moves on instead of holding the worker slot.
+- ``next_link``: the next link (for ``context_length_exceeded``, the next link with a larger
+  context window).
+- ``skip_provider`` (``auth``, a configuration fault): every remaining link of that provider is
+  skipped, and it is logged loudly.
+
+A provider whose circuit breaker is open (:mod:`fleet.limits`) is skipped without a call; the
+attempt list records it with the outcome ``circuit_open``. A model at its rpm/tpm (token buckets in
+Redis) is waited for up to ``limits.max_slot_wait_s``; beyond that it is recorded as ``throttled``
+and, by ``limits.provider_limit``, the next link is tried or the chain stops with a ``retry_after``
+so the job goes back to its queue instead of holding a worker slot.
 
 When no link is left the chain returns an exhausted outcome; the caller escalates to people.
 """
@@ -28,43 +34,27 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from fleet import keys
 from fleet.errors import (
     EmptyAnswer,
     ProviderError,
     SchemaMismatch,
     TruncatedAnswer,
 )
+from fleet.limits import Bucket, CircuitBreaker, RateLimiter
 from fleet.models import Attempt, TaskRequest
 from fleet.providers import ChatRequest, ChatResponse, Provider, build_provider, make_http_client
+from fleet.providers.base import estimate_tokens
 from fleet.settings import Settings
 
-__all__ = [
-    "NEXT_LINK",
-    "RETRY_SAME_LINK",
-    "SKIP_PROVIDER",
-    "Chain",
-    "ChainOutcome",
-    "check_answer",
-]
+__all__ = ["CIRCUIT_OPEN", "THROTTLED", "Chain", "ChainOutcome", "check_answer"]
 
 log = logging.getLogger(__name__)
 
-#: Outcomes worth another try on the same link.
-RETRY_SAME_LINK = frozenset({"rate_limited", "overloaded", "server_error", "timeout", "connection"})
-#: Outcomes that move to the next link at once.
-NEXT_LINK = frozenset(
-    {
-        "context_length_exceeded",
-        "content_filtered",
-        "bad_request",
-        "malformed_response",
-        "empty_answer",
-        "truncated",
-        "schema_mismatch",
-    }
-)
-#: Outcomes that skip every remaining link of the same provider (a configuration fault).
-SKIP_PROVIDER = frozenset({"auth"})
+#: The outcome recorded for a link skipped because its provider's breaker is open.
+CIRCUIT_OPEN = "circuit_open"
+#: The outcome recorded for a link whose rpm/tpm bucket had no token within the wait bound.
+THROTTLED = "throttled"
 
 
 @dataclass
@@ -78,6 +68,8 @@ class ChainOutcome:
     link_index: int | None = None
     #: The outcome code that ended the chain without an answer (the last failure, or a policy).
     reason: str | None = None
+    #: With reason "throttled": seconds until a rate-limit token is expected.
+    retry_after: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -132,9 +124,13 @@ class Chain:
         *,
         client: httpx.Client | None = None,
         providers: dict[str, Provider] | None = None,
+        breaker: CircuitBreaker | None = None,
+        limiter: RateLimiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
+        self.breaker = breaker
+        self.limiter = limiter
         self._client = client
         self._providers: dict[str, Provider] = dict(providers or {})
         self._lock = threading.RLock()
@@ -181,6 +177,7 @@ class Chain:
             temperature=request.temperature,
             response_schema=request.response_schema,
         )
+        throttled_wait: float | None = None
         for index, (provider_name, model) in enumerate(links):
             if provider_name in skipped_providers:
                 continue
@@ -195,15 +192,57 @@ class Chain:
                 if deadline is not None and time.monotonic() >= deadline:
                     outcome.reason = "timeout"
                     return outcome
+                buckets = self._buckets(provider_name, model, request)
+                if buckets and self.limiter is not None:
+                    allowed, wait = self.limiter.acquire(
+                        buckets,
+                        max_wait_s=self.settings.limits.max_slot_wait_s,
+                        counter=keys.rate_counter(f"{provider_name}:{model}", int(time.time()) // 10),
+                    )
+                    if not allowed:
+                        outcome.attempts.append(
+                            Attempt(
+                                link=f"{provider_name}:{model}",
+                                provider=provider_name,
+                                model=model,
+                                outcome=THROTTLED,
+                                error=f"rpm/tpm of {provider_name}:{model} reached: next in {wait:.1f} s",
+                            )
+                        )
+                        outcome.reason = THROTTLED
+                        throttled_wait = wait if throttled_wait is None else min(throttled_wait, wait)
+                        if self.settings.limits.provider_limit == "wait":
+                            outcome.retry_after = throttled_wait
+                            return outcome
+                        break
+                    if wait > 0:
+                        self._sleep(wait)
+                permit = self.breaker.allow(provider_name) if self.breaker else None
+                if permit is not None and not permit.allowed:
+                    outcome.attempts.append(
+                        Attempt(
+                            link=f"{provider_name}:{model}",
+                            provider=provider_name,
+                            model=model,
+                            outcome=CIRCUIT_OPEN,
+                            error=f"breaker of {provider_name} is {permit.state}: skipped without a call",
+                        )
+                    )
+                    outcome.reason = CIRCUIT_OPEN
+                    break
                 attempt, error, answer = self._call(provider_name, model, chat, request)
                 outcome.attempts.append(attempt)
+                self._correct_tpm(buckets, attempt)
+                if permit is not None and self.breaker is not None:
+                    self.breaker.record(provider_name, permit, attempt.outcome)
                 if error is None:
                     outcome.answer = answer
                     outcome.provider, outcome.model, outcome.link_index = provider_name, model, index
                     outcome.reason = None
                     return outcome
                 outcome.reason = error.code
-                if error.code in SKIP_PROVIDER:
+                action = retry.action(error.code)
+                if action == "skip_provider":
                     log.error(
                         "provider %s refused our credentials (%s): skipping it; fix its api_key_env",
                         provider_name,
@@ -214,7 +253,7 @@ class Chain:
                 if error.code == "context_length_exceeded":
                     min_context = model_settings.context_window
                     break
-                if error.code not in RETRY_SAME_LINK or try_no == retry.max_attempts_per_link:
+                if action != "retry" or try_no == retry.max_attempts_per_link:
                     break
                 delay = min(retry.backoff_max_s, retry.backoff_base_s * 2 ** (try_no - 1))
                 delay = random.uniform(delay / 2, delay)
@@ -224,7 +263,40 @@ class Chain:
                     break  # waiting that long would hold the worker slot: next link instead
                 waited += delay
                 self._sleep(delay)
+        if throttled_wait is not None:
+            # A link that was only busy may answer later: the job waits in its queue, not in a slot.
+            outcome.reason, outcome.retry_after = THROTTLED, throttled_wait
         return outcome
+
+    def _buckets(self, provider: str, model: str, request: TaskRequest) -> list[Bucket]:
+        """The model's rpm and tpm buckets (tpm costs the request's estimated tokens)."""
+        if self.limiter is None:
+            return []
+        settings = self.settings.model(provider, model)
+        buckets = []
+        if settings.rpm:
+            rate = settings.rpm / 60.0
+            buckets.append(Bucket(keys.bucket("rpm", f"{provider}:{model}"), rate, burst=max(1.0, rate)))
+        if settings.tpm:
+            rate = settings.tpm / 60.0
+            estimate = estimate_tokens(request.prompt + (request.system or "")) + (
+                request.max_tokens or self.settings.limits.default_output_tokens
+            )
+            buckets.append(
+                Bucket(
+                    keys.bucket("tpm", f"{provider}:{model}"), rate, burst=max(rate, estimate), cost=estimate
+                )
+            )
+        return buckets
+
+    def _correct_tpm(self, buckets: list[Bucket], attempt: Attempt) -> None:
+        """Replace the tpm estimate with the actual usage (a refund or a further charge)."""
+        if self.limiter is None:
+            return
+        for bucket in buckets:
+            if bucket.key.startswith(keys.bucket("tpm", "")):
+                used = attempt.input_tokens + attempt.output_tokens
+                self.limiter.adjust(bucket, used - bucket.cost)
 
     def _call(
         self, provider_name: str, model: str, chat: ChatRequest, request: TaskRequest

@@ -10,12 +10,16 @@ __all__ = [
     "PREFIX",
     "QUEUES",
     "TIER_QUEUES",
+    "breaker",
+    "breaker_failures",
+    "bucket",
     "escalation",
     "escalation_by_task",
     "escalations_index",
     "escalations_state",
     "idempotency",
     "queue_lists",
+    "rate_counter",
 ]
 
 #: Prefix of every key the fleet itself writes.
@@ -54,6 +58,26 @@ def escalations_index() -> str:
 def escalations_state(state: str) -> str:
     """Sorted set of escalation ids in one state, scored by creation time."""
     return f"{PREFIX}esc:state:{state}"
+
+
+def breaker(provider: str) -> str:
+    """A provider's circuit breaker: a hash of state, opened_at, probe, opens."""
+    return f"{PREFIX}cb:{provider}"
+
+
+def breaker_failures(provider: str) -> str:
+    """A provider's recent availability failures: a sorted set scored by time (ms)."""
+    return f"{PREFIX}cb:{provider}:failures"
+
+
+def bucket(kind: str, name: str) -> str:
+    """A token bucket (GCRA: the theoretical arrival time, ms): kind "queue", "rpm" or "tpm"."""
+    return f"{PREFIX}tb:{kind}:{name}"
+
+
+def rate_counter(queue: str, slot: int) -> str:
+    """Jobs started on ``queue`` in one 10-second slot (epoch seconds // 10)."""
+    return f"{PREFIX}rate:{queue}:{slot}"
 
 
 def queue_lists(queue: str) -> list[str]:

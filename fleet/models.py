@@ -204,6 +204,12 @@ class JobEnvelope(_Strict):
     routing: RoutingDecision | None = None
     attempts: list[Attempt] = Field(default_factory=list)
     deliveries: int = 0
+    #: Times the job went back to its queue to wait for a rate-limit token.
+    requeues: int = 0
+    #: The job's next delivery already holds its queue rate-limit slot.
+    slot_reserved: bool = False
+    #: The escalation this job is a retry of (people sent it again from the inbox).
+    retry_of: str | None = None
 
 
 class TaskResult(_Strict):

@@ -38,6 +38,8 @@ from fleet.keys import QUEUES, TIER_QUEUES
 from fleet.models import DEFAULT_MAX_PROMPT_BYTES, Tier
 
 __all__ = [
+    "DEFAULT_POLICY",
+    "BreakerSettings",
     "BrokerSettings",
     "EscalationSettings",
     "FlowerSettings",
@@ -46,6 +48,7 @@ __all__ = [
     "ModelSettings",
     "ProviderSettings",
     "QueueSettings",
+    "RetrySettings",
     "RouterKeywords",
     "RouterSettings",
     "RouterThresholds",
@@ -60,7 +63,14 @@ __all__ = [
 ]
 
 #: Variables that configure where configuration comes from, not a config key.
-_RESERVED_ENV = {"FLEET_CONFIG_DIR", "FLEET_PROFILE", "FLEET_STATE_DIR", "FLEET_REDIS_URL"}
+_RESERVED_ENV = {
+    "FLEET_CONFIG_DIR",
+    "FLEET_PROFILE",
+    "FLEET_STATE_DIR",
+    "FLEET_REDIS_URL",
+    "FLEET_API_TOKEN",
+    "FLEET_FLOWER_BASIC_AUTH",
+}
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -122,6 +132,16 @@ class EmbeddedSettings(_Section):
 class LimitsSettings(_Section):
     #: Largest accepted prompt, in UTF-8 bytes.
     max_prompt_bytes: int = Field(default=DEFAULT_MAX_PROMPT_BYTES, gt=0)
+    #: Longest a job may hold a worker slot waiting for a rate-limit token; beyond it the job goes
+    #: back to its queue with a countdown.
+    max_slot_wait_s: float = Field(default=1.0, ge=0)
+    #: Furthest ahead a job may reserve its queue rate-limit slot (it waits in the queue until then);
+    #: keep it well under the broker's visibility timeout.
+    max_reserve_s: float = Field(default=120.0, gt=0)
+    #: A provider model at its rpm/tpm: "next_link" tries the next link, "wait" requeues the job.
+    provider_limit: Literal["next_link", "wait"] = "next_link"
+    #: Output tokens assumed for tpm when a request sets no max_tokens (corrected after the call).
+    default_output_tokens: int = Field(default=512, gt=0)
 
 
 class ModelSettings(_Section):
@@ -159,6 +179,26 @@ class ProviderSettings(_Section):
         return value.rstrip("/")
 
 
+Action = Literal["retry", "next_link", "skip_provider"]
+
+#: What the chain does after each outcome; ``[retry.policy]`` in fleet.toml overrides entries.
+DEFAULT_POLICY: dict[str, Action] = {
+    "rate_limited": "retry",
+    "overloaded": "retry",
+    "server_error": "retry",
+    "timeout": "retry",
+    "connection": "retry",
+    "context_length_exceeded": "next_link",  # to the next link with a larger context window
+    "content_filtered": "next_link",
+    "bad_request": "next_link",
+    "malformed_response": "next_link",
+    "empty_answer": "next_link",
+    "truncated": "next_link",
+    "schema_mismatch": "next_link",
+    "auth": "skip_provider",  # a configuration fault: no link of that provider can work
+}
+
+
 class RetrySettings(_Section):
     """How the chain retries the same link on a retryable outcome."""
 
@@ -167,6 +207,30 @@ class RetrySettings(_Section):
     backoff_max_s: float = Field(default=2.0, ge=0)
     #: A Retry-After longer than this moves to the next link instead of holding the worker slot.
     max_wait_s: float = Field(default=5.0, ge=0)
+    #: Outcome code -> "retry" (same link, with backoff), "next_link" or "skip_provider".
+    policy: dict[str, Action] = Field(default_factory=dict)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_codes(cls, value: dict[str, Action]) -> dict[str, Action]:
+        unknown = sorted(set(value) - set(DEFAULT_POLICY))
+        if unknown:
+            raise ValueError(f"unknown outcome codes {unknown}; known: {sorted(DEFAULT_POLICY)}")
+        return {**DEFAULT_POLICY, **value}
+
+    def action(self, code: str) -> Action:
+        return self.policy.get(code) or DEFAULT_POLICY.get(code, "next_link")
+
+
+class BreakerSettings(_Section):
+    """A circuit breaker per provider, shared by every worker through Redis."""
+
+    enabled: bool = True
+    #: Availability failures (5xx, overloaded, timeout, connection) within ``window_s`` that open it.
+    failure_threshold: int = Field(default=5, ge=1)
+    window_s: float = Field(default=30.0, gt=0)
+    #: Seconds an open breaker waits before letting one probe call through.
+    cooldown_s: float = Field(default=15.0, gt=0)
 
 
 class QueueSettings(_Section):
@@ -422,6 +486,34 @@ class EscalationSettings(_Section):
     retention_days: float = Field(default=30.0, gt=0)
     #: Webhook notified of each new escalation (Slack-compatible JSON); empty: none.
     webhook_url: str = ""
+    #: Seconds one webhook POST may take.
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    #: Retries of a failed POST (then the escalation stays un-notified; it is never lost).
+    webhook_max_retries: int = Field(default=5, ge=0, le=50)
+    #: First retry after this many seconds, doubling up to ``webhook_backoff_max_s`` (with jitter).
+    webhook_backoff_s: float = Field(default=2.0, ge=0)
+    webhook_backoff_max_s: float = Field(default=60.0, ge=0)
+    #: Put an excerpt of the prompt in the message (off: prompts may hold what a chat must not see).
+    webhook_include_prompt: bool = False
+    #: Link to the inbox page shown in notifications, e.g. "https://fleet.example.com/inbox".
+    inbox_url: str = ""
+
+    @field_validator("webhook_url", "inbox_url")
+    @classmethod
+    def _http_or_empty(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("expected an http:// or https:// URL, or empty")
+        return value
+
+
+class ApiSettings(_Section):
+    """``fleet api``: the HTTP API and the inbox page."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: Name of the environment variable holding the bearer token (the token is never in a file).
+    #: Without a token the API only listens on loopback, and serves there without auth.
+    token_env: str = "FLEET_API_TOKEN"
 
 
 class TelemetrySettings(_Section):
@@ -459,10 +551,12 @@ class Settings(_Section):
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     queues: dict[str, QueueSettings] = Field(default_factory=dict)
     router: RouterSettings = Field(default_factory=RouterSettings)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     mock: MockSettings = Field(default_factory=MockSettings)

@@ -52,6 +52,8 @@ class FleetOptions:
     #: Seconds the pools get to finish in-flight jobs on stop.
     shutdown_grace_s: float = 30.0
     loglevel: str = "INFO"
+    #: Extra environment for the pools (e.g. FLEET_* overrides that must reach the workers).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -159,6 +161,7 @@ class Supervisor:
             env["FLEET_MOCK__ENABLED"] = "true"
             env["FLEET_MOCK__URL"] = self.mock_url
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self.options.env)
         return env
 
     def _start_broker(self) -> None:

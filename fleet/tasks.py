@@ -6,20 +6,24 @@ validate is a dead letter (reason ``invalid_message``), never an exception that 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import random
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown
 from pydantic import ValidationError
 
+from fleet import keys
 from fleet.app import ESCALATE_TASK, EXECUTE_TASK, ROUTE_TASK, app
-from fleet.chain import Chain
+from fleet.chain import THROTTLED, Chain
 from fleet.discovery import redis_client
 from fleet.errors import InvalidRequest, ProviderError
 from fleet.escalations import EscalationStore, NewEscalation
+from fleet.limits import Bucket, CircuitBreaker, RateLimiter
 from fleet.models import (
     Attempt,
     JobEnvelope,
@@ -29,8 +33,9 @@ from fleet.models import (
     Tier,
     validate_request,
 )
+from fleet.notify import backoff_s, post_webhook, slack_message
 from fleet.router import decide
-from fleet.settings import Settings
+from fleet.settings import QueueSettings, Settings, parse_rate
 
 __all__ = ["dead_letter", "escalate", "execute", "route"]
 
@@ -51,7 +56,13 @@ def _get_chain() -> Chain:
     if _chain is None:
         with _chain_lock:
             if _chain is None:
-                _chain = Chain(_settings())
+                settings = _settings()
+                client = redis_client(settings)
+                _chain = Chain(
+                    settings,
+                    breaker=CircuitBreaker(client, settings.breaker),
+                    limiter=RateLimiter(client),
+                )
     return _chain
 
 
@@ -74,13 +85,31 @@ def _tier_or_none(value: object) -> Tier | None:
         return None
 
 
+def _get_limiter() -> RateLimiter:
+    limiter = _get_chain().limiter
+    assert limiter is not None  # built with the chain
+    return limiter
+
+
 def _store() -> EscalationStore:
-    return EscalationStore(redis_client(_settings()))
+    settings = _settings()
+    return EscalationStore(redis_client(settings), retention_days=settings.escalation.retention_days)
+
+
+def _retry_of_current_job() -> str | None:
+    """``retry_of`` from the running task's envelope: set when people retried this job."""
+    task = app.current_task
+    args: Any = getattr(getattr(task, "request", None), "args", None) or ()
+    job = args[1] if len(args) > 1 else None
+    retry_of = job.get("retry_of") if isinstance(job, dict) else None
+    return retry_of if isinstance(retry_of, str) else None
 
 
 def dead_letter(new: NewEscalation) -> TaskResult:
     """Persist an escalation (before the message is acked), notify the escalations queue, and
     return the task's final result."""
+    if new.retry_of is None:
+        new = dataclasses.replace(new, retry_of=_retry_of_current_job())
     record, created = _store().create(new)
     if created:
         app.send_task(ESCALATE_TASK, args=[record["id"]], queue="escalations")
@@ -96,6 +125,46 @@ def dead_letter(new: NewEscalation) -> TaskResult:
         reason=record["reason"],
         submitted_at=new.submitted_at,
         finished_at=time.time(),
+    )
+
+
+#: Times a job may go back to its queue for rate limits before it is escalated as "throttled".
+MAX_REQUEUES = 50
+
+
+def _queue_token(queue: QueueSettings) -> tuple[bool, float]:
+    """Reserve the job's slot under the queue's fleet-wide rate limit, and count the start.
+
+    Returns ``(reserved, wait_s)``. A reservation within ``limits.max_slot_wait_s`` is waited for
+    here; a later one is kept and the job goes back to its queue until then, so each job is
+    requeued at most once and the queue runs at exactly its rate. Beyond ``limits.max_reserve_s``
+    nothing is reserved (a far reservation would outlive the broker's visibility timeout).
+    """
+    limits = _settings().limits
+    buckets = []
+    if queue.rate_limit:
+        rate = parse_rate(queue.rate_limit)
+        buckets.append(Bucket(keys.bucket("queue", queue.name), rate, burst=max(1.0, rate)))
+    reserved, wait = _get_limiter().acquire(
+        buckets,
+        max_wait_s=limits.max_reserve_s,
+        counter=keys.rate_counter(queue.name, int(time.time()) // 10),
+    )
+    if reserved and wait <= limits.max_slot_wait_s:
+        if wait > 0:
+            time.sleep(wait)
+        return True, 0.0
+    return reserved, wait if reserved else limits.max_reserve_s * random.uniform(0.5, 1.0)
+
+
+def _requeue(task: Task, request: Any, envelope: JobEnvelope, countdown: float) -> NoReturn:
+    """Send the job back to its queue to run in ``countdown`` seconds, with its id and history."""
+    envelope.requeues += 1
+    raise task.retry(
+        args=(request, envelope.model_dump(mode="json")),
+        kwargs={},
+        countdown=round(countdown, 3),
+        max_retries=None,
     )
 
 
@@ -158,7 +227,7 @@ def route(self: Task, request: Any = None, job: Any = None) -> None:
     )
 
 
-@app.task(name=EXECUTE_TASK, bind=True)
+@app.task(name=EXECUTE_TASK, bind=True, max_retries=None)  # requeues are bounded by MAX_REQUEUES
 def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
     """Run the tier's chain; return the TaskResult, or escalate when no link could answer."""
     checked = _validate(self, request, job)
@@ -173,8 +242,19 @@ def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
         classifier="queue",
     )
     tier_settings = settings.tier(routing.tier)
-    outcome = _get_chain().run(tier_settings.links(), req, timeout_s=tier_settings.timeout_s)
+    if envelope.slot_reserved:
+        envelope.slot_reserved = False  # this delivery is the reserved one
+    else:
+        reserved, wait = _queue_token(tier_settings)
+        if wait > 0:
+            envelope.slot_reserved = reserved
+            _requeue(self, request, envelope, wait)
+    chain = _get_chain()
+    outcome = chain.run(tier_settings.links(), req, timeout_s=tier_settings.timeout_s)
     attempts = [*envelope.attempts, *outcome.attempts]
+    if outcome.reason == THROTTLED and envelope.requeues < MAX_REQUEUES:
+        envelope.attempts = attempts
+        _requeue(self, request, envelope, outcome.retry_after or 1.0)
     if not outcome.ok:
         return dead_letter(
             NewEscalation(
@@ -212,8 +292,14 @@ def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
 
 @app.task(name=ESCALATE_TASK, bind=True, ignore_result=True)
 def escalate(self: Task, escalation_id: Any = None) -> None:
-    """Tell people about a new escalation (the record itself is already stored)."""
-    record = _store().get_or_none(str(escalation_id))
+    """Tell people about a new escalation (the record itself is already stored).
+
+    Posts to ``escalation.webhook_url`` when set, retrying with capped backoff; on success marks the
+    record ``notified_at``. A webhook that keeps failing is logged and given up on: the record stays.
+    """
+    settings = _settings()
+    store = _store()
+    record = store.get_or_none(str(escalation_id))
     if record is None:
         log.error("escalation %r announced but not found", escalation_id)
         return
@@ -221,3 +307,21 @@ def escalate(self: Task, escalation_id: Any = None) -> None:
         "escalation %s open: task %s, tier %s, reason %s", record["id"], record["task_id"], record["tier"],
         record["reason"],
     )  # fmt: skip
+    cfg = settings.escalation
+    if (
+        not cfg.webhook_url
+        or record.get("notified_at") is not None
+        or record["state"] not in ("open", "claimed")
+    ):
+        return
+    failure = post_webhook(cfg.webhook_url, slack_message(record, cfg), timeout_s=cfg.webhook_timeout_s)
+    if failure is None:
+        store.mark_notified(record["id"])
+        return
+    retries = int(self.request.retries or 0)
+    if retries >= cfg.webhook_max_retries:
+        log.error("escalation %s: webhook failed %d times, giving up: %s", record["id"], retries + 1, failure)
+        return
+    delay = backoff_s(retries, cfg)
+    log.warning("escalation %s: webhook failed (%s); retry in %.1f s", record["id"], failure, delay)
+    raise self.retry(countdown=delay, max_retries=cfg.webhook_max_retries)

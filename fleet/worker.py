@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from celery.concurrency import ALIASES as _POOL_ALIASES
+
 from fleet import tasks as _tasks  # noqa: F401 - registers the tasks on the app
 from fleet.app import app
 
 __all__ = ["app", "worker_argv"]
+
+# `--pool threads` means our resizable threads pool in every fleet worker (fleet scale grows it).
+_POOL_ALIASES["threads"] = "fleet.pool:ResizableThreadPool"
 
 
 def worker_argv(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -33,6 +34,13 @@ def broker_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     url = broker.start()
     yield url
     broker.stop()
+
+
+def other_db_url(url: str) -> str:
+    """The same server, the next database: for a fleet that must not share queues with the session's."""
+    parts = urlsplit(url)
+    current = int(parts.path.strip("/") or 0)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{(current + 1) % 16}", parts.query, parts.fragment))
 
 
 def flush_fleet_keys(url: str) -> None:

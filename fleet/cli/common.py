@@ -35,6 +35,7 @@ __all__ = [
     "err_console",
     "handle_errors",
     "out_console",
+    "parse_queue_sizes",
     "print_json",
     "settings_for",
 ]
@@ -88,6 +89,23 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(code) from None
 
     return wrapper
+
+
+def parse_queue_sizes(items: list[str] | None) -> dict[str, int]:
+    """``["full=8", "mini=32"]`` -> ``{"full": 8, "mini": 32}``.
+
+    Raises:
+        ConfigError: an item is not QUEUE=N with a known queue and N >= 1.
+    """
+    from fleet.keys import QUEUES
+
+    sizes: dict[str, int] = {}
+    for item in items or []:
+        name, sep, count = item.partition("=")
+        if not sep or name not in QUEUES or not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"{item!r}: expected QUEUE=N with QUEUE one of {', '.join(QUEUES)} and N >= 1")
+        sizes[name] = int(count)
+    return sizes
 
 
 def settings_for(profile: str | None = None, **overrides: Any) -> Settings:

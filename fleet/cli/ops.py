@@ -1,77 +1,57 @@
-"""Verbs for operators: status, config."""
+"""Verbs for operators: status, scale, metrics, config."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Annotated, Any
 
+import redis
 import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
-from fleet.cli.common import handle_errors, out_console, print_json, settings_for
-from fleet.keys import QUEUES, queue_lists
-from fleet.settings import mask_url
+from fleet.cli.common import handle_errors, out_console, parse_queue_sizes, print_json, settings_for
+from fleet.errors import FleetError
+from fleet.settings import Settings
 
-__all__ = ["config_app", "status"]
+__all__ = ["config_app", "metrics", "scale", "status"]
 
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 
 
-def collect_status(timeout: float = 1.0) -> dict[str, Any]:
-    """Per queue: depth, workers and concurrency; plus open escalations. One inspect broadcast."""
+@contextmanager
+def _fleet() -> Iterator[tuple[Settings, redis.Redis, Any, str]]:
+    """Settings, a Redis client, a Celery app and the broker URL of the running fleet."""
     from fleet.app import create_app
     from fleet.discovery import broker_url, redis_client
-    from fleet.escalations import EscalationStore
 
     settings = settings_for()
     url = broker_url(settings)
-    client = redis_client(settings, url)
-    pipe = client.pipeline(transaction=False)
-    for queue in QUEUES:
-        for name in queue_lists(queue):
-            pipe.llen(name)
-    lengths = pipe.execute()
-    steps = len(queue_lists(QUEUES[0]))
     app = create_app(settings, url)
     try:
-        inspect = app.control.inspect(timeout=timeout)
-        active_queues = inspect.active_queues() or {}
-        stats = inspect.stats() or {}
-        active = inspect.active() or {}
+        yield settings, redis_client(settings, url), app, url
     finally:
         app.close()
-    queues: dict[str, dict[str, Any]] = {}
-    for i, queue in enumerate(QUEUES):
-        queues[queue] = {
-            "depth": sum(lengths[i * steps : (i + 1) * steps]),
-            "workers": 0,
-            "concurrency": 0,
-            "in_flight": 0,
-            "configured_concurrency": settings.queues[queue].concurrency,
-        }
-    for node, consumed in active_queues.items():
-        pool = (stats.get(node) or {}).get("pool", {})
-        for q in consumed:
-            entry = queues.get(q.get("name"))
-            if entry is not None:
-                entry["workers"] += 1
-                entry["concurrency"] += int(pool.get("max-concurrency", 0) or 0)
-                entry["in_flight"] += len(active.get(node, []))
-    store = EscalationStore(client)
-    return {
-        "broker": mask_url(url),
-        "queues": queues,
-        "escalations_open": store.count("open"),
-        "escalations_claimed": store.count("claimed"),
-    }
+
+
+def collect_status(timeout: float = 1.0) -> dict[str, Any]:
+    """Per queue: depth, oldest age, in flight, workers, concurrency, rate, bucket fill; breakers."""
+    from fleet.monitor import collect
+
+    with _fleet() as (settings, client, app, url):
+        return collect(settings, client, app, url, timeout=timeout)
 
 
 @handle_errors
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
-    """Show each queue's depth, workers and concurrency, and the escalation inbox.
+    """Show each queue's depth, oldest waiting job, in-flight jobs, workers, concurrency, rate over
+    the last minute and rate-limit bucket fill; provider breakers; the escalation inbox.
 
     Example: fleet status --json
     """
@@ -79,11 +59,119 @@ def status(
     if as_json:
         print_json(data)
         return
-    table = Table("queue", "depth", "in flight", "workers", "concurrency", title=f"fleet on {data['broker']}")
+    table = Table(
+        "queue", "depth", "oldest", "in flight", "workers", "concurrency", "started/min", "limit", "bucket",
+        title=f"fleet on {data['broker']}",
+    )  # fmt: skip
     for queue, q in data["queues"].items():
-        table.add_row(queue, str(q["depth"]), str(q["in_flight"]), str(q["workers"]), str(q["concurrency"]))
+        table.add_row(
+            queue, str(q["depth"]), f"{q['oldest_age_s']:.1f} s" if q["depth"] else "-", str(q["in_flight"]),
+            str(q["workers"]), str(q["concurrency"]), str(q["rate_last_min"]), q["rate_limit"] or "-",
+            "-" if q["bucket_fill"] is None else str(q["bucket_fill"]),
+        )  # fmt: skip
     out_console.print(table)
+    breakers = Table("provider", "breaker", "recent failures", title="providers")
+    for provider, b in data["breakers"].items():
+        colour = {"closed": "green", "open": "red"}.get(str(b["state"]), "yellow")
+        breakers.add_row(provider, f"[{colour}]{b['state']}[/]", str(b["recent_failures"]))
+    out_console.print(breakers)
     out_console.print(f"escalations: {data['escalations_open']} open, {data['escalations_claimed']} claimed")
+
+
+def _pool_sizes(app: Any, timeout: float) -> dict[str, tuple[str, int]]:
+    """node -> (queue, max concurrency) for every worker that answers."""
+    inspect = app.control.inspect(timeout=timeout)
+    stats = inspect.stats() or {}
+    out = {}
+    for node, consumed in (inspect.active_queues() or {}).items():
+        size = int((stats.get(node) or {}).get("pool", {}).get("max-concurrency", 0) or 0)
+        for q in consumed:
+            out[node] = (str(q.get("name")), size)
+    return out
+
+
+@handle_errors
+def scale(
+    sizes: Annotated[list[str], typer.Argument(help="QUEUE=N: the new concurrency of each worker of QUEUE.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print before/after sizes as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the workers to report it.")] = 10.0,
+) -> None:
+    """Change the concurrency of running pools (every worker consuming each queue), live.
+
+    Example: fleet scale full=8 mini=32
+    """
+    wanted = parse_queue_sizes(sizes)
+    with _fleet() as (_, _client, app, _url):
+        before = _pool_sizes(app, 1.0)
+        changes: list[dict[str, Any]] = []
+        for node, (queue, size) in before.items():
+            if queue not in wanted or wanted[queue] == size:
+                continue
+            delta = wanted[queue] - size
+            if delta > 0:
+                app.control.pool_grow(delta, destination=[node])
+            else:
+                app.control.pool_shrink(-delta, destination=[node])
+            changes.append({"node": node, "queue": queue, "before": size, "after": wanted[queue]})
+        missing = sorted(set(wanted) - {q for q, _ in before.values()})
+        if missing:
+            raise FleetError(f"no running worker consumes {', '.join(missing)}: is the fleet up?")
+        deadline = time.monotonic() + timeout
+        pending = {c["node"]: c["after"] for c in changes}
+        while pending and time.monotonic() < deadline:
+            now = _pool_sizes(app, 1.0)
+            pending = {n: s for n, s in pending.items() if now.get(n, ("", -1))[1] != s}
+        if pending:
+            raise FleetError(f"workers did not report their new size in time: {', '.join(sorted(pending))}")
+    if as_json:
+        print_json({"changes": changes})
+        return
+    table = Table("worker", "queue", "before", "after", title="scaled")
+    for c in changes:
+        table.add_row(c["node"], c["queue"], str(c["before"]), str(c["after"]))
+    out_console.print(table if changes else "nothing to change: every pool already has that size")
+
+
+@handle_errors
+def metrics(
+    port: Annotated[int, typer.Option(help="Port of the Prometheus endpoint.")] = 9808,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Serve queue depth, oldest-job age and start rate per queue as Prometheus metrics (/metrics),
+    for an autoscaler (KEDA's prometheus scaler, an HPA through prometheus-adapter).
+
+    Example: fleet metrics --port 9808
+    """
+    from fleet.escalations import EscalationStore
+    from fleet.monitor import prometheus_text, queue_snapshot
+
+    with _fleet() as (settings, client, _app, _url):
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = prometheus_text(
+                    queue_snapshot(settings, client), EscalationStore(client).count("open")
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        out_console.print(f"metrics on http://{host}:{server.server_port}/metrics (Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
 
 
 @config_app.command("show")

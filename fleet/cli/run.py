@@ -21,6 +21,7 @@ from fleet.cli.common import (
     err_console,
     handle_errors,
     out_console,
+    parse_queue_sizes,
     print_json,
     settings_for,
 )
@@ -31,18 +32,6 @@ from fleet.keys import QUEUES
 from fleet.supervisor import FleetOptions, Supervisor, is_loopback
 
 __all__ = ["demo", "flower", "mock_provider", "up", "worker"]
-
-
-def _parse_scale(values: list[str] | None) -> dict[str, int]:
-    scale: dict[str, int] = {}
-    for item in values or []:
-        name, sep, count = item.partition("=")
-        if not sep or name not in QUEUES or not count.isdigit() or int(count) < 1:
-            raise ConfigError(
-                f"--scale {item!r}: expected QUEUE=N with QUEUE one of {', '.join(QUEUES)} and N >= 1"
-            )
-        scale[name] = int(count)
-    return scale
 
 
 class _Stop(Exception):
@@ -85,7 +74,7 @@ def up(
     Example: fleet up --profile demo --scale full=8
     """
     settings = settings_for(profile, **{"mock.failure_rate": failure_rate})
-    options = FleetOptions(scale=_parse_scale(scale), flower=not no_flower, flower_port=flower_port)
+    options = FleetOptions(scale=parse_queue_sizes(scale), flower=not no_flower, flower_port=flower_port)
     sup = Supervisor(settings, options, on_event=lambda msg: err_console.print(f"[dim]·[/] {msg}"))
     previous = _trap_stop_signals()
     try:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,11 @@ from fleet.settings import Settings, load_settings
 from fleet.supervisor import FleetOptions, Supervisor
 
 from ..conftest import flush_fleet_keys
+
+#: Canary API keys: they must never show up in a log, a result or an escalation record.
+CANARY_KEYS = {"OPENAI_API_KEY": "sk-canary-openai-5f1d2c", "ANTHROPIC_API_KEY": "sk-ant-canary-9e8d7c"}
+#: What the shared fleet's workers run with: a short breaker cooldown so tests can watch it probe.
+WORKER_ENV = {"FLEET_BREAKER__COOLDOWN_S": "2", **CANARY_KEYS}
 
 
 @dataclass
@@ -37,9 +43,13 @@ class RunningFleet:
         data: dict[str, object] = response.json()
         return data
 
-    def mock_stats(self) -> dict[str, object]:
-        data: dict[str, object] = httpx.get(f"{self.mock_url}/stats", timeout=5).json()
+    def mock_stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = httpx.get(f"{self.mock_url}/stats", timeout=5).json()
         return data
+
+    def logs(self) -> str:
+        """Everything the pools have logged so far."""
+        return "".join(p.read_text(errors="replace") for p in (self.state_dir / "logs").glob("*.log"))
 
     def env(self) -> dict[str, str]:
         """Environment for a `fleet` subprocess talking to this fleet."""
@@ -60,7 +70,13 @@ def fleet(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     settings = load_settings(profile="demo", env=env, overrides={"mock.latency_ms": 5})
     sup = Supervisor(
         settings,
-        FleetOptions(flower=False, publish_state=False, log_dir=state / "logs", shutdown_grace_s=10),
+        FleetOptions(
+            flower=False,
+            publish_state=False,
+            log_dir=state / "logs",
+            shutdown_grace_s=10,
+            env=WORKER_ENV,
+        ),
     )
     sup.start()
     settings.mock.url = sup.mock_url

@@ -136,3 +136,11 @@ def test_cost_ceiling_escalates_instead_of_spending_more(settings: Settings) -> 
     out = chain.run(LINKS, TaskRequest(prompt="hi", max_cost_usd=1e-9))
     assert not out.ok and out.reason == "cost_ceiling"
     assert len(out.attempts) == 1
+
+
+def test_policy_from_config_changes_what_an_outcome_does() -> None:
+    settings = load_settings(env={"FLEET_RETRY__POLICY__TRUNCATED": '"retry"'})
+    chain, _, slept = make(settings, openai=[ok("cut", finish="length"), ok("whole")])
+    out = chain.run(LINKS, TaskRequest(prompt="hi"))
+    assert out.answer == "whole" and out.link_index == 0
+    assert len(slept) == 1

@@ -109,3 +109,12 @@ def test_parse_rate_and_mask_url() -> None:
     assert mask_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
     assert mask_url("rediss://user:pw@host/1") == "rediss://user:***@host/1"
     assert mask_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_outcome_policy_is_data_with_defaults() -> None:
+    settings = load_settings(env={"FLEET_RETRY__POLICY__TRUNCATED": '"retry"'})
+    assert settings.retry.action("truncated") == "retry"
+    assert settings.retry.action("auth") == "skip_provider"
+    assert settings.retry.action("server_error") == "retry"
+    with pytest.raises(ConfigError, match="unknown outcome codes"):
+        load_settings(env={"FLEET_RETRY__POLICY__TEAPOT": '"retry"'})

@@ -1,0 +1,246 @@
+"""Limits shared by every worker on every machine, kept in Redis: rate limits and circuit breakers.
+
+Each operation is one atomic Lua script that takes its time from Redis (``TIME``), not from the
+worker's clock, so workers with skewed clocks still agree.
+
+Rate limits (a queue's ``rate_limit``, a model's ``rpm`` and ``tpm``) are token buckets kept as
+GCRA: one number per bucket, the theoretical arrival time of the next unit. An acquire reserves
+its units when the wait is within a bound (the caller sleeps that long, then runs) and refuses
+otherwise, telling how long to wait, so a job goes back to its queue with a countdown instead of
+holding a worker slot. Several buckets (rpm and tpm) are acquired all-or-nothing in one round trip.
+We chose a short script over the ``limits`` library: ``limits`` has no token bucket, takes its
+time from the client, and has no way to correct a reservation afterwards (tpm is estimated before
+the call and corrected with the actual usage after it).
+
+Breaker states: ``closed`` (calls flow; failures are counted in a sliding window), ``open``
+(``failure_threshold`` failures within ``window_s``: calls are skipped without being made), and
+``half_open`` (``cooldown_s`` after opening, one probe call is let through; its success closes the
+breaker, its failure opens it again).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+import redis
+
+from fleet import keys
+from fleet.settings import BreakerSettings
+
+__all__ = ["BREAKER_FAILURES", "BreakerState", "Bucket", "CircuitBreaker", "Permit", "RateLimiter"]
+
+#: Outcomes that count against a provider's availability (quality failures do not).
+BREAKER_FAILURES = frozenset({"server_error", "overloaded", "timeout", "connection"})
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+# KEYS[1] breaker hash. ARGV: cooldown_ms, probe token. Returns {allowed 0|1, state}.
+_ALLOW = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'closed' then return {1, 'closed'} end
+local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0')
+if now - opened < tonumber(ARGV[1]) then return {0, 'open'} end
+local probe = redis.call('HGET', KEYS[1], 'probe')
+local probe_at = tonumber(redis.call('HGET', KEYS[1], 'probe_at') or '0')
+if probe and now - probe_at < tonumber(ARGV[1]) then return {0, 'half_open'} end
+redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe', ARGV[2], 'probe_at', now)
+return {1, 'half_open'}
+"""
+
+# KEYS[1] breaker hash, KEYS[2] failure zset. ARGV: ok 0|1, token, threshold, window_ms.
+# Returns the state after recording.
+_RECORD = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local is_probe = redis.call('HGET', KEYS[1], 'probe') == ARGV[2]
+if ARGV[1] == '1' then
+  if state ~= 'closed' and is_probe then
+    redis.call('DEL', KEYS[1], KEYS[2])
+    return 'closed'
+  end
+  return state
+end
+if state ~= 'closed' then
+  if is_probe then
+    redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', now)
+    redis.call('HDEL', KEYS[1], 'probe', 'probe_at')
+    redis.call('HINCRBY', KEYS[1], 'opens', 1)
+    return 'open'
+  end
+  return state
+end
+local window = tonumber(ARGV[4])
+redis.call('ZADD', KEYS[2], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], 0, now - window)
+redis.call('PEXPIRE', KEYS[2], window)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', now)
+  redis.call('HINCRBY', KEYS[1], 'opens', 1)
+  redis.call('DEL', KEYS[2])
+  return 'open'
+end
+return 'closed'
+"""
+
+
+# KEYS: bucket keys..., then a counter key. ARGV: max_wait_ms, then per bucket: emission_ms,
+# tolerance_ms, cost. Returns {allowed 0|1, wait_ms as a string}.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local max_wait = tonumber(ARGV[1])
+local n = #KEYS - 1
+local worst = 0
+local tats = {}
+for i = 1, n do
+  local emission = tonumber(ARGV[(i - 1) * 3 + 2])
+  local tolerance = tonumber(ARGV[(i - 1) * 3 + 3])
+  local cost = tonumber(ARGV[(i - 1) * 3 + 4])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + emission * cost
+  local wait = new_tat - emission - tolerance - now
+  if wait > worst then worst = wait end
+  tats[i] = new_tat
+end
+if worst > max_wait then return {0, tostring(worst)} end
+for i = 1, n do
+  redis.call('SET', KEYS[i], tostring(tats[i]), 'PX', math.ceil(tats[i] - now) + 60000)
+end
+redis.call('INCR', KEYS[n + 1])
+redis.call('EXPIRE', KEYS[n + 1], 180)
+return {1, tostring(worst)}
+"""
+
+# KEYS[1] bucket. ARGV: emission_ms, delta cost (may be negative). Corrects a reservation.
+_ADJUST = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local tat = tonumber(raw) + tonumber(ARGV[1]) * tonumber(ARGV[2])
+if tat < now then tat = now end
+redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now) + 60000)
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A token bucket: ``rate_per_s`` units a second, up to ``burst`` at once; this acquire's ``cost``."""
+
+    key: str
+    rate_per_s: float
+    burst: float
+    cost: float = 1.0
+
+    @property
+    def emission_ms(self) -> float:
+        return 1000.0 / self.rate_per_s
+
+
+class RateLimiter:
+    """Token buckets shared by every worker through Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._acquire = client.register_script(_ACQUIRE)
+        self._adjust = client.register_script(_ADJUST)
+
+    def acquire(self, buckets: list[Bucket], *, max_wait_s: float, counter: str) -> tuple[bool, float]:
+        """Reserve ``cost`` units in every bucket if the wait is at most ``max_wait_s``.
+
+        Returns ``(True, wait_s)``: reserved, sleep ``wait_s`` then go; or ``(False, wait_s)``:
+        nothing reserved, come back in about ``wait_s``. ``counter`` counts reservations (per
+        10-second slot, for `fleet status`).
+        """
+        args: list[float] = [max_wait_s * 1000.0]
+        for b in buckets:
+            args += [b.emission_ms, max(0.0, b.burst - 1) * b.emission_ms, b.cost]
+        allowed, wait_ms = self._acquire(keys=[*(b.key for b in buckets), counter], args=args)
+        return bool(int(allowed)), max(0.0, float(wait_ms) / 1000.0)
+
+    def adjust(self, bucket: Bucket, delta_cost: float) -> None:
+        """Correct a reservation by ``delta_cost`` units (actual minus estimated usage)."""
+        if delta_cost:
+            self._adjust(keys=[bucket.key], args=[bucket.emission_ms, delta_cost])
+
+    def fill(self, bucket: Bucket) -> float:
+        """Units available now (0 .. burst), for `fleet status`."""
+        raw = self.redis.get(bucket.key)
+        seconds, micros = self.redis.time()
+        now = seconds * 1000 + micros / 1000
+        if raw is None:
+            return bucket.burst
+        backlog_ms = max(0.0, float(raw) - now)
+        return max(0.0, min(bucket.burst, bucket.burst - backlog_ms / bucket.emission_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """The breaker's answer for one call: whether to make it, and the token to report back with."""
+
+    allowed: bool
+    state: BreakerState
+    token: str
+
+
+class CircuitBreaker:
+    """A breaker per provider, shared by every worker through Redis."""
+
+    def __init__(self, client: redis.Redis, settings: BreakerSettings) -> None:
+        self.redis = client
+        self.settings = settings
+        self._allow = client.register_script(_ALLOW)
+        self._record = client.register_script(_RECORD)
+
+    def allow(self, provider: str) -> Permit:
+        """Whether a call to ``provider`` may go out now (one round trip)."""
+        if not self.settings.enabled:
+            return Permit(True, "closed", "")
+        token = uuid.uuid4().hex
+        allowed, state = self._allow(
+            keys=[keys.breaker(provider)], args=[int(self.settings.cooldown_s * 1000), token]
+        )
+        name = state.decode() if isinstance(state, bytes) else str(state)
+        return Permit(bool(int(allowed)), name, token)  # type: ignore[arg-type]
+
+    def record(self, provider: str, permit: Permit, outcome: str) -> BreakerState | None:
+        """Report a call's outcome. A success in the closed state costs no round trip."""
+        if not self.settings.enabled:
+            return None
+        ok = outcome not in BREAKER_FAILURES
+        if ok and permit.state == "closed":
+            return "closed"
+        state = self._record(
+            keys=[keys.breaker(provider), keys.breaker_failures(provider)],
+            args=[
+                "1" if ok else "0",
+                permit.token,
+                self.settings.failure_threshold,
+                int(self.settings.window_s * 1000),
+            ],
+        )
+        return state.decode() if isinstance(state, bytes) else str(state)  # type: ignore[return-value]
+
+    def states(self, providers: list[str]) -> dict[str, dict[str, object]]:
+        """Each provider's breaker state, for `fleet status`."""
+        pipe = self.redis.pipeline(transaction=False)
+        for provider in providers:
+            pipe.hgetall(keys.breaker(provider))
+            pipe.zcard(keys.breaker_failures(provider))
+        raw = pipe.execute()
+        out: dict[str, dict[str, object]] = {}
+        for i, provider in enumerate(providers):
+            data = {k.decode(): v.decode() for k, v in raw[2 * i].items()}
+            out[provider] = {
+                "state": data.get("state", "closed"),
+                "recent_failures": int(raw[2 * i + 1]),
+                "opens": int(data.get("opens", 0)),
+            }
+        return out

@@ -1,0 +1,66 @@
+"""The circuit breaker on a real Redis: shared state, Redis time, one probe after the cooldown."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from fleet.limits import CircuitBreaker
+from fleet.settings import BreakerSettings
+
+pytestmark = pytest.mark.integration
+
+
+def _breaker(client: redis.Redis, **kw: float) -> CircuitBreaker:
+    settings = BreakerSettings(failure_threshold=3, window_s=10, cooldown_s=0.5)
+    return CircuitBreaker(client, settings.model_copy(update=kw))
+
+
+def test_opens_after_threshold_and_probes_after_cooldown(clean_redis: redis.Redis) -> None:
+    # Given two workers' breakers on the same Redis
+    a, b = _breaker(clean_redis), _breaker(clean_redis)
+
+    # When three availability failures are recorded between them
+    for breaker in (a, b, a):
+        permit = breaker.allow("acme")
+        assert permit.allowed
+        breaker.record("acme", permit, "server_error")
+
+    # Then both see it open, and nothing is allowed through
+    assert not a.allow("acme").allowed
+    assert not b.allow("acme").allowed
+    assert a.states(["acme"])["acme"]["state"] == "open"
+
+    # And after the cooldown exactly one probe goes through
+    time.sleep(0.6)
+    probe = b.allow("acme")
+    assert probe.allowed and probe.state == "half_open"
+    assert not a.allow("acme").allowed
+
+    # And a failed probe opens it again, a good one closes it
+    b.record("acme", probe, "timeout")
+    assert not a.allow("acme").allowed
+    time.sleep(0.6)
+    probe = a.allow("acme")
+    assert probe.allowed
+    assert a.record("acme", probe, "ok") == "closed"
+    assert b.allow("acme").allowed
+
+
+def test_quality_failures_do_not_open_it(clean_redis: redis.Redis) -> None:
+    breaker = _breaker(clean_redis)
+    for _ in range(10):
+        permit = breaker.allow("acme")
+        breaker.record("acme", permit, "truncated")
+    assert breaker.allow("acme").allowed
+
+
+def test_failures_outside_the_window_are_forgotten(clean_redis: redis.Redis) -> None:
+    breaker = _breaker(clean_redis, window_s=0.3)
+    for _ in range(2):
+        breaker.record("acme", breaker.allow("acme"), "server_error")
+    time.sleep(0.4)
+    breaker.record("acme", breaker.allow("acme"), "server_error")
+    assert breaker.allow("acme").allowed
