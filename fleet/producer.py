@@ -25,6 +25,9 @@ from fleet.settings import Settings, get_settings
 
 __all__ = ["Client", "default_client", "result", "submit"]
 
+#: How often ``result(..., until_answered=True)`` looks for a person's answer, in seconds.
+_ANSWER_POLL_S = 0.2
+
 
 class Client:
     """A producer bound to one fleet (one broker). Thread-safe; build one and keep it."""
@@ -88,13 +91,32 @@ class Client:
             raise
         return task_id
 
-    def result(self, task_id: str, timeout: float | None = None) -> TaskResult:
+    def result(
+        self, task_id: str, timeout: float | None = None, *, until_answered: bool = False
+    ) -> TaskResult:
         """Wait for a job's final state (completed or escalated).
 
+        With ``until_answered``, an escalated job is not final: keep waiting until a person resolves
+        or discards it (or retries it and the retry completes), within the same ``timeout``.
+
         Raises:
-            ResultTimeout: no final state within ``timeout`` seconds.
+            ResultTimeout: no final state (no answer, with ``until_answered``) within ``timeout`` seconds.
             TaskFailed: the task raised in the worker.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        res = self._wait_final(task_id, timeout)
+        while until_answered and res.status == "escalated":
+            # People answer in minutes, not milliseconds: a cheap GET every 0.2 s is plenty, and it
+            # also sees a retry (the key is deleted, then written by the retried run).
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(
+                    f"task {task_id} is escalated ({res.escalation_id}); nobody answered within {timeout} s"
+                )
+            time.sleep(_ANSWER_POLL_S)
+            res = self.peek([task_id]).get(task_id, res)
+        return res
+
+    def _wait_final(self, task_id: str, timeout: float | None) -> TaskResult:
         async_result = AsyncResult(task_id, app=self.app)
         try:
             value = async_result.get(timeout=timeout, propagate=False, interval=0.05)
@@ -146,6 +168,6 @@ def submit(request: TaskRequest | Mapping[str, Any] | str) -> str:
     return default_client().submit(request)
 
 
-def result(task_id: str, timeout: float | None = None) -> TaskResult:
+def result(task_id: str, timeout: float | None = None, *, until_answered: bool = False) -> TaskResult:
     """Wait for a job's final state on the default fleet (see :meth:`Client.result`)."""
-    return default_client().result(task_id, timeout)
+    return default_client().result(task_id, timeout, until_answered=until_answered)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 
 from fleet.cli.classify import classify
+from fleet.cli.escalations import api, escalations_app
 from fleet.cli.jobs import result, submit
-from fleet.cli.ops import config_app, status
+from fleet.cli.ops import config_app, metrics, scale, status
 from fleet.cli.run import demo, flower, mock_provider, up, worker
 
 __all__ = ["app", "main"]
@@ -37,7 +38,11 @@ app.command("mock-provider")(mock_provider)
 app.command("submit")(submit)
 app.command("result")(result)
 app.command("status")(status)
+app.command("scale")(scale)
+app.command("metrics")(metrics)
 app.add_typer(config_app, name="config")
+app.add_typer(escalations_app, name="escalations")
+app.command("api")(api)
 
 app.command("classify")(classify)
 

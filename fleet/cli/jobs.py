@@ -141,20 +141,27 @@ def _show(res: TaskResult, as_json: bool) -> None:
 def result(
     task_id: Annotated[str, typer.Argument(help="The task id printed by submit.")],
     wait: Annotated[float | None, typer.Option(help="Wait up to S seconds for a final state.")] = None,
+    until_answered: Annotated[
+        bool,
+        typer.Option(
+            "--until-answered", help="With --wait: an escalated job is not final; wait for a person."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the TaskResult as JSON.")] = False,
 ) -> None:
     """Show a job's result: tier, routing reasons, model, attempts, tokens, cost and the answer.
 
     Without --wait a job still in flight prints its state and exits 0; with --wait, a job without
-    a final state in time exits 5.
+    a final state in time exits 5. With --until-answered, an escalated job waits for the person who
+    resolves (or discards) it in the inbox.
 
-    Example: fleet result 3f2a... --wait 30
+    Example: fleet result 3f2a... --wait 600 --until-answered
     """
     from fleet.producer import Client
 
     client = Client(settings_for())
     if wait is not None:
-        _show(client.result(task_id, timeout=wait), as_json)
+        _show(client.result(task_id, timeout=wait, until_answered=until_answered), as_json)
         return
     found = client.peek([task_id]).get(task_id)
     if found is not None:

@@ -1,0 +1,234 @@
+"""The FastAPI application: tasks, escalations, the inbox page. Built by :func:`create_api`."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Annotated, Any
+
+import redis
+from fastapi import FastAPI, Query
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from fleet.api.auth import BearerAuth
+from fleet.errors import FleetError, InvalidRequest
+from fleet.escalations import STATES, State
+from fleet.inbox import Inbox
+from fleet.models import Tier
+from fleet.producer import Client
+from fleet.settings import Settings
+
+__all__ = ["STATUS_FOR_CODE", "create_api"]
+
+#: HTTP status of each error code; anything else is a 500.
+STATUS_FOR_CODE = {
+    "escalation_not_found": 404,
+    "illegal_transition": 409,
+    "invalid_request": 422,
+    "escalation_error": 422,
+    "config_invalid": 500,
+    "fleet_not_running": 503,
+    "broker_unavailable": 503,
+    "embedded_broker": 503,
+    "result_timeout": 504,
+}
+#: Largest request body accepted by POST /v1/tasks, beyond the prompt limit (system, schema, hints).
+_BODY_SLACK = 2 * 1024 * 1024
+
+
+def _error(status: int, code: str, message: str, errors: list[str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse({"error": body}, status_code=status)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(min_length=1, max_length=128, description="Who does it (shown in history).")
+
+
+class ClaimBody(_Body):
+    pass
+
+
+class ReleaseBody(_Body):
+    force: bool = Field(default=False, description="Release a claim someone else holds.")
+
+
+class ResolveBody(_Body):
+    answer: str = Field(min_length=1, max_length=1024 * 1024, description="Delivered as the task's answer.")
+
+
+class RetryBody(_Body):
+    tier: Tier | None = Field(default=None, description="Pin a tier; none: through the router again.")
+
+
+class DiscardBody(_Body):
+    reason: str = Field(min_length=1, max_length=4096, description="Why; delivered as the task's reason.")
+
+
+class _Fleet:
+    """The producer client and the inbox, connected on first use (the API may start before the fleet)."""
+
+    def __init__(self, settings: Settings, redis_url: str | None) -> None:
+        self.settings, self.redis_url = settings, redis_url
+        self._lock = threading.Lock()
+        self._client: Client | None = None
+        self._inbox: Inbox | None = None
+
+    def client(self) -> Client:
+        """Raises FleetNotRunning (no broker configured or found)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = Client(self.settings, redis_url=self.redis_url)
+        return self._client
+
+    def inbox(self) -> Inbox:
+        if self._inbox is None:
+            client = self.client()
+            with self._lock:
+                if self._inbox is None:
+                    self._inbox = Inbox(self.settings, redis_url=client.redis_url, app=client.app)
+        return self._inbox
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        client = self.client()
+        found = client.peek([task_id]).get(task_id)
+        if found is not None:
+            return found.model_dump(mode="json")
+        return {"task_id": task_id, "state": client.state(task_id).lower()}
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def create_api(settings: Settings, redis_url: str | None = None, *, token: str | None = None) -> FastAPI:
+    """The API for one fleet. ``token`` defaults to the variable named by ``[api] token_env``;
+    with a token, every path but /healthz and the inbox page needs ``Authorization: Bearer <token>``."""
+    if token is None:
+        token = os.environ.get(settings.api.token_env) or None
+    fleet = _Fleet(settings, redis_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        fleet.close()
+
+    api = FastAPI(
+        title="fleet",
+        version="1",
+        summary="Submit AI-model jobs, read their results, and work the escalation inbox.",
+        lifespan=lifespan,
+    )
+    api.state.fleet = fleet
+    if token:
+        api.add_middleware(BearerAuth, token=token)
+
+    @api.exception_handler(FleetError)
+    async def _fleet_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, FleetError)
+        body = exc.to_dict()
+        return JSONResponse({"error": body}, status_code=STATUS_FOR_CODE.get(exc.code, 500))
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            lines.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _error(422, "invalid_request", "invalid request: " + "; ".join(lines), lines)
+
+    @api.exception_handler(redis.RedisError)
+    async def _broker(request: Request, exc: Exception) -> JSONResponse:
+        return _error(503, "broker_unavailable", f"the broker cannot be used: {type(exc).__name__}: {exc}")
+
+    @api.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the API process answers (no broker call, no auth)."""
+        return {"status": "ok"}
+
+    @api.get("/inbox", response_class=HTMLResponse, include_in_schema=False)
+    def inbox_page() -> HTMLResponse:
+        html = resources.files("fleet.api").joinpath("inbox.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    @api.post("/v1/tasks", status_code=202, tags=["tasks"])
+    async def submit_task(request: Request) -> JSONResponse:
+        """Validate a TaskRequest (JSON) and enqueue it: 202 ``{"task_id"}``; invalid: 422."""
+        limit = settings.limits.max_prompt_bytes + _BODY_SLACK
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return _error(413, "invalid_request", f"request body over {limit} bytes")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(["request: the body is not UTF-8 JSON"]) from None
+        if not text.strip():
+            raise InvalidRequest(["request: the body is empty; send a TaskRequest as JSON"])
+        task_id = await run_in_threadpool(fleet.client().submit, text)
+        return JSONResponse({"task_id": task_id}, status_code=202)
+
+    @api.get("/v1/tasks/{task_id}", tags=["tasks"])
+    def get_task(task_id: str) -> dict[str, Any]:
+        """The job's TaskResult when it has a final state, else ``{"task_id", "state"}``."""
+        return fleet.task(task_id)
+
+    @api.get("/v1/escalations", tags=["escalations"])
+    def list_escalations(
+        state: Annotated[State | None, Query(description=f"One of {', '.join(STATES)}.")] = None,
+        tier: Annotated[Tier | None, Query()] = None,
+    ) -> list[dict[str, Any]]:
+        """Escalations, oldest first, filtered by state and tier."""
+        return fleet.inbox().list(state=state, tier=str(tier) if tier else None)
+
+    @api.get("/v1/escalations/stats", tags=["escalations"])
+    def escalation_stats() -> dict[str, Any]:
+        """Counts by state, by tier and by reason (each split by state); age of the oldest open one."""
+        return fleet.inbox().stats()
+
+    @api.get("/v1/escalations/{esc_id}", tags=["escalations"])
+    def get_escalation(esc_id: str) -> dict[str, Any]:
+        """One escalation: request, routing, attempts, history, resolution."""
+        return fleet.inbox().get(esc_id)
+
+    @api.post("/v1/escalations/{esc_id}/claim", tags=["escalations"])
+    def claim(esc_id: str, body: ClaimBody) -> dict[str, Any]:
+        """Take an open escalation: only you can act on it until you release it. 409 if someone holds it."""
+        return fleet.inbox().claim(esc_id, body.by)
+
+    @api.post("/v1/escalations/{esc_id}/release", tags=["escalations"])
+    def release(esc_id: str, body: ReleaseBody) -> dict[str, Any]:
+        """Give a claimed escalation back to the open pile (``force``: someone else's claim)."""
+        return fleet.inbox().release(esc_id, body.by, force=body.force)
+
+    @api.post("/v1/escalations/{esc_id}/resolve", tags=["escalations"])
+    def resolve(esc_id: str, body: ResolveBody) -> dict[str, Any]:
+        """Answer it: the answer becomes the task's result (``resolved_by: human``)."""
+        return fleet.inbox().resolve(esc_id, body.answer, body.by)
+
+    @api.post("/v1/escalations/{esc_id}/retry", tags=["escalations"])
+    def retry(esc_id: str, body: RetryBody) -> dict[str, Any]:
+        """Enqueue the original request again under the same task id (pinned to ``tier`` if given)."""
+        return fleet.inbox().retry(esc_id, body.by, tier=str(body.tier) if body.tier else None)
+
+    @api.post("/v1/escalations/{esc_id}/discard", tags=["escalations"])
+    def discard(esc_id: str, body: DiscardBody) -> dict[str, Any]:
+        """Close it without an answer; the task's result says discarded, with the reason."""
+        return fleet.inbox().discard(esc_id, body.reason, body.by)
+
+    return api

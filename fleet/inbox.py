@@ -1,0 +1,210 @@
+"""The escalation verbs with their effects, shared by the CLI and the HTTP API.
+
+:class:`fleet.escalations.EscalationStore` keeps the records and their state machine; this layer adds
+what a transition does to the job:
+
+- resolve / discard write the task's final result (``resolved_by="human"``) into the Celery result
+  backend in the same MULTI block as the transition, and publish it to waiting producers. Celery's
+  own ``store_result`` would refuse: it never overwrites a SUCCESS, and the escalated result is one.
+- retry deletes the escalated result in the same MULTI block (so the retried run can store its own),
+  then re-enqueues the original request under the same task id, linked by ``retry_of``: through the
+  router, or pinned to a tier with a human RoutingDecision.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.client import Pipeline
+
+from fleet.app import EXECUTE_TASK, ROUTE_TASK, FleetCelery, create_app
+from fleet.discovery import broker_url, redis_client
+from fleet.errors import BrokerError, EscalationError, IllegalTransition, InvalidRequest
+from fleet.escalations import EscalationStore, result_for
+from fleet.models import Attempt, JobEnvelope, RoutingDecision, TaskRequest, Tier, validate_request
+from fleet.settings import Settings
+
+__all__ = ["Inbox"]
+
+log = logging.getLogger(__name__)
+
+
+class Inbox:
+    """Handle escalations of one fleet. Thread-safe; build one and keep it."""
+
+    def __init__(
+        self, settings: Settings, *, redis_url: str | None = None, app: FleetCelery | None = None
+    ) -> None:
+        self.settings = settings
+        self.redis_url = redis_url or broker_url(settings)
+        self.redis = redis_client(settings, self.redis_url)
+        self._own_app = app is None
+        self.app = app or create_app(settings, self.redis_url)
+        self.store = EscalationStore(self.redis, retention_days=settings.escalation.retention_days)
+
+    def close(self) -> None:
+        if self._own_app:
+            self.app.close()
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def list(self, *, state: str | None = None, tier: str | None = None) -> list[dict[str, Any]]:
+        return self.store.list(state=state, tier=tier)
+
+    def get(self, esc_id: str) -> dict[str, Any]:
+        """Raises EscalationNotFound."""
+        return self.store.get(esc_id)
+
+    def stats(self) -> dict[str, Any]:
+        return self.store.stats()
+
+    # -- verbs -------------------------------------------------------------------------------------
+
+    def claim(self, esc_id: str, by: str) -> dict[str, Any]:
+        """Raises EscalationNotFound, IllegalTransition (someone else holds it, or it is closed)."""
+        return self.store.transition(esc_id, "claim", by)
+
+    def release(self, esc_id: str, by: str, *, force: bool = False) -> dict[str, Any]:
+        """Raises EscalationNotFound, IllegalTransition (not claimed, or claimed by someone else)."""
+        return self.store.transition(esc_id, "release", by, force=force)
+
+    def resolve(self, esc_id: str, answer: str, by: str) -> dict[str, Any]:
+        """Close the escalation with a person's answer, delivered as the task's result.
+
+        Raises:
+            EscalationNotFound, IllegalTransition, EscalationError (empty answer).
+        """
+        return self.store.transition(esc_id, "resolve", by, answer=answer, on_commit=self._deliver)
+
+    def discard(self, esc_id: str, reason: str, by: str) -> dict[str, Any]:
+        """Close the escalation without an answer; the task's result says discarded, with the reason.
+
+        Raises:
+            EscalationNotFound, IllegalTransition, EscalationError (empty reason).
+        """
+        return self.store.transition(esc_id, "discard", by, reason=reason, on_commit=self._deliver)
+
+    def retry(self, esc_id: str, by: str, *, tier: str | None = None) -> dict[str, Any]:
+        """Enqueue the original request again under the same task id (pinned to ``tier`` if given).
+
+        Raises:
+            EscalationNotFound, IllegalTransition (closed, claimed by another, or the request does
+            not validate), EscalationError (unknown tier), BrokerError (could not enqueue; the
+            escalation is open again).
+        """
+        pinned: Tier | None = None
+        if tier:
+            try:
+                pinned = Tier(tier)
+            except ValueError:
+                known = ", ".join(t.value for t in Tier)
+                raise EscalationError(f"unknown tier {tier!r}: expected one of {known}") from None
+        request: list[TaskRequest] = []
+
+        def check(record: dict[str, Any]) -> None:
+            request[:] = [self._retryable(record)]
+
+        record = self.store.transition(
+            esc_id,
+            "retry",
+            by,
+            tier=str(pinned) if pinned else None,
+            check=check,
+            on_commit=self._forget_result,
+        )
+        try:
+            self._enqueue(record, request[0], by, pinned)
+        except BrokerError as exc:
+            self._reopen(esc_id, by, f"the retry could not be enqueued: {exc.message}")
+            raise
+        return record
+
+    # -- effects -----------------------------------------------------------------------------------
+
+    def _deliver(self, pipe: Pipeline, record: dict[str, Any]) -> None:
+        """Write the task's final result as Celery's backend would, and publish it to waiters."""
+        backend = self.app.backend
+        res = result_for(record)
+        meta: dict[str, Any] = {
+            "status": "SUCCESS",
+            "result": res.model_dump(mode="json"),
+            "traceback": None,
+            "children": [],
+            "date_done": datetime.now(UTC).isoformat(),
+            "task_id": res.task_id,
+        }
+        key = backend.get_key_for_task(res.task_id)
+        value = backend.encode(meta)
+        expires = backend.expires
+        pipe.set(key, value, ex=int(expires) if expires else None)
+        pipe.publish(key, value)
+
+    def _forget_result(self, pipe: Pipeline, record: dict[str, Any]) -> None:
+        pipe.delete(self.app.backend.get_key_for_task(record["task_id"]))
+
+    def _retryable(self, record: dict[str, Any]) -> TaskRequest:
+        try:
+            return validate_request(
+                record.get("request"), max_prompt_bytes=self.settings.limits.max_prompt_bytes
+            )
+        except InvalidRequest as exc:
+            problems = "; ".join(exc.errors)[:500]
+            raise IllegalTransition(
+                f"cannot retry escalation {record['id']}: its request is not a valid task request "
+                f"({problems}); resolve or discard it instead"
+            ) from None
+
+    def _enqueue(self, record: dict[str, Any], req: TaskRequest, by: str, tier: Tier | None) -> None:
+        attempts = []
+        for raw in record.get("attempts") or []:
+            try:
+                attempts.append(Attempt.model_validate(raw))
+            except ValueError:
+                continue
+        task_id = record["task_id"]
+        envelope = JobEnvelope(
+            id=task_id,
+            submitted_at=record.get("submitted_at") or time.time(),
+            attempts=attempts,
+            retry_of=record["id"],
+        )
+        payload = req.model_dump(mode="json", exclude_defaults=True)
+        try:
+            if tier is not None:
+                envelope.routing = RoutingDecision(
+                    tier=tier,
+                    reasons=[f"retried on tier {tier} by {by} from escalation {record['id']}"],
+                    classifier="human",
+                )
+                timeout = self.settings.tier(tier).timeout_s
+                self.app.send_task(
+                    EXECUTE_TASK,
+                    args=[payload, envelope.model_dump(mode="json")],
+                    task_id=task_id,
+                    queue=str(tier),
+                    time_limit=timeout + 30,
+                    soft_time_limit=timeout,
+                )
+            else:
+                self.app.send_task(
+                    ROUTE_TASK,
+                    args=[payload, envelope.model_dump(mode="json")],
+                    task_id=f"route-{task_id}",
+                    queue="router",
+                )
+        except OSError as exc:
+            raise BrokerError(f"cannot reach the broker: {exc}") from exc
+        except Exception as exc:
+            # kombu and redis raise their own connection errors; translate them at this boundary.
+            if type(exc).__module__.split(".")[0] in ("kombu", "redis", "celery", "amqp"):
+                raise BrokerError(f"cannot enqueue: {exc}") from exc
+            raise
+
+    def _reopen(self, esc_id: str, by: str, note: str) -> None:
+        try:
+            self.store.reopen(esc_id, by, note)
+        except Exception:  # the broker is likely down too; the original error is what people need
+            log.exception("could not reopen escalation %s after a failed retry", esc_id)
