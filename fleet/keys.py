@@ -13,6 +13,7 @@ __all__ = [
     "breaker",
     "breaker_failures",
     "bucket",
+    "deliveries",
     "escalation",
     "escalation_by_task",
     "escalations_index",
@@ -20,6 +21,7 @@ __all__ = [
     "idempotency",
     "queue_lists",
     "rate_counter",
+    "running",
 ]
 
 #: Prefix of every key the fleet itself writes.
@@ -78,6 +80,16 @@ def bucket(kind: str, name: str) -> str:
 def rate_counter(queue: str, slot: int) -> str:
     """Jobs started on ``queue`` in one 10-second slot (epoch seconds // 10)."""
     return f"{PREFIX}rate:{queue}:{slot}"
+
+
+def deliveries(task_id: str) -> str:
+    """How often the broker redelivered a job (Redis says "redelivered", not how often)."""
+    return f"{PREFIX}deliveries:{task_id}"
+
+
+def running(task_id: str) -> str:
+    """A job's execution lock: held while one worker runs it, so a redelivery waits."""
+    return f"{PREFIX}running:{task_id}"
 
 
 def queue_lists(queue: str) -> list[str]:

@@ -138,6 +138,8 @@ class LimitsSettings(_Section):
     #: Furthest ahead a job may reserve its queue rate-limit slot (it waits in the queue until then);
     #: keep it well under the broker's visibility timeout.
     max_reserve_s: float = Field(default=120.0, gt=0)
+    #: Broker deliveries of one job before it is a poison message and goes to people.
+    max_deliveries: int = Field(default=5, ge=1)
     #: A provider model at its rpm/tpm: "next_link" tries the next link, "wait" requeues the job.
     provider_limit: Literal["next_link", "wait"] = "next_link"
     #: Output tokens assumed for tpm when a request sets no max_tokens (corrected after the call).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import threading
 import time
@@ -132,6 +133,53 @@ def dead_letter(new: NewEscalation) -> TaskResult:
 MAX_REQUEUES = 50
 
 
+def _count_redelivery(
+    task: Task, request: Any, envelope: JobEnvelope, routing: RoutingDecision
+) -> TaskResult | None:
+    """Count broker redeliveries of this job; past ``limits.max_deliveries`` it is a poison message.
+
+    Redis only says "redelivered", not how often (SQS's maxReceiveCount is the model), so the
+    count lives in Redis; a job that kills its worker every time stops here instead of looping.
+    """
+    if not (task.request.delivery_info or {}).get("redelivered"):
+        return None
+    client = redis_client(_settings())
+    key = keys.deliveries(envelope.id)
+    pipe = client.pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, 7 * 24 * 3600)
+    count = int(pipe.execute()[0]) + 1
+    if count <= _settings().limits.max_deliveries:
+        return None
+    return dead_letter(
+        NewEscalation(
+            task_id=envelope.id,
+            reason="poison_message",
+            detail=f"delivered {count} times without finishing (the worker died or was killed each time)",
+            tier=str(routing.tier),
+            queue=(task.request.delivery_info or {}).get("routing_key"),
+            request=request,
+            routing=routing.model_dump(mode="json"),
+            attempts=[a.model_dump(mode="json") for a in envelope.attempts],
+            submitted_at=envelope.submitted_at,
+        )
+    )
+
+
+def _lock(task_id: str, timeout_s: float) -> float | None:
+    """Take the job's execution lock; None when taken, else seconds until the holder's lapses."""
+    client = redis_client(_settings())
+    ttl_ms = int((timeout_s + 30) * 1000)
+    if client.set(keys.running(task_id), os.getpid(), nx=True, px=ttl_ms):
+        return None
+    left = int(client.pttl(keys.running(task_id)))
+    return max(0.5, left / 1000.0)
+
+
+def _unlock(task_id: str) -> None:
+    redis_client(_settings()).delete(keys.running(task_id))
+
+
 def _queue_token(queue: QueueSettings) -> tuple[bool, float]:
     """Reserve the job's slot under the queue's fleet-wide rate limit, and count the start.
 
@@ -242,19 +290,43 @@ def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
         classifier="queue",
     )
     tier_settings = settings.tier(routing.tier)
+    poisoned = _count_redelivery(self, request, envelope, routing)
+    if poisoned is not None:
+        return poisoned.model_dump(mode="json")
+    lock_wait = _lock(envelope.id, tier_settings.timeout_s)
+    if lock_wait is not None:
+        # Another worker is running this job (a redelivery after the visibility timeout, say):
+        # come back when its lock lapses rather than run it twice at once, and never drop it.
+        _requeue(self, request, envelope, lock_wait)
+    try:
+        return _run_tier(self, request, req, envelope, routing, queue, tier_settings)
+    finally:
+        _unlock(envelope.id)
+
+
+def _run_tier(
+    task: Task,
+    request: Any,
+    req: TaskRequest,
+    envelope: JobEnvelope,
+    routing: RoutingDecision,
+    queue: str | None,
+    tier_settings: QueueSettings,
+) -> dict[str, Any]:
+    """The tier's part of a job: its queue's rate limit, its chain, then a result or an escalation."""
     if envelope.slot_reserved:
         envelope.slot_reserved = False  # this delivery is the reserved one
     else:
         reserved, wait = _queue_token(tier_settings)
         if wait > 0:
             envelope.slot_reserved = reserved
-            _requeue(self, request, envelope, wait)
+            _requeue(task, request, envelope, wait)
     chain = _get_chain()
     outcome = chain.run(tier_settings.links(), req, timeout_s=tier_settings.timeout_s)
     attempts = [*envelope.attempts, *outcome.attempts]
     if outcome.reason == THROTTLED and envelope.requeues < MAX_REQUEUES:
         envelope.attempts = attempts
-        _requeue(self, request, envelope, outcome.retry_after or 1.0)
+        _requeue(task, request, envelope, outcome.retry_after or 1.0)
     if not outcome.ok:
         return dead_letter(
             NewEscalation(
