@@ -31,10 +31,12 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
         "socket_keepalive": True,
         "retry_on_timeout": True,
     }
+    tls: dict[str, Any] = {}
     if redis_url.startswith("rediss://"):
-        transport["ssl_cert_reqs"] = "required"
+        tls = {"broker_use_ssl": settings.redis_tls(), "redis_backend_use_ssl": settings.redis_tls()}
     exchange = Exchange("fleet", type="direct")
     return {
+        **tls,
         "broker_url": redis_url,
         "result_backend": redis_url,
         "broker_transport_options": transport,

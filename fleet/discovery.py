@@ -83,10 +83,14 @@ def broker_url(settings: Settings) -> str:
 
 
 @lru_cache(maxsize=8)
-def _client(url: str, pid: int) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=25)
+def _client(url: str, pid: int, tls: tuple[tuple[str, Any], ...]) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=25, **dict(tls)
+    )
 
 
 def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
-    """A pooled Redis client for this process (a new one after a fork)."""
-    return _client(url or broker_url(settings), os.getpid())
+    """A pooled Redis client for this process (a new one after a fork); rediss:// is verified."""
+    url = url or broker_url(settings)
+    tls = tuple(sorted(settings.redis_tls().items())) if url.startswith("rediss://") else ()
+    return _client(url, os.getpid(), tls)

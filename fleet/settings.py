@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import ssl
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "BreakerSettings",
     "BrokerSettings",
+    "ChaosSettings",
     "EscalationSettings",
     "FlowerSettings",
     "HeuristicSettings",
@@ -113,6 +115,15 @@ class BrokerSettings(_Section):
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
     #: How long an idempotency key maps to its first task id, in seconds (default 24 h).
     idempotency_ttl_s: int = Field(default=24 * 3600, gt=0)
+    #: Seconds before Redis redelivers an unacked message; None: derived from the longest queue
+    #: timeout (2 x timeout + 60 s). Below a job's duration, only the execution lock prevents a
+    #: second concurrent run.
+    visibility_timeout_s: int | None = Field(default=None, gt=0)
+    #: CA bundle that verifies a rediss:// server's certificate (None: the system's store).
+    tls_ca_file: str | None = None
+    #: Client certificate and key, for servers that require mutual TLS.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     @field_validator("url")
     @classmethod
@@ -531,6 +542,13 @@ class FlowerSettings(_Section):
     basic_auth: SecretStr | None = None
 
 
+class ChaosSettings(_Section):
+    """Fault injection for drills and the chaos tests; off unless set."""
+
+    #: A worker that runs a job whose prompt holds this marker exits at once (a crash every time).
+    crash_marker: str = ""
+
+
 class MockSettings(_Section):
     """The mock provider: when enabled, every provider points at it."""
 
@@ -562,6 +580,7 @@ class Settings(_Section):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     mock: MockSettings = Field(default_factory=MockSettings)
+    chaos: ChaosSettings = Field(default_factory=ChaosSettings)
 
     @model_validator(mode="after")
     def _cross_check(self) -> Settings:
@@ -597,8 +616,21 @@ class Settings(_Section):
 
     def visibility_timeout(self) -> int:
         """Seconds before Redis redelivers an unacked message: above the longest task timeout."""
+        if self.broker.visibility_timeout_s is not None:
+            return self.broker.visibility_timeout_s
         longest = max(q.timeout_s for q in self.queues.values())
         return int(longest * 2 + 60)
+
+    def redis_tls(self) -> dict[str, Any]:
+        """redis-py/kombu TLS options for a rediss:// URL: certificates are always verified."""
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        if self.broker.tls_ca_file:
+            options["ssl_ca_certs"] = self.broker.tls_ca_file
+        if self.broker.tls_cert_file:
+            options["ssl_certfile"] = self.broker.tls_cert_file
+        if self.broker.tls_key_file:
+            options["ssl_keyfile"] = self.broker.tls_key_file
+        return options
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data, with every secret masked."""

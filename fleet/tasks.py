@@ -15,6 +15,7 @@ import time
 from typing import Any, NoReturn
 
 from celery import Task
+from celery.exceptions import Ignore
 from celery.signals import worker_process_init, worker_process_shutdown
 from pydantic import ValidationError
 
@@ -166,13 +167,43 @@ def _count_redelivery(
     )
 
 
+# KEYS: the job's lock, its result key. ARGV: owner, ttl_ms. -2: the job already has a final
+# result (a late redelivery); -1: locked for us; else the holder's remaining ms.
+_LOCK = """
+local stored = redis.call('GET', KEYS[2])
+if stored then
+  local ok, meta = pcall(cjson.decode, stored)
+  if ok and meta['status'] == 'SUCCESS' then return -2 end
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
+return redis.call('PTTL', KEYS[1])
+"""
+_lock_script: Any = None
+
+
 def _lock(task_id: str, timeout_s: float) -> float | None:
-    """Take the job's execution lock; None when taken, else seconds until the holder's lapses."""
+    """Take the job's execution lock (one round trip).
+
+    Returns None when taken, else seconds until the holder's lock lapses.
+
+    Raises:
+        Ignore: the job already has its final result (a redelivery that came too late): the
+            message is acked and nothing runs twice.
+    """
+    global _lock_script
     client = redis_client(_settings())
+    if _lock_script is None:
+        _lock_script = client.register_script(_LOCK)
+    result_key = app.backend.get_key_for_task(task_id).decode()
     ttl_ms = int((timeout_s + 30) * 1000)
-    if client.set(keys.running(task_id), os.getpid(), nx=True, px=ttl_ms):
+    left = int(
+        _lock_script(keys=[keys.running(task_id), result_key], args=[os.getpid(), ttl_ms], client=client)
+    )
+    if left == -2:
+        log.warning("task %s already has its result: redelivered copy dropped", task_id)
+        raise Ignore()
+    if left == -1:
         return None
-    left = int(client.pttl(keys.running(task_id)))
     return max(0.5, left / 1000.0)
 
 
@@ -293,6 +324,10 @@ def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
     poisoned = _count_redelivery(self, request, envelope, routing)
     if poisoned is not None:
         return poisoned.model_dump(mode="json")
+    marker = settings.chaos.crash_marker
+    if marker and marker in req.prompt:
+        log.critical("chaos: crash marker in task %s: exiting this worker process", envelope.id)
+        os._exit(70)
     lock_wait = _lock(envelope.id, tier_settings.timeout_s)
     if lock_wait is not None:
         # Another worker is running this job (a redelivery after the visibility timeout, say):
