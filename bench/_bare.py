@@ -39,17 +39,31 @@ def limited() -> None:
         _redis.rpush(FINISHES, time.time())
 
 
-@app.task(name="bare.noop")
-def noop() -> None:
-    return None
+#: Completions of the bare tasks: a counter and a hash of finish times (what a result would give).
+DONE, DONE_AT = "bare:done", "bare:done_at"
 
 
-@app.task(name="bare.sleep")
-def sleep(seconds: float) -> None:
+def _done(i: int) -> None:
+    if _redis is not None:
+        pipe = _redis.pipeline(transaction=False)
+        pipe.incr(DONE)
+        pipe.hset(DONE_AT, str(i), time.time())
+        pipe.execute()
+
+
+@app.task(name="bare.noop", ignore_result=True)
+def noop(i: int = 0) -> None:
+    """A no-op task that records that it ran."""
+    _done(i)
+
+
+@app.task(name="bare.sleep", ignore_result=True)
+def sleep(i: int, seconds: float) -> None:
     time.sleep(seconds)
+    _done(i)
 
 
-@app.task(name="bare.route")
+@app.task(name="bare.route", ignore_result=True)
 def route(i: int) -> None:
     """A trivial router: re-enqueue onto one of four queues by a fixed rule."""
-    app.send_task("bare.noop", queue=("mini", "standard", "full", "fast")[i % 4])
+    app.send_task("bare.noop", args=[i], queue=("mini", "standard", "full", "fast")[i % 4])

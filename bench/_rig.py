@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,6 +67,25 @@ def mock_provider(latency_ms: float = 0.0, log_dir: Path | None = None) -> Itera
         child.stop(5)
 
 
+def high_limits() -> dict[str, str]:
+    """FLEET_* overrides lifting every queue rate limit and model rpm/tpm out of the way (the
+    benchmarks measure the fleet, not the limits; bench/rate_limit.py measures those)."""
+    from fleet.settings import load_settings
+
+    settings = load_settings(env={})
+    env = {
+        f"FLEET_QUEUES__{q.upper()}__RATE_LIMIT": '"100000000/m"'
+        for q in ("mini", "standard", "full", "fast")
+    }
+    for provider, ps in settings.providers.items():
+        for model in ps.models:
+            # Model names hold '.' and '-': fine in an environment passed by Python, not by a shell.
+            prefix = f"FLEET_PROVIDERS__{provider.upper()}__MODELS__{model.upper()}"
+            env[f"{prefix}__RPM"] = "1000000000"
+            env[f"{prefix}__TPM"] = "1000000000000"
+    return env
+
+
 def fleet_env(redis_url: str, mock_url: str, **extra: str) -> dict[str, str]:
     """Environment for fleet workers on this broker, every provider pointed at the mock."""
     env = dict(os.environ)
@@ -83,22 +101,35 @@ def fleet_env(redis_url: str, mock_url: str, **extra: str) -> dict[str, str]:
 
 
 def start_workers(
-    app: str, queue: str, count: int, *, env: dict[str, str], concurrency: int, pool: str, log_dir: Path
+    app: str,
+    queue: str,
+    count: int,
+    *,
+    env: dict[str, str],
+    concurrency: int,
+    pool: str,
+    log_dir: Path,
+    name: str | None = None,
+    loglevel: str = "INFO",
 ) -> list[Child]:
-    """``count`` Celery worker processes of ``app`` on ``queue``; waits until each logs ready."""
+    """``count`` Celery worker processes of ``app`` on ``queue`` (comma-separated for several);
+    waits until each logs ready."""
     children = []
+    base = name or queue
     for i in range(count):
         argv = [
             sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-P", pool,
-            "-c", str(concurrency), "-n", f"{queue}-{i}@{socket.gethostname()}",
-            "--without-gossip", "--without-mingle", "-l", "INFO",
+            "-c", str(concurrency), "-n", f"{base}-{i}@{socket.gethostname()}",
+            "--without-gossip", "--without-mingle", "-l", loglevel,
         ]  # fmt: skip
-        child = Child(f"{queue}-{i}", argv, env=env, log_file=log_dir / f"{queue}-{i}.log")
+        child = Child(f"{base}-{i}", argv, env=env, log_file=log_dir / f"{base}-{i}.log")
         child.start()
         children.append(child)
     deadline = time.monotonic() + 60
+    # At WARNING the worker does not log "ready.": its banner is the sign it runs.
+    marker = "ready." if loglevel == "INFO" else "[queues]"
     for child in children:
-        while "ready." not in child.log_tail(50):
+        while marker not in child.log_tail(200):
             if not child.alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"worker {child.name} did not start: {child.log_tail()}")
             time.sleep(0.1)
@@ -110,16 +141,31 @@ def stop(children: list[Child]) -> None:
         child.stop(10)
 
 
-def peak_rss_kb(pid: int) -> int:
-    """VmHWM of a process (and 0 when it is gone)."""
+def _children_of(pid: int) -> list[int]:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
-        pass
-    return 0
+        return []
+    return [int(p) for p in text.split()]
 
 
-def proc_wait(seconds: float) -> None:
-    subprocess.run(["sleep", str(seconds)], check=False)
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a worker and its pool processes, summed, in MiB."""
+    total = 0
+    for p in [pid, *_children_of(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from fleet import keys
+from fleet import keys, telemetry
 from fleet.errors import (
     EmptyAnswer,
     ProviderError,
@@ -230,7 +230,12 @@ class Chain:
                     )
                     outcome.reason = CIRCUIT_OPEN
                     break
-                attempt, error, answer = self._call(provider_name, model, chat, request)
+                with telemetry.chat_span(
+                    provider_name, model, index, prompt=chat.prompt, system=chat.system,
+                    max_tokens=chat.max_tokens, temperature=chat.temperature,
+                ) as span:  # fmt: skip
+                    attempt, error, answer = self._call(provider_name, model, chat, request)
+                    telemetry.end_attempt(span, attempt, error.code if error is not None else None)
                 outcome.attempts.append(attempt)
                 self._correct_tpm(buckets, attempt)
                 if permit is not None and self.breaker is not None:
@@ -309,6 +314,7 @@ class Chain:
         response: ChatResponse | None = None
         try:
             response = self.provider(provider_name).complete(call)
+            telemetry.record_response(response.text, response.finish_reason, response.response_model, model)
             check_answer(response, request, provider=provider_name, model=model)
         except ProviderError as exc:
             latency = (time.perf_counter() - started) * 1000

@@ -20,6 +20,7 @@ from typing import Any
 
 from redis.client import Pipeline
 
+from fleet import telemetry
 from fleet.app import EXECUTE_TASK, ROUTE_TASK, FleetCelery, create_app
 from fleet.discovery import broker_url, redis_client
 from fleet.errors import BrokerError, EscalationError, IllegalTransition, InvalidRequest
@@ -44,6 +45,7 @@ class Inbox:
         self._own_app = app is None
         self.app = app or create_app(settings, self.redis_url)
         self.store = EscalationStore(self.redis, retention_days=settings.escalation.retention_days)
+        telemetry.setup(settings, role="inbox")  # a no-op unless OTEL_* or a trace file asks
 
     def close(self) -> None:
         if self._own_app:
@@ -77,7 +79,10 @@ class Inbox:
         Raises:
             EscalationNotFound, IllegalTransition, EscalationError (empty answer).
         """
-        return self.store.transition(esc_id, "resolve", by, answer=answer, on_commit=self._deliver)
+        with telemetry.span("escalation.resolve", attributes={"fleet.escalation.id": esc_id}) as span:
+            record = self.store.transition(esc_id, "resolve", by, answer=answer, on_commit=self._deliver)
+            telemetry.link_back(span, record.get("trace_id"))
+            return record
 
     def discard(self, esc_id: str, reason: str, by: str) -> dict[str, Any]:
         """Close the escalation without an answer; the task's result says discarded, with the reason.
@@ -85,7 +90,10 @@ class Inbox:
         Raises:
             EscalationNotFound, IllegalTransition, EscalationError (empty reason).
         """
-        return self.store.transition(esc_id, "discard", by, reason=reason, on_commit=self._deliver)
+        with telemetry.span("escalation.discard", attributes={"fleet.escalation.id": esc_id}) as span:
+            record = self.store.transition(esc_id, "discard", by, reason=reason, on_commit=self._deliver)
+            telemetry.link_back(span, record.get("trace_id"))
+            return record
 
     def retry(self, esc_id: str, by: str, *, tier: str | None = None) -> dict[str, Any]:
         """Enqueue the original request again under the same task id (pinned to ``tier`` if given).
@@ -107,20 +115,23 @@ class Inbox:
         def check(record: dict[str, Any]) -> None:
             request[:] = [self._retryable(record)]
 
-        record = self.store.transition(
-            esc_id,
-            "retry",
-            by,
-            tier=str(pinned) if pinned else None,
-            check=check,
-            on_commit=self._forget_result,
-        )
-        try:
-            self._enqueue(record, request[0], by, pinned)
-        except BrokerError as exc:
-            self._reopen(esc_id, by, f"the retry could not be enqueued: {exc.message}")
-            raise
-        return record
+        # The retried run continues this span's trace, which links back to the job's first trace.
+        with telemetry.span("escalation.retry", attributes={"fleet.escalation.id": esc_id}) as span:
+            record = self.store.transition(
+                esc_id,
+                "retry",
+                by,
+                tier=str(pinned) if pinned else None,
+                check=check,
+                on_commit=self._forget_result,
+            )
+            telemetry.link_back(span, record.get("trace_id"))
+            try:
+                self._enqueue(record, request[0], by, pinned)
+            except BrokerError as exc:
+                self._reopen(esc_id, by, f"the retry could not be enqueued: {exc.message}")
+                raise
+            return record
 
     # -- effects -----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ __all__ = [
     "breaker",
     "breaker_failures",
     "bucket",
+    "costs",
     "deliveries",
     "escalation",
     "escalation_by_task",
@@ -90,6 +91,11 @@ def deliveries(task_id: str) -> str:
 def running(task_id: str) -> str:
     """A job's execution lock: held while one worker runs it, so a redelivery waits."""
     return f"{PREFIX}running:{task_id}"
+
+
+def costs() -> str:
+    """Per-job cost records: a stream capped near ``fleet.costs.MAX_RECORDS`` (XADD MAXLEN ~)."""
+    return f"{PREFIX}costs"
 
 
 def queue_lists(queue: str) -> list[str]:

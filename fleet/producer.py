@@ -15,8 +15,9 @@ from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
+from opentelemetry.trace import SpanKind
 
-from fleet import keys
+from fleet import keys, telemetry
 from fleet.app import EXECUTE_TASK, ROUTE_TASK, FleetCelery, create_app
 from fleet.discovery import broker_url, redis_client
 from fleet.errors import BrokerError, ResultTimeout, TaskFailed
@@ -37,6 +38,7 @@ class Client:
         self.redis_url = redis_url or broker_url(self.settings)
         self.app: FleetCelery = create_app(self.settings, self.redis_url)
         self.redis = redis_client(self.settings, self.redis_url)
+        telemetry.setup(self.settings, role="producer")  # a no-op unless OTEL_* or a trace file asks
 
     def submit(self, request: TaskRequest | Mapping[str, Any] | str) -> str:
         """Validate and enqueue a job; return its task id.
@@ -52,6 +54,19 @@ class Client:
         req = validate_request(request, max_prompt_bytes=self.settings.limits.max_prompt_bytes)
         payload = req.model_dump(mode="json", exclude_defaults=True)
         task_id = uuid.uuid4().hex
+        with telemetry.span(
+            "submit",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "fleet.task_id": task_id,
+                "fleet.kind": req.kind,
+                "fleet.tier": req.tier and str(req.tier),
+            },
+        ):
+            return self._send(req, payload, task_id)
+
+    def _send(self, req: TaskRequest, payload: dict[str, Any], task_id: str) -> str:
+        """Enqueue a validated request (the trace context rides in the message headers)."""
         try:
             if req.idempotency_key is not None:
                 key = keys.idempotency(req.idempotency_key)

@@ -533,6 +533,8 @@ class TelemetrySettings(_Section):
     service_name: str = "fleet"
     #: Record prompt and answer text on spans (the GenAI conventions' opt-in).
     capture_content: bool = False
+    #: Also append every finished span to this file as one JSON line ("" = off); ``--trace-file``.
+    trace_file: str = ""
 
 
 class FlowerSettings(_Section):

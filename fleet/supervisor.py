@@ -157,6 +157,11 @@ class Supervisor:
         env["FLEET_STATE_DIR"] = self.settings.state_dir
         if self.settings.profile:
             env["FLEET_PROFILE"] = self.settings.profile
+        telemetry = self.settings.telemetry
+        if telemetry.trace_file:
+            env["FLEET_TELEMETRY__TRACE_FILE"] = telemetry.trace_file  # every pool appends its spans
+        if telemetry.capture_content:
+            env["FLEET_TELEMETRY__CAPTURE_CONTENT"] = "true"
         if self.settings.mock.enabled:
             env["FLEET_MOCK__ENABLED"] = "true"
             env["FLEET_MOCK__URL"] = self.mock_url

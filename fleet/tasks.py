@@ -10,16 +10,19 @@ import dataclasses
 import logging
 import os
 import random
+import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
-from fleet import keys
+from fleet import costs, keys, telemetry
 from fleet.app import ESCALATE_TASK, EXECUTE_TASK, ROUTE_TASK, app
 from fleet.chain import THROTTLED, Chain
 from fleet.discovery import redis_client
@@ -74,6 +77,33 @@ def _reset_after_fork(**_: Any) -> None:
     _chain = None  # an httpx client must not cross a fork
 
 
+def _worker_role() -> str:
+    """The queue this worker consumes (the telemetry resource's role; "worker" when several)."""
+    consumed = sorted(app.amqp.queues.consume_from or ())
+    return consumed[0] if len(consumed) == 1 else "worker"
+
+
+@worker_init.connect
+def _telemetry_in_worker(sender: Any = None, **_: Any) -> None:
+    # Threads and solo pools run tasks in this process; a prefork pool's children set up after the fork.
+    settings = _settings()
+    if telemetry.on_worker_init(sender, settings, _worker_role()) and _worker_role() == "escalations":
+        from fleet.monitor import queue_snapshot
+
+        client = redis_client(settings)
+        telemetry.register_queue_gauges(lambda: queue_snapshot(settings, client))
+
+
+@worker_process_init.connect
+def _telemetry_after_fork(**_: Any) -> None:
+    telemetry.on_worker_process_init(_settings(), _worker_role())
+
+
+@worker_process_shutdown.connect
+def _flush_telemetry(**_: Any) -> None:
+    telemetry.shutdown()  # a prefork child leaves through os._exit: no atexit flush
+
+
 @worker_process_shutdown.connect
 def _close_chain(**_: Any) -> None:
     if _chain is not None:
@@ -112,8 +142,11 @@ def dead_letter(new: NewEscalation) -> TaskResult:
     return the task's final result."""
     if new.retry_of is None:
         new = dataclasses.replace(new, retry_of=_retry_of_current_job())
+    if new.trace_id is None:
+        new = dataclasses.replace(new, trace_id=telemetry.current_traceparent())
     record, created = _store().create(new)
     if created:
+        telemetry.record_escalation(new.reason, new.tier)
         app.send_task(ESCALATE_TASK, args=[record["id"]], queue="escalations")
     log.warning("task %s escalated: %s %s", new.task_id, new.reason, new.detail[:200])
     return TaskResult(
@@ -179,6 +212,13 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
 return redis.call('PTTL', KEYS[1])
 """
 _lock_script: Any = None
+#: Jobs this process is running (it holds their locks), and locks it failed to release because
+#: the broker was down: released before the next job, so a redelivery is not held back by them.
+_held: set[str] = set()
+_unreleased: set[str] = set()
+_DROP_IF_OWNER = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"  # noqa: E501
+#: Longest a copy of a running job waits before it looks at the lock again.
+_LOCK_RECHECK_S = 10.0
 
 
 def _lock(task_id: str, timeout_s: float) -> float | None:
@@ -192,23 +232,64 @@ def _lock(task_id: str, timeout_s: float) -> float | None:
     """
     global _lock_script
     client = redis_client(_settings())
+    for stale in [t for t in _unreleased if t not in _held]:
+        client.eval(_DROP_IF_OWNER, 1, keys.running(stale), _owner())
+        _unreleased.discard(stale)
     if _lock_script is None:
         _lock_script = client.register_script(_LOCK)
     result_key = app.backend.get_key_for_task(task_id).decode()
     ttl_ms = int((timeout_s + 30) * 1000)
-    left = int(
-        _lock_script(keys=[keys.running(task_id), result_key], args=[os.getpid(), ttl_ms], client=client)
-    )
+    left = int(_lock_script(keys=[keys.running(task_id), result_key], args=[_owner(), ttl_ms], client=client))
     if left == -2:
         log.warning("task %s already has its result: redelivered copy dropped", task_id)
         raise Ignore()
     if left == -1:
+        _held.add(task_id)
         return None
-    return max(0.5, left / 1000.0)
+    if _holder_died(client, keys.running(task_id), task_id):
+        return _lock(task_id, timeout_s)  # the dead holder's lock is gone: take it now
+    return max(0.5, min(left / 1000.0, _LOCK_RECHECK_S))
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _holder_died(client: Any, key: str, task_id: str) -> bool:
+    """Drop a lock whose holder was a process on this machine that no longer exists (or this
+    process, which no longer runs the job: its release failed while the broker was down).
+
+    A worker killed mid-job (SIGKILL, OOM) leaves its lock behind; without this its redelivery
+    would wait out the lock's whole TTL (the queue timeout + 30 s) before running.
+    """
+    raw = client.get(key)
+    host, _, pid = (raw or b"").decode(errors="replace").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's worker (or none): wait for its lock to lapse
+    if int(pid) == os.getpid():
+        if task_id in _held:
+            return False
+    else:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            return False
+        else:
+            stat = Path(f"/proc/{pid}/stat")
+            if not stat.exists() or ") Z" not in stat.read_text(errors="replace"):
+                return False  # alive (a zombie, killed but not yet reaped, counts as dead)
+    return bool(client.eval(_DROP_IF_OWNER, 1, key, raw))
 
 
 def _unlock(task_id: str) -> None:
-    redis_client(_settings()).delete(keys.running(task_id))
+    _held.discard(task_id)
+    try:
+        redis_client(_settings()).delete(keys.running(task_id))
+    except RedisError:
+        _unreleased.add(task_id)  # the broker is down: release it before the next job
+        log.warning("task %s: could not release its lock (broker down); will retry", task_id)
 
 
 def _queue_token(queue: QueueSettings) -> tuple[bool, float]:
@@ -239,6 +320,8 @@ def _queue_token(queue: QueueSettings) -> tuple[bool, float]:
 def _requeue(task: Task, request: Any, envelope: JobEnvelope, countdown: float) -> NoReturn:
     """Send the job back to its queue to run in ``countdown`` seconds, with its id and history."""
     envelope.requeues += 1
+    telemetry.record_requeue((task.request.delivery_info or {}).get("routing_key"), "wait")
+    telemetry.task_span("execute", {"fleet.requeue.countdown_s": round(countdown, 3)})
     raise task.retry(
         args=(request, envelope.model_dump(mode="json")),
         kwargs={},
@@ -261,8 +344,14 @@ def _ask_mini_tier(prompt: str, timeout_s: float) -> str:
     return outcome.answer
 
 
+#: The span name of each task's run (see fleet.telemetry.spans).
+_SPAN_NAMES = {ROUTE_TASK: "route", EXECUTE_TASK: "execute", ESCALATE_TASK: "escalate"}
+
+
 def _validate(task: Task, request: Any, job: Any) -> tuple[TaskRequest, JobEnvelope] | TaskResult:
     """The request and envelope, or the dead-letter result of a message that does not validate."""
+    # Every task starts here: name its consumer span (the Celery instrumentation's run/<task>).
+    telemetry.task_span(_SPAN_NAMES.get(task.name, task.name), {"fleet.task_id": task.request.id})
     settings = _settings()
     queue = (task.request.delivery_info or {}).get("routing_key")
     try:
@@ -280,6 +369,8 @@ def _validate(task: Task, request: Any, job: Any) -> tuple[TaskRequest, JobEnvel
                 queue=queue,
             )
         )
+    if envelope.routing is not None:  # every delivery's span says where the job runs
+        telemetry.set_routing(telemetry.task_span(_SPAN_NAMES.get(task.name, task.name)), envelope.routing)
     return req, envelope
 
 
@@ -295,6 +386,8 @@ def route(self: Task, request: Any = None, job: Any = None) -> None:
     settings = _settings()
     ask = _ask_mini_tier if settings.router.classifier == "llm" else None
     envelope.routing = decide(req, settings.router, ask=ask)
+    span = telemetry.task_span("route", {"fleet.task_id": envelope.id, "fleet.kind": req.kind})
+    telemetry.set_routing(span, envelope.routing)
     tier = settings.tier(envelope.routing.tier)
     app.send_task(
         EXECUTE_TASK,
@@ -321,19 +414,21 @@ def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
         classifier="queue",
     )
     tier_settings = settings.tier(routing.tier)
-    poisoned = _count_redelivery(self, request, envelope, routing)
-    if poisoned is not None:
-        return poisoned.model_dump(mode="json")
-    marker = settings.chaos.crash_marker
-    if marker and marker in req.prompt:
-        log.critical("chaos: crash marker in task %s: exiting this worker process", envelope.id)
-        os._exit(70)
+    # The lock first: a late copy of a finished job is dropped and a copy of a running one waits,
+    # so neither counts as a delivery (nor can it turn a finished job into a poison message).
     lock_wait = _lock(envelope.id, tier_settings.timeout_s)
     if lock_wait is not None:
         # Another worker is running this job (a redelivery after the visibility timeout, say):
         # come back when its lock lapses rather than run it twice at once, and never drop it.
         _requeue(self, request, envelope, lock_wait)
     try:
+        poisoned = _count_redelivery(self, request, envelope, routing)
+        if poisoned is not None:
+            return poisoned.model_dump(mode="json")
+        marker = settings.chaos.crash_marker
+        if marker and marker in req.prompt:
+            log.critical("chaos: crash marker in task %s: exiting this worker process", envelope.id)
+            os._exit(70)
         return _run_tier(self, request, req, envelope, routing, queue, tier_settings)
     finally:
         _unlock(envelope.id)
@@ -357,13 +452,15 @@ def _run_tier(
             envelope.slot_reserved = reserved
             _requeue(task, request, envelope, wait)
     chain = _get_chain()
+    span = telemetry.task_span("execute", {"fleet.task_id": envelope.id, "fleet.kind": req.kind})
+    telemetry.set_routing(span, routing)
     outcome = chain.run(tier_settings.links(), req, timeout_s=tier_settings.timeout_s)
     attempts = [*envelope.attempts, *outcome.attempts]
     if outcome.reason == THROTTLED and envelope.requeues < MAX_REQUEUES:
         envelope.attempts = attempts
         _requeue(task, request, envelope, outcome.retry_after or 1.0)
     if not outcome.ok:
-        return dead_letter(
+        return _finished(dead_letter(
             NewEscalation(
                 task_id=envelope.id,
                 reason=outcome.reason or "chain_exhausted",
@@ -375,7 +472,7 @@ def _run_tier(
                 attempts=[a.model_dump(mode="json") for a in attempts],
                 submitted_at=envelope.submitted_at,
             )
-        ).model_dump(mode="json")
+        ), req, envelope, outcome.attempts)  # fmt: skip
     result = TaskResult(
         task_id=envelope.id,
         status="completed",
@@ -394,6 +491,38 @@ def _run_tier(
         submitted_at=envelope.submitted_at,
         finished_at=time.time(),
     )
+    return _finished(result, req, envelope, outcome.attempts)
+
+
+def _finished(
+    result: TaskResult, req: TaskRequest, envelope: JobEnvelope, new_attempts: list[Attempt]
+) -> dict[str, Any]:
+    """A job's final state on its execute span, in the metrics and in the cost records.
+
+    A job people retried carries the attempts of its first run, which its escalation already
+    charged: only this run's calls are charged again.
+    """
+    result = result.model_copy(update={"kind": req.kind})
+    charged = new_attempts if envelope.retry_of else result.attempts
+    span = telemetry.task_span("execute")
+    if span.is_recording():
+        span.set_attributes({
+            "fleet.outcome": result.status,
+            "fleet.cost_usd": result.cost_usd,
+            "gen_ai.usage.input_tokens": result.input_tokens,
+            "gen_ai.usage.output_tokens": result.output_tokens,
+            "fleet.attempts": len(result.attempts),
+        })  # fmt: skip
+        if result.fallback_index is not None:
+            span.set_attribute("fleet.fallback.index", result.fallback_index)
+        if result.model:
+            span.set_attribute("gen_ai.response.model", result.model)
+    telemetry.record_job(result, charged)
+    settings = _settings()
+    try:
+        costs.record_job(redis_client(settings), settings, result, charged)
+    except RedisError as exc:  # the result matters more than its cost line: keep going
+        log.warning("task %s: could not record its cost: %s", result.task_id, exc)
     return result.model_dump(mode="json")
 
 
@@ -404,6 +533,7 @@ def escalate(self: Task, escalation_id: Any = None) -> None:
     Posts to ``escalation.webhook_url`` when set, retrying with capped backoff; on success marks the
     record ``notified_at``. A webhook that keeps failing is logged and given up on: the record stays.
     """
+    telemetry.task_span("escalate", {"fleet.escalation.id": str(escalation_id)})
     settings = _settings()
     store = _store()
     record = store.get_or_none(str(escalation_id))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from fleet.cli.classify import classify
+from fleet.cli.costs import costs
 from fleet.cli.escalations import api, escalations_app
 from fleet.cli.jobs import result, submit
 from fleet.cli.ops import config_app, metrics, scale, status
@@ -23,7 +24,7 @@ app = typer.Typer(
     epilog=(
         "Examples:  fleet demo --tasks 200 --json  ·  fleet up --profile demo --scale full=8  ·  "
         'fleet submit "Add a docstring to parse_rate()" --wait 30  ·  fleet result ID  ·  fleet status  ·  '
-        "fleet classify requests.jsonl --report  ·  fleet config show"
+        "fleet classify requests.jsonl --report  ·  fleet costs --since 1d  ·  fleet config show"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -40,6 +41,7 @@ app.command("result")(result)
 app.command("status")(status)
 app.command("scale")(scale)
 app.command("metrics")(metrics)
+app.command("costs")(costs)
 app.add_typer(config_app, name="config")
 app.add_typer(escalations_app, name="escalations")
 app.command("api")(api)

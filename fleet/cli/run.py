@@ -52,6 +52,11 @@ def _restore_signals(previous: dict[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
+def _trace_path(path: Path | None) -> str | None:
+    """An absolute path: the pools run with other working directories."""
+    return str(path.expanduser().resolve()) if path is not None else None
+
+
 @handle_errors
 def up(
     profile: Annotated[str | None, typer.Option(help="Config profile, e.g. 'demo' (mock provider).")] = None,
@@ -65,6 +70,13 @@ def up(
         int | None, typer.Option(help="Flower's port (default from config: 5555).")
     ] = None,
     no_flower: Annotated[bool, typer.Option("--no-flower", help="Do not start Flower.")] = False,
+    trace_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace-file",
+            help="Also write every finished span, from every process, as one JSON line to this file.",
+        ),
+    ] = None,
 ) -> None:
     """Run the fleet in the foreground until Ctrl-C or SIGTERM.
 
@@ -73,7 +85,9 @@ def up(
 
     Example: fleet up --profile demo --scale full=8
     """
-    settings = settings_for(profile, **{"mock.failure_rate": failure_rate})
+    settings = settings_for(
+        profile, **{"mock.failure_rate": failure_rate, "telemetry.trace_file": _trace_path(trace_file)}
+    )
     options = FleetOptions(scale=parse_queue_sizes(scale), flower=not no_flower, flower_port=flower_port)
     sup = Supervisor(settings, options, on_event=lambda msg: err_console.print(f"[dim]·[/] {msg}"))
     previous = _trap_stop_signals()
@@ -141,6 +155,13 @@ def demo(
     timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for every job.")] = 600.0,
     seed: Annotated[int, typer.Option(help="Seed of the mock provider's faults.")] = 0,
     flower: Annotated[bool, typer.Option(help="Start Flower (on a free port).")] = True,
+    trace_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace-file",
+            help="Also write every finished span, from every process, as one JSON line to this file.",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole fleet on an embedded broker with the mock provider, submit a sample workload,
     show live progress, print a summary, and stop everything it started.
@@ -154,7 +175,13 @@ def demo(
     from fleet.workload import sample
 
     settings = settings_for(
-        "demo", **{"mock.failure_rate": failure_rate, "mock.seed": seed, "mock.enabled": True}
+        "demo",
+        **{
+            "mock.failure_rate": failure_rate,
+            "mock.seed": seed,
+            "mock.enabled": True,
+            "telemetry.trace_file": _trace_path(trace_file),
+        },
     )
     console = err_console if as_json else out_console
     tmp = tempfile.TemporaryDirectory(prefix="fleet-demo-")

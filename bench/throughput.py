@@ -1,0 +1,144 @@
+"""Throughput of the fleet beside bare Celery, same broker, same machine, same worker layout.
+
+Three runs of N jobs each (default 10,000), every queue filled before its workers start, timed from
+the workers' start to the last completion:
+
+- bare_1hop: one worker (prefork, concurrency 2) draining no-op tasks.
+- bare_2hop: a trivial router task re-enqueueing onto four queues by a fixed rule; one router worker
+  and one worker consuming the four queues (prefork 2 each).
+- fleet: the real thing with the same layout: router (heuristic) + tier worker running the chain
+  against a zero-latency mock provider over HTTP, rate limits on (high limits), tracing on with a
+  no-op exporter, cost accounting, the result stored.
+
+Usage: python bench/throughput.py [--json] [--jobs N]
+Last stdout line: {"bare_1hop_tps", "bare_2hop_tps", "fleet_tps", "fleet_vs_bare_2hop", "peak_rss_mb", ...}
+Target: fleet_vs_bare_2hop >= 0.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+from _rig import broker, fleet_env, high_limits, mock_provider, peak_rss_mb, start_workers, stop, wait_until
+from celery import Celery
+
+from fleet.producer import Client
+from fleet.settings import load_settings
+from fleet.workload import sample
+
+TIERS = "mini,standard,full,fast"
+POOL, CONCURRENCY = "prefork", 2
+
+
+def _bare_producer(url: str) -> Celery:
+    app = Celery("bare-producer", broker=url)
+    app.conf.update(task_serializer="json", accept_content=["json"])
+    return app
+
+
+def run_bare(url: str, mock_url: str, jobs: int, hops: int, log_dir: Path) -> tuple[float, dict[str, float]]:
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    producer = _bare_producer(url)
+    with producer.producer_or_acquire() as pub:
+        for i in range(jobs):
+            if hops == 1:
+                producer.send_task("bare.noop", args=[i], queue="bare", producer=pub)
+            else:
+                producer.send_task("bare.route", args=[i], queue="router", producer=pub)
+    env = fleet_env(url, mock_url)
+    began = time.monotonic()
+    if hops == 1:
+        workers = start_workers("_bare", "bare", 1, env=env, concurrency=CONCURRENCY, pool=POOL,
+                                log_dir=log_dir, loglevel="WARNING")  # fmt: skip
+    else:
+        workers = start_workers("_bare", "router", 1, env=env, concurrency=CONCURRENCY, pool=POOL,
+                                log_dir=log_dir, loglevel="WARNING")  # fmt: skip
+        workers += start_workers("_bare", TIERS, 1, env=env, concurrency=CONCURRENCY, pool=POOL,
+                                 log_dir=log_dir, name="tiers", loglevel="WARNING")  # fmt: skip
+    try:
+        ok = wait_until(lambda: int(client.get("bare:done") or 0) >= jobs, timeout=300, interval=0.02)
+        elapsed = time.monotonic() - began
+        rss = {w.name: peak_rss_mb(w.pid or 0) for w in workers}
+    finally:
+        stop(workers)
+        producer.close()
+    if not ok:
+        raise RuntimeError(f"bare {hops}-hop run did not finish: {client.get('bare:done')} of {jobs}")
+    return jobs / elapsed, rss
+
+
+def run_fleet(url: str, mock_url: str, jobs: int, log_dir: Path) -> tuple[float, dict[str, float], float]:
+    redis.Redis.from_url(url).flushdb()
+    env = fleet_env(url, mock_url, OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", **high_limits())
+    settings = load_settings(env=env)
+    client = Client(settings, redis_url=url)
+    requests = sample(jobs)
+    for r in requests:  # keep the answer path uniform: no schema to generate, no latency hint games
+        r.pop("response_schema", None)
+    submit_began = time.monotonic()
+    ids = [client.submit(r) for r in requests]
+    submit_tps = jobs / (time.monotonic() - submit_began)
+    began = time.monotonic()
+    workers = start_workers("fleet.worker", "router", 1, env=env, concurrency=CONCURRENCY, pool=POOL,
+                            log_dir=log_dir, loglevel="WARNING")  # fmt: skip
+    workers += start_workers("fleet.worker", TIERS, 1, env=env, concurrency=CONCURRENCY, pool=POOL,
+                             log_dir=log_dir, name="tiers", loglevel="WARNING")  # fmt: skip
+    try:
+        pending = list(ids)
+        deadline = time.monotonic() + 600
+        while pending and time.monotonic() < deadline:
+            found = client.peek(pending[:2000])
+            pending = [t for t in pending if t not in found]
+            if pending:
+                time.sleep(0.05)
+        elapsed = time.monotonic() - began
+        rss = {w.name: peak_rss_mb(w.pid or 0) for w in workers}
+    finally:
+        stop(workers)
+        client.close()
+    if pending:
+        raise RuntimeError(f"fleet run did not finish: {len(pending)} of {jobs} jobs pending")
+    return jobs / elapsed, rss, submit_tps
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--jobs", type=int, default=10_000)
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="fleet-bench-tp-") as tmp,
+        broker() as url,
+        mock_provider(0.0, Path(tmp)) as mock_url,
+    ):
+        log_dir = Path(tmp)
+        one, rss1 = run_bare(url, mock_url, args.jobs, 1, log_dir)
+        two, rss2 = run_bare(url, mock_url, args.jobs, 2, log_dir)
+        fleet, rss_fleet, submit_tps = run_fleet(url, mock_url, args.jobs, log_dir)
+    out = {
+        "jobs": args.jobs,
+        "layout": f"router worker + one worker on {TIERS}, {POOL} x {CONCURRENCY} each",
+        "bare_1hop_tps": round(one, 1),
+        "bare_2hop_tps": round(two, 1),
+        "fleet_tps": round(fleet, 1),
+        "fleet_vs_bare_2hop": round(fleet / two, 3),
+        "fleet_submit_tps": round(submit_tps, 1),
+        "peak_rss_mb": {"bare_1hop": rss1, "bare_2hop": rss2, "fleet": rss_fleet},
+        "target_met": fleet / two >= 0.7,
+    }
+    if not args.json:
+        print(f"bare 1 hop {one:.0f}/s, bare 2 hops {two:.0f}/s, fleet {fleet:.0f}/s ({fleet / two:.2f} x)")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""``fleet costs``: spend and tokens by tier, model and kind, and the saving against all-full."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from fleet.cli.common import handle_errors, out_console, print_json, settings_for
+from fleet.errors import ConfigError
+
+__all__ = ["costs"]
+
+
+def _table(title: str, rows: dict[str, dict[str, Any]], *, full: bool) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(title.split()[-1], style="bold")
+    for column in ("jobs", "tokens in", "tokens out", "cost"):
+        table.add_column(column, justify="right")
+    if full:
+        table.add_column("if all on full", justify="right")
+    for name, row in rows.items():
+        cells = [name, str(row["jobs"]), f"{row['input_tokens']:,}", f"{row['output_tokens']:,}"]
+        cells.append(f"${row['cost_usd']:.4f}")
+        if full:
+            cells.append(f"${row['cost_all_full_usd']:.4f}")
+        table.add_row(*cells)
+    return table
+
+
+@handle_errors
+def costs(
+    since: Annotated[str, typer.Option(help="How far back: 30m, 1h, 2d (units s, m, h, d, w).")] = "1h",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Spend and tokens by tier, model and kind over a time window, and what the same tokens would
+    have cost with every job on the full tier's first model (the saving routing makes).
+
+    Read from the per-job cost records the tier workers write (Redis stream fleet:costs). Failed
+    calls count where they cost tokens; a job retried by people is charged once per run.
+
+    Example: fleet costs --since 2d --json
+    """
+    from fleet.costs import parse_since, read_records, report
+    from fleet.discovery import broker_url, redis_client
+
+    try:
+        window = parse_since(since)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="--since", expected="30m, 1h, 2d") from None
+    settings = settings_for()
+    client = redis_client(settings, broker_url(settings))
+    data = report(read_records(client, window), since_s=window)
+    if as_json:
+        print_json(data)
+        return
+    out_console.print(_table(f"spend in the last {since} by tier", data["by_tier"], full=True))
+    out_console.print(_table(f"spend in the last {since} by model", data["by_model"], full=False))
+    out_console.print(_table(f"spend in the last {since} by kind", data["by_kind"], full=True))
+    statuses = ", ".join(f"{n} {s}" for s, n in data["by_status"].items()) or "no jobs"
+    out_console.print(
+        f"{data['jobs']} jobs ({statuses}): ${data['cost_usd']:.4f} for "
+        f"{data['input_tokens']:,} tokens in, {data['output_tokens']:,} out; all on full: "
+        f"${data['cost_all_full_usd']:.4f}; saving ${data['saving_usd']:.4f} "
+        f"([bold green]{data['saving_ratio']:.0%}[/])"
+    )

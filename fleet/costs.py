@@ -1,0 +1,201 @@
+"""Per-job cost records and the spend report of ``fleet costs``.
+
+The execute task appends one record per finished job (completed or escalated) to a capped Redis
+stream (``fleet:costs``, ``XADD ... MAXLEN ~``): tier, kind, final model, tokens, cost at list
+prices, what the same tokens would have cost on the full tier's first link, and the split by model.
+A job retried by people records only the calls of its new run (the earlier ones were recorded
+when it escalated). Stream ids are millisecond timestamps, so ``--since`` is one XRANGE.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from fleet import keys
+from fleet.models import Attempt, TaskResult
+from fleet.settings import Settings
+
+__all__ = [
+    "MAX_RECORDS",
+    "CostRecord",
+    "full_tier_cost",
+    "job_fields",
+    "parse_since",
+    "read_records",
+    "record_job",
+    "report",
+]
+
+#: Roughly how many job records the stream keeps (MAXLEN ~: trimmed in whole nodes, cheaply).
+MAX_RECORDS = 500_000
+_SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_PAGE = 5000
+
+
+def parse_since(text: str) -> float:
+    """``"30m"`` -> 1800.0 seconds (units s, m, h, d, w). Raises ValueError on anything else."""
+    match = _SINCE_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 30m, 1h or 2d (units: s, m, h, d, w)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def full_tier_cost(settings: Settings, input_tokens: int, output_tokens: int) -> float:
+    """What ``input_tokens`` + ``output_tokens`` cost on the full tier's first link."""
+    provider, model = settings.tier("full").links()[0]
+    return settings.model(provider, model).cost(input_tokens, output_tokens)
+
+
+def job_fields(settings: Settings, result: TaskResult, attempts: Sequence[Attempt]) -> dict[str, str]:
+    """The stream entry of a finished job; ``attempts`` are the calls to charge to this record."""
+    by_model: dict[str, list[float]] = {}
+    for attempt in attempts:
+        row = by_model.setdefault(attempt.link, [0, 0, 0.0])
+        row[0] += attempt.input_tokens
+        row[1] += attempt.output_tokens
+        row[2] += attempt.cost_usd
+    tokens_in = sum(a.input_tokens for a in attempts)
+    tokens_out = sum(a.output_tokens for a in attempts)
+    return {
+        "task_id": result.task_id,
+        "status": result.status,
+        "tier": str(result.tier) if result.tier is not None else "",
+        "kind": result.kind or "",
+        "model": f"{result.provider}:{result.model}" if result.model else "",
+        "in": str(tokens_in),
+        "out": str(tokens_out),
+        "cost": repr(round(sum(a.cost_usd for a in attempts), 10)),
+        "full": repr(round(full_tier_cost(settings, tokens_in, tokens_out), 10)),
+        "models": json.dumps(by_model, separators=(",", ":")),
+    }
+
+
+def record_job(
+    client: redis.Redis, settings: Settings, result: TaskResult, attempts: Sequence[Attempt]
+) -> None:
+    """Append the job's record: one XADD, one round trip."""
+    client.xadd(
+        keys.costs(),
+        job_fields(settings, result, attempts),  # type: ignore[arg-type]  # redis-py's invariant dict type
+        maxlen=MAX_RECORDS,
+        approximate=True,
+    )
+
+
+@dataclass(frozen=True)
+class CostRecord:
+    at: float
+    task_id: str
+    status: str
+    tier: str
+    kind: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    full_cost_usd: float
+    by_model: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse(entry_id: Any, raw: dict[Any, Any]) -> CostRecord | None:
+    data = {_text(k): _text(v) for k, v in raw.items()}
+    try:
+        models = {k: (int(v[0]), int(v[1]), float(v[2])) for k, v in json.loads(data["models"]).items()}
+        return CostRecord(
+            at=int(_text(entry_id).split("-")[0]) / 1000.0,
+            task_id=data["task_id"],
+            status=data["status"],
+            tier=data["tier"] or "none",
+            kind=data["kind"] or "none",
+            model=data["model"],
+            input_tokens=int(data["in"]),
+            output_tokens=int(data["out"]),
+            cost_usd=float(data["cost"]),
+            full_cost_usd=float(data["full"]),
+            by_model=models,
+        )
+    except (KeyError, ValueError, TypeError, IndexError):
+        return None  # not one of ours: skip it rather than fail the report
+
+
+def read_records(client: redis.Redis, since_s: float | None, *, now: float | None = None) -> list[CostRecord]:
+    """The records of jobs finished in the last ``since_s`` seconds (all with None), oldest first."""
+    start = "-" if since_s is None else f"{int(((now or time.time()) - since_s) * 1000)}-0"
+    out: list[CostRecord] = []
+    while True:
+        page: list[Any] = client.xrange(keys.costs(), min=start, max="+", count=_PAGE) or []
+        for entry_id, raw in page:
+            parsed = _parse(entry_id, raw or {})
+            if parsed is not None:
+                out.append(parsed)
+        if len(page) < _PAGE:
+            return out
+        start = f"({_text(page[-1][0])}"
+
+
+def _bucket() -> dict[str, Any]:
+    return {"jobs": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "cost_all_full_usd": 0.0}
+
+
+def _rounded(groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    ordered = sorted(groups.items(), key=lambda item: (-item[1]["cost_usd"], item[0]))
+    return {
+        name: {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for name, row in ordered
+    }
+
+
+def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> dict[str, Any]:
+    """Spend and tokens by tier, model and kind, and the saving against running everything on full.
+
+    ``by_model`` splits each job's calls by the model that made them (failed calls included);
+    its ``jobs`` counts the jobs that called the model at least once.
+    """
+    by_tier: dict[str, dict[str, Any]] = defaultdict(_bucket)
+    by_kind: dict[str, dict[str, Any]] = defaultdict(_bucket)
+    by_model: dict[str, dict[str, Any]] = defaultdict(_bucket)
+    totals = _bucket()
+    statuses: dict[str, int] = defaultdict(int)
+    for rec in records:
+        statuses[rec.status] += 1
+        for row in (totals, by_tier[rec.tier], by_kind[rec.kind]):
+            row["jobs"] += 1
+            row["input_tokens"] += rec.input_tokens
+            row["output_tokens"] += rec.output_tokens
+            row["cost_usd"] += rec.cost_usd
+            row["cost_all_full_usd"] += rec.full_cost_usd
+        for link, (tokens_in, tokens_out, cost) in rec.by_model.items():
+            row = by_model[link]
+            row["jobs"] += 1
+            row["input_tokens"] += tokens_in
+            row["output_tokens"] += tokens_out
+            row["cost_usd"] += cost
+    for row in by_model.values():
+        del row["cost_all_full_usd"]  # a model's share of the all-full price is not meaningful
+    cost, full = totals["cost_usd"], totals["cost_all_full_usd"]
+    return {
+        "since_s": since_s,
+        "jobs": totals["jobs"],
+        "by_status": dict(sorted(statuses.items())),
+        "input_tokens": totals["input_tokens"],
+        "output_tokens": totals["output_tokens"],
+        "cost_usd": round(cost, 6),
+        "cost_all_full_usd": round(full, 6),
+        "saving_usd": round(full - cost, 6),
+        "saving_ratio": round(1 - cost / full, 4) if full > 0 else 0.0,
+        "by_tier": _rounded(by_tier),
+        "by_model": _rounded(by_model),
+        "by_kind": _rounded(by_kind),
+    }

@@ -1,0 +1,143 @@
+"""The fleet's metrics: instruments on one OTel meter, and the helpers the tasks call.
+
+Every helper is a no-op costing one attribute check when no MeterProvider was set up.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from fleet.models import Attempt, TaskResult
+
+__all__ = [
+    "Instruments",
+    "QueueGauges",
+    "attempt_attributes",
+    "job_attributes",
+]
+
+#: How long one queue snapshot serves the gauges' callbacks (one Redis read per collection).
+SNAPSHOT_TTL_S = 1.0
+
+
+class Instruments:
+    """Counters and histograms of one process, created once from its meter."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.jobs = meter.create_counter(
+            "fleet.jobs", unit="{job}", description="Jobs that reached a final state, by tier and outcome."
+        )
+        self.duration = meter.create_histogram(
+            "fleet.job.duration", unit="s", description="From submit to the job's final result."
+        )
+        self.tokens = meter.create_counter(
+            "fleet.tokens", unit="{token}", description="Tokens used, by tier, model, kind and direction."
+        )
+        self.cost = meter.create_counter(
+            "fleet.cost", unit="USD", description="Spend at list prices, by tier, model and kind."
+        )
+        self.fallbacks = meter.create_counter(
+            "fleet.fallbacks",
+            unit="{attempt}",
+            description="Failed attempts that moved a job on (retry or next link), by outcome code.",
+        )
+        self.escalations = meter.create_counter(
+            "fleet.escalations", unit="{escalation}", description="Jobs handed to people, by reason."
+        )
+        self.requeues = meter.create_counter(
+            "fleet.rate_limit.requeues",
+            unit="{requeue}",
+            description="Jobs sent back to their queue to wait (rate limits, a held execution lock).",
+        )
+        self.token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}", description="Tokens per model call."
+        )
+        self.operation_duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s", description="Duration of each model call."
+        )
+
+    def record_job(self, result: TaskResult, attempts: Sequence[Attempt]) -> None:
+        """A job's final state; ``attempts`` are the calls not counted before (see fleet.costs)."""
+        base = job_attributes(result)
+        self.jobs.add(1, base)
+        if result.latency_ms is not None:
+            self.duration.record(result.latency_ms / 1000.0, base)
+        for attempt in attempts:
+            attrs = attempt_attributes(result, attempt)
+            if attempt.input_tokens:
+                self.tokens.add(attempt.input_tokens, {**attrs, "gen_ai.token.type": "input"})
+            if attempt.output_tokens:
+                self.tokens.add(attempt.output_tokens, {**attrs, "gen_ai.token.type": "output"})
+            if attempt.cost_usd:
+                self.cost.add(attempt.cost_usd, attrs)
+            if attempt.outcome != "ok":
+                self.fallbacks.add(1, {"fleet.tier": base["fleet.tier"], "fleet.outcome": attempt.outcome})
+            if attempt.outcome not in ("circuit_open", "throttled"):  # no call was made for those
+                call = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": attempt.provider,
+                        "gen_ai.request.model": attempt.model}  # fmt: skip
+                self.operation_duration.record(attempt.latency_ms / 1000.0, call)
+                for kind, count in (("input", attempt.input_tokens), ("output", attempt.output_tokens)):
+                    self.token_usage.record(count, {**call, "gen_ai.token.type": kind})
+
+
+def job_attributes(result: TaskResult) -> dict[str, str]:
+    """The low-cardinality attributes of a job's metrics."""
+    return {
+        "fleet.tier": str(result.tier) if result.tier is not None else "none",
+        "fleet.outcome": result.status,
+        "fleet.kind": result.kind or "none",
+    }
+
+
+def attempt_attributes(result: TaskResult, attempt: Attempt) -> dict[str, str]:
+    return {
+        "fleet.tier": str(result.tier) if result.tier is not None else "none",
+        "fleet.kind": result.kind or "none",
+        "gen_ai.provider.name": attempt.provider,
+        "gen_ai.request.model": attempt.model,
+    }
+
+
+class QueueGauges:
+    """Observable gauges of queue depth and oldest age, from one snapshot function.
+
+    Register them in one process only (the fleet registers them in the escalations pool): every
+    process that did would report the same queues again.
+    """
+
+    def __init__(self, meter: Meter, snapshot: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
+        self._snapshot = snapshot
+        self._lock = threading.Lock()
+        self._cached: tuple[float, Mapping[str, Mapping[str, Any]]] | None = None
+        meter.create_observable_gauge(
+            "fleet.queue.depth", callbacks=[self._depth], unit="{job}", description="Jobs waiting."
+        )
+        meter.create_observable_gauge(
+            "fleet.queue.oldest_age",
+            callbacks=[self._oldest],
+            unit="s",
+            description="Age of the oldest waiting job.",
+        )
+
+    def _read(self) -> Mapping[str, Mapping[str, Any]]:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] > SNAPSHOT_TTL_S:
+                self._cached = (now, self._snapshot())
+            return self._cached[1]
+
+    def _observe(self, field: str) -> Iterable[Observation]:
+        return [
+            Observation(float(q.get(field) or 0.0), {"fleet.queue": name}) for name, q in self._read().items()
+        ]
+
+    def _depth(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._observe("depth")
+
+    def _oldest(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._observe("oldest_age_s")
