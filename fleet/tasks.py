@@ -26,7 +26,7 @@ from fleet import costs, keys, telemetry
 from fleet.app import ESCALATE_TASK, EXECUTE_TASK, ROUTE_TASK, app
 from fleet.chain import THROTTLED, Chain
 from fleet.discovery import redis_client
-from fleet.errors import InvalidRequest, ProviderError
+from fleet.errors import InvalidRequest
 from fleet.escalations import EscalationStore, NewEscalation
 from fleet.limits import Bucket, CircuitBreaker, RateLimiter
 from fleet.models import (
@@ -40,6 +40,7 @@ from fleet.models import (
 )
 from fleet.notify import backoff_s, post_webhook, slack_message
 from fleet.router import decide
+from fleet.router.llm import chain_ask
 from fleet.settings import QueueSettings, Settings, parse_rate
 
 __all__ = ["dead_letter", "escalate", "execute", "route"]
@@ -336,12 +337,7 @@ def _ask_mini_tier(prompt: str, timeout_s: float) -> str:
     Raises:
         ProviderError: no link answered in time.
     """
-    outcome = _get_chain().run(
-        _settings().tier("mini").links(), TaskRequest(prompt=prompt, max_tokens=200), timeout_s=timeout_s
-    )
-    if outcome.answer is None:
-        raise ProviderError(f"the mini tier gave no verdict ({outcome.reason})")
-    return outcome.answer
+    return chain_ask(_get_chain(), _settings().tier("mini").links())(prompt, timeout_s)
 
 
 #: The span name of each task's run (see fleet.telemetry.spans).

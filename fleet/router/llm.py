@@ -16,11 +16,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
+from fleet.chain import Chain
+from fleet.errors import ProviderError
 from fleet.models import RoutingDecision, TaskRequest, Tier
 from fleet.router import heuristic
 from fleet.settings import RouterSettings
 
-__all__ = ["CLASSIFIER", "Ask", "Verdict", "build_prompt", "classify", "parse_verdict"]
+__all__ = [
+    "CLASSIFIER",
+    "VERDICT_SCHEMA",
+    "Ask",
+    "Verdict",
+    "build_prompt",
+    "chain_ask",
+    "classify",
+    "parse_verdict",
+]
 
 #: ``classifier`` of a decision made from the model's verdict.
 CLASSIFIER = "llm"
@@ -64,6 +75,35 @@ class Verdict(BaseModel):
         if self.tier != expected:
             raise ValueError(f"tier {self.tier!r} does not match score {self.score} ({expected!r})")
         return self
+
+
+#: The JSON schema asked of the classifying model (providers that support it answer to the schema).
+VERDICT_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["score", "tier", "reason"],
+    "properties": {
+        "score": {"type": "integer", "minimum": 1, "maximum": 5},
+        "tier": {"type": "string", "enum": ["mini", "standard", "full"]},
+        "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+    },
+}
+
+
+def chain_ask(chain: Chain, links: list[tuple[str, str]]) -> Ask:
+    """An ``ask`` that runs ``links`` (the mini tier's chain) for the verdict, within the timeout.
+
+    The callable raises ProviderError when no link answers in time.
+    """
+
+    def ask(prompt: str, timeout_s: float) -> str:
+        request = TaskRequest(prompt=prompt, max_tokens=200, temperature=0.0, response_schema=VERDICT_SCHEMA)
+        outcome = chain.run(links, request, timeout_s=timeout_s)
+        if outcome.answer is None:
+            raise ProviderError(f"the mini tier gave no verdict ({outcome.reason})")
+        return outcome.answer
+
+    return ask
 
 
 def build_prompt(request: TaskRequest) -> str:
