@@ -214,6 +214,8 @@ class Supervisor:
 
         qs = self.settings.queues[queue]
         concurrency = self.options.scale.get(queue, qs.concurrency)
+        # An explicit --scale wins over the queue's autoscale range.
+        autoscale = None if queue in self.options.scale else qs.autoscale
         argv = [
             sys.executable, "-m", "celery", "-A", "fleet.worker",
             *worker_argv(
@@ -222,12 +224,14 @@ class Supervisor:
                 pool=qs.pool,
                 hostname=f"{queue}@{socket.gethostname()}",
                 loglevel=self.options.loglevel,
+                autoscale=autoscale,
             ),
         ]  # fmt: skip
         child = Child(queue, argv, env=self._child_env(), log_file=self.log_dir / f"{queue}.log")
         child.start()
         self.pools[queue] = child
-        self.on_event(f"pool {queue}: {qs.pool} x {concurrency}")
+        size = f"autoscale {autoscale[0]}-{autoscale[1]}" if autoscale else str(concurrency)
+        self.on_event(f"pool {queue}: {qs.pool} x {size}")
 
     def _start_flower(self) -> None:
         flower = self.settings.flower

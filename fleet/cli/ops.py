@@ -78,15 +78,18 @@ def status(
     out_console.print(f"escalations: {data['escalations_open']} open, {data['escalations_claimed']} claimed")
 
 
-def _pool_sizes(app: Any, timeout: float) -> dict[str, tuple[str, int]]:
-    """node -> (queue, max concurrency) for every worker that answers."""
+def _pool_sizes(app: Any, timeout: float) -> dict[str, tuple[str, int, tuple[int, int] | None]]:
+    """node -> (queue, max concurrency, autoscale (min, max) or None) for every worker that answers."""
     inspect = app.control.inspect(timeout=timeout)
     stats = inspect.stats() or {}
     out = {}
     for node, consumed in (inspect.active_queues() or {}).items():
-        size = int((stats.get(node) or {}).get("pool", {}).get("max-concurrency", 0) or 0)
+        node_stats = stats.get(node) or {}
+        size = int(node_stats.get("pool", {}).get("max-concurrency", 0) or 0)
+        auto = node_stats.get("autoscaler") or None
+        bounds = (int(auto.get("min", 0)), int(auto.get("max", 0))) if auto else None
         for q in consumed:
-            out[node] = (str(q.get("name")), size)
+            out[node] = (str(q.get("name")), bounds[1] if bounds else size, bounds)
     return out
 
 
@@ -104,23 +107,26 @@ def scale(
     with _fleet() as (_, _client, app, _url):
         before = _pool_sizes(app, 1.0)
         changes: list[dict[str, Any]] = []
-        for node, (queue, size) in before.items():
+        for node, (queue, size, bounds) in before.items():
             if queue not in wanted or wanted[queue] == size:
                 continue
             delta = wanted[queue] - size
-            if delta > 0:
+            if bounds is not None:
+                # An autoscaled pool: N becomes its ceiling (and its floor when below the old floor).
+                app.control.autoscale(wanted[queue], min(bounds[0], wanted[queue]), destination=[node])
+            elif delta > 0:
                 app.control.pool_grow(delta, destination=[node])
             else:
                 app.control.pool_shrink(-delta, destination=[node])
             changes.append({"node": node, "queue": queue, "before": size, "after": wanted[queue]})
-        missing = sorted(set(wanted) - {q for q, _ in before.values()})
+        missing = sorted(set(wanted) - {q for q, _, _ in before.values()})
         if missing:
             raise FleetError(f"no running worker consumes {', '.join(missing)}: is the fleet up?")
         deadline = time.monotonic() + timeout
         pending = {c["node"]: c["after"] for c in changes}
         while pending and time.monotonic() < deadline:
             now = _pool_sizes(app, 1.0)
-            pending = {n: s for n, s in pending.items() if now.get(n, ("", -1))[1] != s}
+            pending = {n: s for n, s in pending.items() if now.get(n, ("", -1, None))[1] != s}
         if pending:
             raise FleetError(f"workers did not report their new size in time: {', '.join(sorted(pending))}")
     if as_json:

@@ -259,6 +259,7 @@ def worker(
             pool=pool or qs.pool,
             hostname=hostname,
             loglevel=loglevel,
+            autoscale=None if concurrency else qs.autoscale,
         )
     )
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -155,3 +156,35 @@ def test_status_shows_rates_and_buckets(fleet: RunningFleet) -> None:
     assert fast["rate_last_min"] >= 1
     assert fast["rate_limit"] == "3000/m" and fast["bucket_fill"] is not None
     assert set(fast) >= {"depth", "oldest_age_s", "in_flight", "workers", "concurrency"}
+
+
+def test_an_autoscaled_pool_is_scaled_by_moving_its_ceiling(broker_url: str, tmp_path: Path) -> None:
+    # Given a fast pool that autoscales between 2 and 6 threads, on a database of its own
+    url = other_db_url(broker_url)
+    redis.Redis.from_url(url).flushdb()
+    env = {"FLEET_QUEUES__FAST__AUTOSCALE": "[2, 6]"}
+    settings = load_settings(env={**os.environ, "FLEET_REDIS_URL": url, **env})
+    sup = Supervisor(
+        settings, FleetOptions(queues=("fast",), flower=False, publish_state=False, log_dir=tmp_path, env=env)
+    )
+    sup.start()
+    try:
+        cli_env = {**os.environ, "FLEET_REDIS_URL": url, "FLEET_STATE_DIR": str(tmp_path)}
+        # When it is scaled to 10
+        done = run(["scale", "fast=10", "--json"], cli_env)
+        assert done.returncode == 0, done.stderr
+        # Then its autoscaler's ceiling moved, not a fixed size
+        app = sup_app(settings, url)
+        stats = app.control.inspect(timeout=2).stats() or {}
+        app.close()
+        (node_stats,) = stats.values()
+        assert node_stats["autoscaler"]["max"] == 10
+        assert node_stats["autoscaler"]["min"] == 2
+    finally:
+        sup.stop()
+
+
+def sup_app(settings: object, url: str) -> Any:
+    from fleet.app import create_app
+
+    return create_app(settings, url)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .procs import FLEET, marked_env, run, wait_no_processes
@@ -27,7 +28,7 @@ def _clean_env(tmp_path: Path) -> tuple[dict[str, str], str]:
 def test_up_serves_commands_from_another_terminal_and_stops_clean(tmp_path: Path) -> None:
     # Given `fleet up --profile demo` with no broker configured
     env, marker = _clean_env(tmp_path)
-    up = subprocess.Popen([*FLEET, "up", "--profile", "demo", "--no-flower"], env=env, cwd=tmp_path,
+    up = subprocess.Popen([*FLEET, "up", "--profile", "demo", "--flower-port", "0"], env=env, cwd=tmp_path,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         state = tmp_path / ".fleet" / "fleet.json"
@@ -45,6 +46,18 @@ def test_up_serves_commands_from_another_terminal_and_stops_clean(tmp_path: Path
         assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "completed"
         status = run(["status", "--json"], other)
         assert json.loads(status.stdout)["queues"]["full"]["workers"] == 1
+
+        # And Flower lists one worker per queue
+        flower_url = json.loads(state.read_text())["flower_url"]
+        workers: dict[str, object] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(workers) < 6:
+            try:
+                workers = httpx.get(f"{flower_url}/api/workers?refresh=1", timeout=10).json()
+            except (httpx.HTTPError, ValueError):
+                time.sleep(0.5)
+        names = {name.split("@")[0] for name in workers}
+        assert names == {"router", "mini", "standard", "full", "fast", "escalations"}
     finally:
         # Then SIGTERM stops it cleanly, and no process it started is left
         up.send_signal(signal.SIGTERM)
