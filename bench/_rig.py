@@ -61,10 +61,21 @@ def mock_provider(latency_ms: float = 0.0, log_dir: Path | None = None) -> Itera
     if not match:
         child.stop(2)
         raise RuntimeError(f"mock provider did not start: {child.log_tail()}")
+    _mock_pids.append(child.pid or 0)
     try:
         yield match.group(1)
     finally:
+        _mock_pids.remove(child.pid or 0)
         child.stop(5)
+
+
+_mock_pids: list[int] = []
+
+
+def mock_cpu_s() -> float:
+    """CPU seconds the running mock provider used so far (it is one process, one core at most: a
+    share of wall time near 1.0 would make it the bottleneck)."""
+    return cpu_s(_mock_pids[-1]) if _mock_pids else 0.0
 
 
 def high_limits() -> dict[str, str]:
@@ -84,6 +95,14 @@ def high_limits() -> dict[str, str]:
             env[f"{prefix}__RPM"] = "1000000000"
             env[f"{prefix}__TPM"] = "1000000000000"
     return env
+
+
+def otel_env() -> dict[str, str]:
+    """Tracing and metrics on, every span and metric built and then dropped by the ``discard``
+    exporters (the cost of telemetry without a backend). ``BENCH_OTEL_EXPORTER=none`` measures the
+    fleet with telemetry off instead."""
+    name = os.environ.get("BENCH_OTEL_EXPORTER", "discard")
+    return {"OTEL_TRACES_EXPORTER": name, "OTEL_METRICS_EXPORTER": name}
 
 
 def fleet_env(redis_url: str, mock_url: str, **extra: str) -> dict[str, str]:
@@ -160,6 +179,20 @@ def peak_rss_mb(pid: int) -> float:
         except OSError:
             continue
     return round(total / 1024, 1)
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a worker and its live pool processes: a measure of
+    per-job cost that other load on the machine does not distort the way wall-clock rates are."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in [pid, *_children_of(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / ticks
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

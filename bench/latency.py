@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from _rig import broker, fleet_env, high_limits, mock_provider, start_workers, stop, wait_until
+from _rig import broker, fleet_env, high_limits, mock_provider, otel_env, start_workers, stop, wait_until
 from celery import Celery
 
 from fleet.demo import percentile
@@ -92,7 +92,7 @@ def run_bare(url: str, mock_url: str, rate: float, seconds: float, log_dir: Path
 
 def run_fleet(url: str, mock_url: str, rate: float, seconds: float, log_dir: Path) -> dict[str, float]:
     redis.Redis.from_url(url).flushdb()
-    env = fleet_env(url, mock_url, OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", **high_limits())
+    env = fleet_env(url, mock_url, **otel_env(), **high_limits())
     workers = start_workers("fleet.worker", "router", 1, env=env, concurrency=CONCURRENCY, pool=POOL,
                             log_dir=log_dir)  # fmt: skip
     workers += start_workers("fleet.worker", TIERS, 1, env=env, concurrency=CONCURRENCY, pool=POOL,

@@ -11,7 +11,8 @@ the workers' start to the last completion:
   no-op exporter, cost accounting, the result stored.
 
 Usage: python bench/throughput.py [--json] [--jobs N]
-Last stdout line: {"bare_1hop_tps", "bare_2hop_tps", "fleet_tps", "fleet_vs_bare_2hop", "peak_rss_mb", ...}
+Last stdout line: {"bare_1hop_tps", "bare_2hop_tps", "fleet_tps", "fleet_vs_bare_2hop", "peak_rss_mb",
+"cpu_ms_per_job", ...}; BENCH_OTEL_EXPORTER=none runs the fleet with telemetry off.
 Target: fleet_vs_bare_2hop >= 0.7.
 """
 
@@ -24,7 +25,18 @@ import time
 from pathlib import Path
 
 import redis
-from _rig import broker, fleet_env, high_limits, mock_provider, peak_rss_mb, start_workers, stop, wait_until
+from _rig import (
+    broker,
+    cpu_s,
+    fleet_env,
+    high_limits,
+    mock_provider,
+    otel_env,
+    peak_rss_mb,
+    start_workers,
+    stop,
+    wait_until,
+)
 from celery import Celery
 
 from fleet.producer import Client
@@ -41,7 +53,9 @@ def _bare_producer(url: str) -> Celery:
     return app
 
 
-def run_bare(url: str, mock_url: str, jobs: int, hops: int, log_dir: Path) -> tuple[float, dict[str, float]]:
+def run_bare(
+    url: str, mock_url: str, jobs: int, hops: int, log_dir: Path
+) -> tuple[float, dict[str, float], dict[str, float]]:
     client = redis.Redis.from_url(url)
     client.flushdb()
     producer = _bare_producer(url)
@@ -65,17 +79,20 @@ def run_bare(url: str, mock_url: str, jobs: int, hops: int, log_dir: Path) -> tu
         ok = wait_until(lambda: int(client.get("bare:done") or 0) >= jobs, timeout=300, interval=0.02)
         elapsed = time.monotonic() - began
         rss = {w.name: peak_rss_mb(w.pid or 0) for w in workers}
+        cpu = {w.name: round(cpu_s(w.pid or 0) * 1000 / jobs, 3) for w in workers}
     finally:
         stop(workers)
         producer.close()
     if not ok:
         raise RuntimeError(f"bare {hops}-hop run did not finish: {client.get('bare:done')} of {jobs}")
-    return jobs / elapsed, rss
+    return jobs / elapsed, rss, cpu
 
 
-def run_fleet(url: str, mock_url: str, jobs: int, log_dir: Path) -> tuple[float, dict[str, float], float]:
+def run_fleet(
+    url: str, mock_url: str, jobs: int, log_dir: Path
+) -> tuple[float, dict[str, float], dict[str, float], float]:
     redis.Redis.from_url(url).flushdb()
-    env = fleet_env(url, mock_url, OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", **high_limits())
+    env = fleet_env(url, mock_url, **otel_env(), **high_limits())
     settings = load_settings(env=env)
     client = Client(settings, redis_url=url)
     requests = sample(jobs)
@@ -99,12 +116,13 @@ def run_fleet(url: str, mock_url: str, jobs: int, log_dir: Path) -> tuple[float,
                 time.sleep(0.05)
         elapsed = time.monotonic() - began
         rss = {w.name: peak_rss_mb(w.pid or 0) for w in workers}
+        cpu = {w.name: round(cpu_s(w.pid or 0) * 1000 / jobs, 3) for w in workers}
     finally:
         stop(workers)
         client.close()
     if pending:
         raise RuntimeError(f"fleet run did not finish: {len(pending)} of {jobs} jobs pending")
-    return jobs / elapsed, rss, submit_tps
+    return jobs / elapsed, rss, cpu, submit_tps
 
 
 def main() -> int:
@@ -120,9 +138,9 @@ def main() -> int:
         mock_provider(0.0, Path(tmp)) as mock_url,
     ):
         log_dir = Path(tmp)
-        one, rss1 = run_bare(url, mock_url, args.jobs, 1, log_dir)
-        two, rss2 = run_bare(url, mock_url, args.jobs, 2, log_dir)
-        fleet, rss_fleet, submit_tps = run_fleet(url, mock_url, args.jobs, log_dir)
+        one, rss1, cpu1 = run_bare(url, mock_url, args.jobs, 1, log_dir)
+        two, rss2, cpu2 = run_bare(url, mock_url, args.jobs, 2, log_dir)
+        fleet, rss_fleet, cpu_fleet, submit_tps = run_fleet(url, mock_url, args.jobs, log_dir)
     out = {
         "jobs": args.jobs,
         "layout": f"router worker + one worker on {TIERS}, {POOL} x {CONCURRENCY} each",
@@ -131,7 +149,10 @@ def main() -> int:
         "fleet_tps": round(fleet, 1),
         "fleet_vs_bare_2hop": round(fleet / two, 3),
         "fleet_submit_tps": round(submit_tps, 1),
+        "telemetry": otel_env()["OTEL_TRACES_EXPORTER"],
         "peak_rss_mb": {"bare_1hop": rss1, "bare_2hop": rss2, "fleet": rss_fleet},
+        # CPU ms per job of each worker (main process + pool processes): robust to other load.
+        "cpu_ms_per_job": {"bare_1hop": cpu1, "bare_2hop": cpu2, "fleet": cpu_fleet},
         "target_met": fleet / two >= 0.7,
     }
     if not args.json:

@@ -15,18 +15,37 @@ from kombu.entity import Exchange, Queue
 from fleet.keys import QUEUES
 from fleet.settings import Settings, get_settings
 
-__all__ = ["ESCALATE_TASK", "EXECUTE_TASK", "ROUTE_TASK", "FleetCelery", "app", "celery_config", "create_app"]
+__all__ = [
+    "ARGS_REPR",
+    "ESCALATE_TASK",
+    "EXECUTE_TASK",
+    "RESULT_REPR_MAX",
+    "ROUTE_TASK",
+    "FleetCelery",
+    "app",
+    "celery_config",
+    "create_app",
+]
 
 #: Task names: producers and the router send by name and never import worker code.
 ROUTE_TASK = "fleet.route"
 EXECUTE_TASK = "fleet.execute"
 ESCALATE_TASK = "fleet.escalate"
+#: What a job message's args look like in events, logs and Flower: never the prompt (it may hold
+#: anything), and no repr of a large request on every send.
+ARGS_REPR = "(request, envelope)"
+#: Longest repr of a task's result in events and log lines.
+RESULT_REPR_MAX = 256
 
 
 def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
     """Celery settings for the fleet: JSON only, late acks, one message prefetched per slot."""
     transport: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout(),
+        # kombu sweeps for messages past their visibility timeout only every 10 x 10 s by default; a
+        # job whose worker died must come back soon after the timeout, not minutes later.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout() // 4)),
+        "unacked_restore_throttle": 1,
         "health_check_interval": settings.broker.health_check_interval,
         "socket_keepalive": True,
         "retry_on_timeout": True,
@@ -63,7 +82,9 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
         "task_create_missing_queues": False,
         "result_expires": settings.broker.result_expires_s,
         "result_extended": False,
-        "task_send_sent_event": True,
+        # No task-sent event: it is one more PUBLISH per send (a fifth of the router's task time, see
+        # docs/performance.md), and Flower tracks every task from its task-received event on.
+        "task_send_sent_event": False,
         "worker_send_task_events": True,
         "worker_consumer": "fleet.consumer:FleetConsumer",
         "worker_hijack_root_logger": False,

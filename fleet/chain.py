@@ -41,7 +41,7 @@ from fleet.errors import (
     SchemaMismatch,
     TruncatedAnswer,
 )
-from fleet.limits import Bucket, CircuitBreaker, RateLimiter
+from fleet.limits import Bucket, CircuitBreaker, Permit, RateLimiter
 from fleet.models import Attempt, TaskRequest
 from fleet.providers import ChatRequest, ChatResponse, Provider, build_provider, make_http_client
 from fleet.providers.base import estimate_tokens
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 #: The outcome recorded for a link skipped because its provider's breaker is open.
 CIRCUIT_OPEN = "circuit_open"
+_TPM_PREFIX = keys.bucket("tpm", "")
 #: The outcome recorded for a link whose rpm/tpm bucket had no token within the wait bound.
 THROTTLED = "throttled"
 
@@ -161,9 +162,18 @@ class Chain:
         self._providers.clear()
 
     def run(
-        self, links: Sequence[tuple[str, str]], request: TaskRequest, *, timeout_s: float | None = None
+        self,
+        links: Sequence[tuple[str, str]],
+        request: TaskRequest,
+        *,
+        timeout_s: float | None = None,
+        corrections: list[tuple[Bucket, float]] | None = None,
     ) -> ChainOutcome:
-        """Walk ``links`` (``(provider, model)`` pairs) for ``request``; never raises a ProviderError."""
+        """Walk ``links`` (``(provider, model)`` pairs) for ``request``; never raises a ProviderError.
+
+        With ``corrections``, the tpm corrections (bucket, delta) are appended there for the caller to
+        send with its own end-of-job writes (one round trip) instead of one round trip each here.
+        """
         outcome = ChainOutcome()
         retry = self.settings.retry
         skipped_providers: set[str] = set()
@@ -193,12 +203,17 @@ class Chain:
                     outcome.reason = "timeout"
                     return outcome
                 buckets = self._buckets(provider_name, model, request)
+                permit: Permit | None = None
                 if buckets and self.limiter is not None:
-                    allowed, wait = self.limiter.acquire(
-                        buckets,
-                        max_wait_s=self.settings.limits.max_slot_wait_s,
-                        counter=keys.rate_counter(f"{provider_name}:{model}", int(time.time()) // 10),
-                    )
+                    counter = keys.rate_counter(f"{provider_name}:{model}", int(time.time()) // 10)
+                    max_wait = self.settings.limits.max_slot_wait_s
+                    if self.breaker is not None:  # rpm/tpm and the breaker in one round trip
+                        allowed, wait, permit = self.limiter.gate(
+                            buckets, max_wait_s=max_wait, counter=counter, breaker=self.breaker,
+                            provider=provider_name,
+                        )  # fmt: skip
+                    else:
+                        allowed, wait = self.limiter.acquire(buckets, max_wait_s=max_wait, counter=counter)
                     if not allowed:
                         outcome.attempts.append(
                             Attempt(
@@ -217,7 +232,8 @@ class Chain:
                         break
                     if wait > 0:
                         self._sleep(wait)
-                permit = self.breaker.allow(provider_name) if self.breaker else None
+                if permit is None and self.breaker is not None:
+                    permit = self.breaker.allow(provider_name)
                 if permit is not None and not permit.allowed:
                     outcome.attempts.append(
                         Attempt(
@@ -237,7 +253,7 @@ class Chain:
                     attempt, error, answer = self._call(provider_name, model, chat, request)
                     telemetry.end_attempt(span, attempt, error.code if error is not None else None)
                 outcome.attempts.append(attempt)
-                self._correct_tpm(buckets, attempt)
+                self._correct_tpm(buckets, attempt, corrections)
                 if permit is not None and self.breaker is not None:
                     self.breaker.record(provider_name, permit, attempt.outcome)
                 if error is None:
@@ -294,14 +310,19 @@ class Chain:
             )
         return buckets
 
-    def _correct_tpm(self, buckets: list[Bucket], attempt: Attempt) -> None:
+    def _correct_tpm(
+        self, buckets: list[Bucket], attempt: Attempt, corrections: list[tuple[Bucket, float]] | None
+    ) -> None:
         """Replace the tpm estimate with the actual usage (a refund or a further charge)."""
         if self.limiter is None:
             return
         for bucket in buckets:
-            if bucket.key.startswith(keys.bucket("tpm", "")):
-                used = attempt.input_tokens + attempt.output_tokens
-                self.limiter.adjust(bucket, used - bucket.cost)
+            if bucket.key.startswith(_TPM_PREFIX):
+                delta = attempt.input_tokens + attempt.output_tokens - bucket.cost
+                if corrections is not None:
+                    corrections.append((bucket, delta))
+                else:
+                    self.limiter.adjust(bucket, delta)
 
     def _call(
         self, provider_name: str, model: str, chat: ChatRequest, request: TaskRequest

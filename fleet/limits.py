@@ -25,31 +25,52 @@ from dataclasses import dataclass
 from typing import Literal
 
 import redis
+from redis.client import Pipeline
 
 from fleet import keys
 from fleet.settings import BreakerSettings
 
-__all__ = ["BREAKER_FAILURES", "BreakerState", "Bucket", "CircuitBreaker", "Permit", "RateLimiter"]
+__all__ = [
+    "BREAKER_FAILURES",
+    "GCRA_LUA",
+    "BreakerState",
+    "Bucket",
+    "CircuitBreaker",
+    "Permit",
+    "RateLimiter",
+    "acquire_args",
+]
 
 #: Outcomes that count against a provider's availability (quality failures do not).
 BREAKER_FAILURES = frozenset({"server_error", "overloaded", "timeout", "connection"})
 
 BreakerState = Literal["closed", "open", "half_open"]
 
-# KEYS[1] breaker hash. ARGV: cooldown_ms, probe token. Returns {allowed 0|1, state}.
-_ALLOW = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'closed' then return {1, 'closed'} end
-local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0')
-if now - opened < tonumber(ARGV[1]) then return {0, 'open'} end
-local probe = redis.call('HGET', KEYS[1], 'probe')
-local probe_at = tonumber(redis.call('HGET', KEYS[1], 'probe_at') or '0')
-if probe and now - probe_at < tonumber(ARGV[1]) then return {0, 'half_open'} end
-redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe', ARGV[2], 'probe_at', now)
-return {1, 'half_open'}
+# allow(key, cooldown_ms, token) -> allowed 0|1, state: whether a call may go out now.
+_ALLOW_FN = """
+local function allow(key, cooldown, token)
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  local state = redis.call('HGET', key, 'state')
+  if not state or state == 'closed' then return 1, 'closed' end
+  local opened = tonumber(redis.call('HGET', key, 'opened_at') or '0')
+  if now - opened < cooldown then return 0, 'open' end
+  local probe = redis.call('HGET', key, 'probe')
+  local probe_at = tonumber(redis.call('HGET', key, 'probe_at') or '0')
+  if probe and now - probe_at < cooldown then return 0, 'half_open' end
+  redis.call('HSET', key, 'state', 'half_open', 'probe', token, 'probe_at', now)
+  return 1, 'half_open'
+end
 """
+
+# KEYS[1] breaker hash. ARGV: cooldown_ms, probe token. Returns {allowed 0|1, state}.
+_ALLOW = (
+    _ALLOW_FN
+    + """
+local allowed, state = allow(KEYS[1], tonumber(ARGV[1]), ARGV[2])
+return {allowed, state}
+"""
+)
 
 # KEYS[1] breaker hash, KEYS[2] failure zset. ARGV: ok 0|1, token, threshold, window_ms.
 # Returns the state after recording.
@@ -88,34 +109,64 @@ return 'closed'
 """
 
 
+#: acquire(buckets, counter, argv, base, max_wait_ms) -> allowed 0|1, wait_ms: GCRA over several
+#: buckets, all-or-nothing; bucket i's emission_ms, tolerance_ms, cost are argv[base + 3(i-1) + 1..3].
+#: Counts the reservation in ``counter``. Other scripts (the execute task's start) include it.
+GCRA_LUA = """
+local function acquire(buckets, counter, argv, base, max_wait)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  local worst = 0
+  local tats = {}
+  for i = 1, #buckets do
+    local emission = tonumber(argv[base + (i - 1) * 3 + 1])
+    local tolerance = tonumber(argv[base + (i - 1) * 3 + 2])
+    local cost = tonumber(argv[base + (i - 1) * 3 + 3])
+    local tat = tonumber(redis.call('GET', buckets[i]) or '0')
+    if tat < now then tat = now end
+    local new_tat = tat + emission * cost
+    local wait = new_tat - emission - tolerance - now
+    if wait > worst then worst = wait end
+    tats[i] = new_tat
+  end
+  if worst > max_wait then return 0, worst end
+  for i = 1, #buckets do
+    redis.call('SET', buckets[i], tostring(tats[i]), 'PX', math.ceil(tats[i] - now) + 60000)
+  end
+  redis.call('INCR', counter)
+  redis.call('EXPIRE', counter, 180)
+  return 1, worst
+end
+"""
+
 # KEYS: bucket keys..., then a counter key. ARGV: max_wait_ms, then per bucket: emission_ms,
 # tolerance_ms, cost. Returns {allowed 0|1, wait_ms as a string}.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local max_wait = tonumber(ARGV[1])
-local n = #KEYS - 1
-local worst = 0
-local tats = {}
-for i = 1, n do
-  local emission = tonumber(ARGV[(i - 1) * 3 + 2])
-  local tolerance = tonumber(ARGV[(i - 1) * 3 + 3])
-  local cost = tonumber(ARGV[(i - 1) * 3 + 4])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if tat < now then tat = now end
-  local new_tat = tat + emission * cost
-  local wait = new_tat - emission - tolerance - now
-  if wait > worst then worst = wait end
-  tats[i] = new_tat
-end
-if worst > max_wait then return {0, tostring(worst)} end
-for i = 1, n do
-  redis.call('SET', KEYS[i], tostring(tats[i]), 'PX', math.ceil(tats[i] - now) + 60000)
-end
-redis.call('INCR', KEYS[n + 1])
-redis.call('EXPIRE', KEYS[n + 1], 180)
-return {1, tostring(worst)}
+_ACQUIRE = (
+    GCRA_LUA
+    + """
+local buckets = {}
+for i = 1, #KEYS - 1 do buckets[i] = KEYS[i] end
+local allowed, wait = acquire(buckets, KEYS[#KEYS], ARGV, 1, tonumber(ARGV[1]))
+return {allowed, tostring(wait)}
 """
+)
+
+# KEYS: bucket keys..., a counter key, the breaker hash. ARGV: max_wait_ms, per bucket: emission_ms,
+# tolerance_ms, cost; then cooldown_ms, probe token. The rpm/tpm acquire and, when it reserved, the
+# breaker's allow, in one round trip. Returns {reserved 0|1, wait_ms as a string, allowed 0|1, state}.
+_GATE = (
+    GCRA_LUA
+    + _ALLOW_FN
+    + """
+local n = #KEYS - 2
+local buckets = {}
+for i = 1, n do buckets[i] = KEYS[i] end
+local reserved, wait = acquire(buckets, KEYS[n + 1], ARGV, 1, tonumber(ARGV[1]))
+if reserved == 0 then return {0, tostring(wait), 0, ''} end
+local allowed, state = allow(KEYS[n + 2], tonumber(ARGV[#ARGV - 1]), ARGV[#ARGV])
+return {1, tostring(wait), allowed, state}
+"""
+)
 
 # KEYS[1] bucket. ARGV: emission_ms, delta cost (may be negative). Corrects a reservation.
 _ADJUST = """
@@ -128,6 +179,14 @@ if tat < now then tat = now end
 redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now) + 60000)
 return 1
 """
+
+
+def acquire_args(buckets: list[Bucket], max_wait_s: float) -> list[float]:
+    """ARGV of :data:`GCRA_LUA`'s ``acquire`` (base 1): the wait bound, then each bucket's triple."""
+    args: list[float] = [max_wait_s * 1000.0]
+    for b in buckets:
+        args += [b.emission_ms, max(0.0, b.burst - 1) * b.emission_ms, b.cost]
+    return args
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +210,7 @@ class RateLimiter:
         self.redis = client
         self._acquire = client.register_script(_ACQUIRE)
         self._adjust = client.register_script(_ADJUST)
+        self._gate = client.register_script(_GATE)
 
     def acquire(self, buckets: list[Bucket], *, max_wait_s: float, counter: str) -> tuple[bool, float]:
         """Reserve ``cost`` units in every bucket if the wait is at most ``max_wait_s``.
@@ -159,16 +219,48 @@ class RateLimiter:
         nothing reserved, come back in about ``wait_s``. ``counter`` counts reservations (per
         10-second slot, for `fleet status`).
         """
-        args: list[float] = [max_wait_s * 1000.0]
-        for b in buckets:
-            args += [b.emission_ms, max(0.0, b.burst - 1) * b.emission_ms, b.cost]
-        allowed, wait_ms = self._acquire(keys=[*(b.key for b in buckets), counter], args=args)
+        allowed, wait_ms = self._acquire(
+            keys=[*(b.key for b in buckets), counter], args=acquire_args(buckets, max_wait_s)
+        )
         return bool(int(allowed)), max(0.0, float(wait_ms) / 1000.0)
 
-    def adjust(self, bucket: Bucket, delta_cost: float) -> None:
-        """Correct a reservation by ``delta_cost`` units (actual minus estimated usage)."""
-        if delta_cost:
+    def gate(
+        self,
+        buckets: list[Bucket],
+        *,
+        max_wait_s: float,
+        counter: str,
+        breaker: CircuitBreaker,
+        provider: str,
+    ) -> tuple[bool, float, Permit | None]:
+        """:meth:`acquire`, then (when it reserved) ``breaker.allow(provider)``, in one round trip.
+
+        Returns ``(reserved, wait_s, permit)``; ``permit`` is None when nothing was reserved.
+        """
+        if not breaker.settings.enabled:
+            reserved, wait = self.acquire(buckets, max_wait_s=max_wait_s, counter=counter)
+            return reserved, wait, Permit(True, "closed", "") if reserved else None
+        token = uuid.uuid4().hex
+        args: list[float | str] = [*acquire_args(buckets, max_wait_s)]
+        args += [int(breaker.settings.cooldown_s * 1000), token]
+        keys_ = [*(b.key for b in buckets), counter, keys.breaker(provider)]
+        reserved, wait_ms, allowed, state = self._gate(keys=keys_, args=args)
+        wait = max(0.0, float(wait_ms) / 1000.0)
+        if not int(reserved):
+            return False, wait, None
+        name = state.decode() if isinstance(state, bytes) else str(state)
+        return True, wait, Permit(bool(int(allowed)), name, token)  # type: ignore[arg-type]
+
+    def adjust(self, bucket: Bucket, delta_cost: float, *, pipe: Pipeline | None = None) -> None:
+        """Correct a reservation by ``delta_cost`` units (actual minus estimated usage); queued on
+        ``pipe`` (sent with the caller's other writes) when given."""
+        if not delta_cost:
+            return
+        if pipe is None:
             self._adjust(keys=[bucket.key], args=[bucket.emission_ms, delta_cost])
+        else:
+            # EVAL, not a registered script: a pipeline would check SCRIPT EXISTS in a round trip of its own.
+            pipe.eval(_ADJUST, 1, bucket.key, bucket.emission_ms, delta_cost)
 
     def fill(self, bucket: Bucket) -> float:
         """Units available now (0 .. burst), for `fleet status`."""

@@ -18,7 +18,7 @@ from celery.result import AsyncResult
 from opentelemetry.trace import SpanKind
 
 from fleet import keys, telemetry
-from fleet.app import EXECUTE_TASK, ROUTE_TASK, FleetCelery, create_app
+from fleet.app import ARGS_REPR, EXECUTE_TASK, ROUTE_TASK, FleetCelery, create_app
 from fleet.discovery import broker_url, redis_client
 from fleet.errors import BrokerError, ResultTimeout, TaskFailed
 from fleet.models import JobEnvelope, RoutingDecision, TaskRequest, TaskResult, validate_request
@@ -89,6 +89,8 @@ class Client:
                     queue=str(req.tier),
                     time_limit=timeout + 30,
                     soft_time_limit=timeout,
+                    argsrepr=ARGS_REPR,
+                    kwargsrepr="{}",
                 )
             else:
                 self.app.send_task(
@@ -96,6 +98,8 @@ class Client:
                     args=[payload, envelope.model_dump(mode="json")],
                     task_id=f"route-{task_id}",
                     queue="router",
+                    argsrepr=ARGS_REPR,
+                    kwargsrepr="{}",
                 )
         except OSError as exc:
             raise BrokerError(f"cannot reach the broker: {exc}") from exc

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from fleet.discovery import clear_state, write_state
 from fleet.embedded import EmbeddedBroker, free_port, port_in_use
 from fleet.errors import FleetError
@@ -274,7 +276,13 @@ class Supervisor:
                     child = self.pools[queue]
                     if not child.alive():
                         raise FleetError(f"pool {queue} exited on start:\n{child.log_tail()}")
-                replies = app.control.ping(destination=list(waiting), timeout=0.5) or []
+                try:
+                    replies = app.control.ping(destination=list(waiting), timeout=0.5) or []
+                except (OSError, redis.RedisError) as exc:
+                    # A broker that just restarted can drop the first connections: ask again.
+                    self.on_event(f"waiting for the broker: {type(exc).__name__}")
+                    replies = []
+                    time.sleep(0.2)
                 for reply in replies:
                     for name in reply:
                         waiting.pop(name, None)

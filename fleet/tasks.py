@@ -17,18 +17,19 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from fleet import costs, keys, telemetry
-from fleet.app import ESCALATE_TASK, EXECUTE_TASK, ROUTE_TASK, app
+from fleet.app import ARGS_REPR, ESCALATE_TASK, EXECUTE_TASK, RESULT_REPR_MAX, ROUTE_TASK, app
 from fleet.chain import THROTTLED, Chain
 from fleet.discovery import redis_client
 from fleet.errors import InvalidRequest
 from fleet.escalations import EscalationStore, NewEscalation
-from fleet.limits import Bucket, CircuitBreaker, RateLimiter
+from fleet.limits import GCRA_LUA, Bucket, CircuitBreaker, RateLimiter, acquire_args
 from fleet.models import (
     Attempt,
     JobEnvelope,
@@ -201,31 +202,48 @@ def _count_redelivery(
     )
 
 
-# KEYS: the job's lock, its result key. ARGV: owner, ttl_ms. -2: the job already has a final
-# result (a late redelivery); -1: locked for us; else the holder's remaining ms.
-_LOCK = """
+# KEYS: the job's lock, its result key, the queue's rate counter, then the queue's bucket (if any).
+# ARGV: owner, ttl_ms, take_token ("1": take the queue's rate-limit token now), then GCRA_LUA's
+# acquire arguments (max_wait_ms, the bucket's triple). Returns {-2}: the job already has a final
+# result (a late redelivery); {holder's remaining ms}: locked by another; {-1, reserved 0|1, wait_ms}:
+# locked for us (and, with take_token, the queue token's answer): one round trip for the job's start.
+_LOCK = (
+    GCRA_LUA
+    + """
 local stored = redis.call('GET', KEYS[2])
 if stored then
   local ok, meta = pcall(cjson.decode, stored)
-  if ok and meta['status'] == 'SUCCESS' then return -2 end
+  if ok and meta['status'] == 'SUCCESS' then return {-2} end
 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
-return redis.call('PTTL', KEYS[1])
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {redis.call('PTTL', KEYS[1])} end
+if ARGV[3] ~= '1' then return {-1, 1, '0'} end
+local buckets = {}
+for i = 4, #KEYS do buckets[i - 3] = KEYS[i] end
+local reserved, wait = acquire(buckets, KEYS[3], ARGV, 4, tonumber(ARGV[4]))
+return {-1, reserved, tostring(wait)}
 """
+)
 _lock_script: Any = None
 #: Jobs this process is running (it holds their locks), and locks it failed to release because
 #: the broker was down: released before the next job, so a redelivery is not held back by them.
 _held: set[str] = set()
 _unreleased: set[str] = set()
-_DROP_IF_OWNER = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"  # noqa: E501
+_DROP_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 #: Longest a copy of a running job waits before it looks at the lock again.
 _LOCK_RECHECK_S = 10.0
 
 
-def _lock(task_id: str, timeout_s: float) -> float | None:
-    """Take the job's execution lock (one round trip).
+def _lock(
+    task_id: str, timeout_s: float, queue: QueueSettings | None = None
+) -> tuple[float | None, tuple[bool, float] | None]:
+    """Take the job's execution lock and, given ``queue``, its queue token (one round trip).
 
-    Returns None when taken, else seconds until the holder's lock lapses.
+    Returns ``(lock_wait, token)``: ``lock_wait`` is None when the lock is taken, else seconds
+    until the holder's lock lapses; ``token`` is :func:`_queue_token`'s raw ``(reserved, wait_s)``
+    when ``queue`` was given and the lock taken, else None.
 
     Raises:
         Ignore: the job already has its final result (a redelivery that came too late): the
@@ -240,16 +258,27 @@ def _lock(task_id: str, timeout_s: float) -> float | None:
         _lock_script = client.register_script(_LOCK)
     result_key = app.backend.get_key_for_task(task_id).decode()
     ttl_ms = int((timeout_s + 30) * 1000)
-    left = int(_lock_script(keys=[keys.running(task_id), result_key], args=[_owner(), ttl_ms], client=client))
+    script_keys = [keys.running(task_id), result_key]
+    args: list[Any] = [_owner(), ttl_ms]
+    if queue is not None:
+        buckets = _queue_buckets(queue)
+        script_keys += [keys.rate_counter(queue.name, int(time.time()) // 10), *(b.key for b in buckets)]
+        args += ["1", *acquire_args(buckets, _settings().limits.max_reserve_s)]
+    else:
+        script_keys.append(keys.rate_counter("none", 0))  # not touched: the token is not taken
+        args.append("0")
+    answer = _lock_script(keys=script_keys, args=args, client=client)
+    left = int(answer[0])
     if left == -2:
         log.warning("task %s already has its result: redelivered copy dropped", task_id)
         raise Ignore()
     if left == -1:
         _held.add(task_id)
-        return None
+        token = (bool(int(answer[1])), max(0.0, float(answer[2]) / 1000.0)) if queue is not None else None
+        return None, token
     if _holder_died(client, keys.running(task_id), task_id):
-        return _lock(task_id, timeout_s)  # the dead holder's lock is gone: take it now
-    return max(0.5, min(left / 1000.0, _LOCK_RECHECK_S))
+        return _lock(task_id, timeout_s, queue)  # the dead holder's lock is gone: take it now
+    return max(0.5, min(left / 1000.0, _LOCK_RECHECK_S)), None
 
 
 def _owner() -> str:
@@ -284,33 +313,49 @@ def _holder_died(client: Any, key: str, task_id: str) -> bool:
     return bool(client.eval(_DROP_IF_OWNER, 1, key, raw))
 
 
-def _unlock(task_id: str) -> None:
+def _unlock(task_id: str, pipe: Any = None) -> None:
+    """Release the job's lock; with ``pipe``, together with the writes queued on it (one round trip)."""
     _held.discard(task_id)
     try:
-        redis_client(_settings()).delete(keys.running(task_id))
+        if pipe is None:
+            redis_client(_settings()).delete(keys.running(task_id))
+        else:
+            pipe.delete(keys.running(task_id))
+            # The result matters more than its cost line or a tpm correction: log a failed one, go on.
+            for answer in pipe.execute(raise_on_error=False):
+                if isinstance(answer, Exception):
+                    log.warning(
+                        "task %s: a last write failed (cost line or tpm correction): %s", task_id, answer
+                    )
     except RedisError:
         _unreleased.add(task_id)  # the broker is down: release it before the next job
         log.warning("task %s: could not release its lock (broker down); will retry", task_id)
 
 
-def _queue_token(queue: QueueSettings) -> tuple[bool, float]:
+def _queue_buckets(queue: QueueSettings) -> list[Bucket]:
+    if not queue.rate_limit:
+        return []
+    rate = parse_rate(queue.rate_limit)
+    return [Bucket(keys.bucket("queue", queue.name), rate, burst=max(1.0, rate))]
+
+
+def _queue_token(queue: QueueSettings, taken: tuple[bool, float] | None = None) -> tuple[bool, float]:
     """Reserve the job's slot under the queue's fleet-wide rate limit, and count the start.
 
     Returns ``(reserved, wait_s)``. A reservation within ``limits.max_slot_wait_s`` is waited for
     here; a later one is kept and the job goes back to its queue until then, so each job is
     requeued at most once and the queue runs at exactly its rate. Beyond ``limits.max_reserve_s``
     nothing is reserved (a far reservation would outlive the broker's visibility timeout).
+    ``taken`` is the reservation's raw answer when :func:`_lock` already asked for it.
     """
     limits = _settings().limits
-    buckets = []
-    if queue.rate_limit:
-        rate = parse_rate(queue.rate_limit)
-        buckets.append(Bucket(keys.bucket("queue", queue.name), rate, burst=max(1.0, rate)))
-    reserved, wait = _get_limiter().acquire(
-        buckets,
-        max_wait_s=limits.max_reserve_s,
-        counter=keys.rate_counter(queue.name, int(time.time()) // 10),
-    )
+    if taken is None:
+        taken = _get_limiter().acquire(
+            _queue_buckets(queue),
+            max_wait_s=limits.max_reserve_s,
+            counter=keys.rate_counter(queue.name, int(time.time()) // 10),
+        )
+    reserved, wait = taken
     if reserved and wait <= limits.max_slot_wait_s:
         if wait > 0:
             time.sleep(wait)
@@ -370,7 +415,20 @@ def _validate(task: Task, request: Any, job: Any) -> tuple[TaskRequest, JobEnvel
     return req, envelope
 
 
-@app.task(name=ROUTE_TASK, bind=True, ignore_result=True)
+class _BrokerSafeTask(Task):
+    """A broker that drops out mid-job is not the job's failure: Celery would store FAILURE and ack
+    it (a job lost). Reject with requeue instead; if the broker is still down the message stays
+    unacked and comes back after the visibility timeout."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except (RedisError, KombuOperationalError, ConnectionError) as exc:
+            log.warning("task %s: the broker is unavailable (%s): requeued", self.request.id, exc)
+            raise Reject(f"broker unavailable: {exc}", requeue=True) from exc
+
+
+@app.task(name=ROUTE_TASK, bind=True, ignore_result=True, base=_BrokerSafeTask)
 def route(self: Task, request: Any = None, job: Any = None) -> None:
     """Classify a job and enqueue it on its tier's queue, keeping its id."""
     checked = _validate(self, request, job)
@@ -392,10 +450,16 @@ def route(self: Task, request: Any = None, job: Any = None) -> None:
         queue=str(envelope.routing.tier),
         time_limit=tier.timeout_s + 30,
         soft_time_limit=tier.timeout_s,
+        argsrepr=ARGS_REPR,
+        kwargsrepr="{}",
     )
 
 
-@app.task(name=EXECUTE_TASK, bind=True, max_retries=None)  # requeues are bounded by MAX_REQUEUES
+# Requeues are bounded by MAX_REQUEUES. A short repr of the result: Celery builds it for every task
+# (events, the "succeeded" log line), and an answer can be long.
+@app.task(
+    name=EXECUTE_TASK, bind=True, max_retries=None, resultrepr_maxsize=RESULT_REPR_MAX, base=_BrokerSafeTask
+)
 def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
     """Run the tier's chain; return the TaskResult, or escalate when no link could answer."""
     checked = _validate(self, request, job)
@@ -412,11 +476,17 @@ def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
     tier_settings = settings.tier(routing.tier)
     # The lock first: a late copy of a finished job is dropped and a copy of a running one waits,
     # so neither counts as a delivery (nor can it turn a finished job into a poison message).
-    lock_wait = _lock(envelope.id, tier_settings.timeout_s)
+    # A first delivery takes its queue token with the lock (one round trip); a redelivery takes it
+    # only once it is known not to be a poison message.
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    with_token = not envelope.slot_reserved and not redelivered
+    lock_wait, token = _lock(envelope.id, tier_settings.timeout_s, tier_settings if with_token else None)
     if lock_wait is not None:
         # Another worker is running this job (a redelivery after the visibility timeout, say):
         # come back when its lock lapses rather than run it twice at once, and never drop it.
         _requeue(self, request, envelope, lock_wait)
+    # The job's last writes (tpm corrections, its cost line) go out with the lock's release.
+    tail = redis_client(settings).pipeline(transaction=False)
     try:
         poisoned = _count_redelivery(self, request, envelope, routing)
         if poisoned is not None:
@@ -425,9 +495,9 @@ def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
         if marker and marker in req.prompt:
             log.critical("chaos: crash marker in task %s: exiting this worker process", envelope.id)
             os._exit(70)
-        return _run_tier(self, request, req, envelope, routing, queue, tier_settings)
+        return _run_tier(self, request, req, envelope, routing, queue, tier_settings, token, tail)
     finally:
-        _unlock(envelope.id)
+        _unlock(envelope.id, tail)
 
 
 def _run_tier(
@@ -438,19 +508,31 @@ def _run_tier(
     routing: RoutingDecision,
     queue: str | None,
     tier_settings: QueueSettings,
+    token: tuple[bool, float] | None,
+    tail: Any,
 ) -> dict[str, Any]:
-    """The tier's part of a job: its queue's rate limit, its chain, then a result or an escalation."""
+    """The tier's part of a job: its queue's rate limit, its chain, then a result or an escalation.
+
+    ``token`` is the queue token :func:`_lock` took; ``tail`` the pipeline of the job's last writes.
+    """
     if envelope.slot_reserved:
         envelope.slot_reserved = False  # this delivery is the reserved one
     else:
-        reserved, wait = _queue_token(tier_settings)
+        reserved, wait = _queue_token(tier_settings, token)
         if wait > 0:
             envelope.slot_reserved = reserved
             _requeue(task, request, envelope, wait)
     chain = _get_chain()
     span = telemetry.task_span("execute", {"fleet.task_id": envelope.id, "fleet.kind": req.kind})
     telemetry.set_routing(span, routing)
-    outcome = chain.run(tier_settings.links(), req, timeout_s=tier_settings.timeout_s)
+    corrections: list[tuple[Bucket, float]] = []
+    try:
+        outcome = chain.run(
+            tier_settings.links(), req, timeout_s=tier_settings.timeout_s, corrections=corrections
+        )
+    finally:
+        for bucket, delta in corrections:
+            _get_limiter().adjust(bucket, delta, pipe=tail)
     attempts = [*envelope.attempts, *outcome.attempts]
     if outcome.reason == THROTTLED and envelope.requeues < MAX_REQUEUES:
         envelope.attempts = attempts
@@ -468,7 +550,7 @@ def _run_tier(
                 attempts=[a.model_dump(mode="json") for a in attempts],
                 submitted_at=envelope.submitted_at,
             )
-        ), req, envelope, outcome.attempts)  # fmt: skip
+        ), req, envelope, outcome.attempts, tail)  # fmt: skip
     result = TaskResult(
         task_id=envelope.id,
         status="completed",
@@ -487,13 +569,14 @@ def _run_tier(
         submitted_at=envelope.submitted_at,
         finished_at=time.time(),
     )
-    return _finished(result, req, envelope, outcome.attempts)
+    return _finished(result, req, envelope, outcome.attempts, tail)
 
 
 def _finished(
-    result: TaskResult, req: TaskRequest, envelope: JobEnvelope, new_attempts: list[Attempt]
+    result: TaskResult, req: TaskRequest, envelope: JobEnvelope, new_attempts: list[Attempt], tail: Any
 ) -> dict[str, Any]:
-    """A job's final state on its execute span, in the metrics and in the cost records.
+    """A job's final state on its execute span, in the metrics and in the cost records (queued on
+    ``tail``, sent with the lock's release).
 
     A job people retried carries the attempts of its first run, which its escalation already
     charged: only this run's calls are charged again.
@@ -514,11 +597,7 @@ def _finished(
         if result.model:
             span.set_attribute("gen_ai.response.model", result.model)
     telemetry.record_job(result, charged)
-    settings = _settings()
-    try:
-        costs.record_job(redis_client(settings), settings, result, charged)
-    except RedisError as exc:  # the result matters more than its cost line: keep going
-        log.warning("task %s: could not record its cost: %s", result.task_id, exc)
+    costs.record_job(tail, _settings(), result, charged)
     return result.model_dump(mode="json")
 
 

@@ -1,7 +1,9 @@
 """Setting up tracing and metrics in a process, from the standard ``OTEL_*`` variables.
 
 - ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: ``otlp``, ``console`` or ``none``
-  (comma-separated for several). Unset, they mean ``otlp`` when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+  (comma-separated for several), or the fleet's ``discard``: everything is recorded and exported
+  as with a real exporter, then dropped (what telemetry costs without a backend; the benchmarks).
+  Unset, they mean ``otlp`` when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
   the signal's own endpoint variable) is set, and nothing otherwise: an unconfigured fleet installs
   no provider at all, so a span costs a no-op call on the hot path.
 - ``OTEL_EXPORTER_OTLP_PROTOCOL`` (or ``..._TRACES_PROTOCOL`` / ``..._METRICS_PROTOCOL``):
@@ -21,16 +23,27 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 
 from fleet.errors import ConfigError
 from fleet.settings import Settings
@@ -39,6 +52,8 @@ from fleet.telemetry.metrics import Instruments, QueueGauges
 
 __all__ = [
     "TRACER_NAME",
+    "DiscardMetricExporter",
+    "DiscardSpanExporter",
     "exporter_names",
     "instruments",
     "is_configured",
@@ -53,7 +68,7 @@ log = logging.getLogger(__name__)
 #: The instrumentation scope of every span and metric the fleet makes.
 TRACER_NAME = "fleet"
 _VERSION = "0.1.0"
-_KNOWN = ("otlp", "console", "none")
+_KNOWN = ("otlp", "console", "none", "discard")
 
 
 @dataclass
@@ -122,7 +137,31 @@ def _protocol(environ: Mapping[str, str], signal: str) -> str:
     return protocol
 
 
+class DiscardSpanExporter(SpanExporter):
+    """Takes finished spans and drops them (``OTEL_TRACES_EXPORTER=discard``)."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+class DiscardMetricExporter(MetricExporter):
+    """Takes collected metrics and drops them (``OTEL_METRICS_EXPORTER=discard``)."""
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **_: Any
+    ) -> MetricExportResult:
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **_: Any) -> None:
+        return None
+
+
 def _span_exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
+    if name == "discard":
+        return DiscardSpanExporter()
     if name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
@@ -137,6 +176,8 @@ def _span_exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
 
 
 def _metric_exporter(name: str, environ: Mapping[str, str]) -> MetricExporter:
+    if name == "discard":
+        return DiscardMetricExporter()
     if name == "console":
         from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
 

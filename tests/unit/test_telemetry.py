@@ -57,6 +57,20 @@ def test_exporters_come_from_the_otel_variables(env: dict[str, str], expected: l
     assert exporter_names(env, "traces") == expected
 
 
+def test_discard_records_spans_and_metrics_then_drops_them(settings: Settings) -> None:
+    # Given the fleet's discard exporters (what the benchmarks use: telemetry on, no backend)
+    env = {"OTEL_TRACES_EXPORTER": "discard", "OTEL_METRICS_EXPORTER": "discard"}
+    try:
+        # When the fleet sets up and makes a span
+        assert telemetry.setup(settings, role="unit", environ=env, force=True, install_global=False)
+        with telemetry.span("submit") as span:
+            # Then the span is real and recording, and metrics have their instruments
+            assert span.is_recording()
+        assert telemetry.instruments() is not None
+    finally:
+        telemetry.shutdown()
+
+
 def test_an_unknown_exporter_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="OTEL_METRICS_EXPORTER"):
         exporter_names({"OTEL_METRICS_EXPORTER": "prometheus"}, "metrics")
