@@ -3,15 +3,24 @@
 Celery on Redis deletes a message it cannot decode, whose task it does not know, or whose
 content type it refuses (pickle). Here each of them is first persisted as an escalation with its
 reason (``invalid_message``, ``unknown_task``), then acked as before; the worker keeps consuming.
+
+Celery also lets some malformed messages kill the consumer itself ("Unrecoverable error"): a JSON
+body that is not ``[args, kwargs, embed]`` raises in the strategy, and since the message is restored
+on shutdown, every restarted worker died on it again. So before a message reaches Celery it is
+checked here: its body must be at most :data:`MAX_BODY_SLACK` over the prompt limit, be
+``[args, kwargs, embed]`` and fit the task's signature; anything else is an ``invalid_message``.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed, DecodeError
 
 from fleet.discovery import redis_client
 from fleet.escalations import EscalationStore, NewEscalation
@@ -19,6 +28,9 @@ from fleet.escalations import EscalationStore, NewEscalation
 __all__ = ["FleetConsumer"]
 
 log = logging.getLogger(__name__)
+
+#: Bytes a message body may carry beyond ``limits.max_prompt_bytes`` (system, schema, envelope).
+MAX_BODY_SLACK = 2 * 1024 * 1024
 
 
 def _task_id(message: Any) -> str:
@@ -70,3 +82,48 @@ class FleetConsumer(Consumer):
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         self._dead_letter(message, "invalid_message", f"invalid task message: {exc}")
         super().on_invalid_task(body, message, exc)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        handler = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                problem = self._malformed(message)
+                if problem is not None:
+                    return self.on_invalid_task(None, message, InvalidTaskError(problem))
+                return handler(message)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                # Celery calls these "unrecoverable" and stops the worker; it is only a bad message.
+                return self.on_invalid_task(None, message, InvalidTaskError(f"malformed message: {exc!r}"))
+
+        return on_task_received
+
+    def _malformed(self, message: Any) -> str | None:
+        """Why a message would break Celery or its task, or None (decode errors are Celery's)."""
+        body = getattr(message, "body", None)
+        limit = self.app.fleet_settings.limits.max_prompt_bytes + MAX_BODY_SLACK
+        if isinstance(body, bytes | str) and len(body) > limit:
+            return f"oversized message: {len(body)} bytes, over the limit of {limit}"
+        headers = getattr(message, "headers", None)
+        task = self.app.tasks.get(headers.get("task")) if isinstance(headers, dict) else None
+        if task is None:
+            return None  # unknown task or protocol 1: Celery's own handlers dead-letter those
+        try:
+            payload = message.decode()
+        except ContentDisallowed as exc:
+            return f"refused: {exc}"  # pickle and friends: never deserialized
+        except (DecodeError, ValueError, TypeError):
+            return None  # on_decode_error dead-letters it
+        if not (
+            isinstance(payload, list | tuple)
+            and len(payload) == 3
+            and isinstance(payload[0], list | tuple)
+            and isinstance(payload[1], dict)
+            and isinstance(payload[2], dict | None)
+        ):
+            return "the body is not [args, kwargs, embed]"
+        try:
+            task.__header__(*payload[0], **payload[1])
+        except TypeError as exc:
+            return f"arguments do not fit {task.name}: {exc}"
+        return None
