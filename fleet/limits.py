@@ -13,7 +13,8 @@ time from the client, and has no way to correct a reservation afterwards (tpm is
 the call and corrected with the actual usage after it).
 
 Breaker states: ``closed`` (calls flow; failures are counted in a sliding window), ``open``
-(``failure_threshold`` failures within ``window_s``: calls are skipped without being made), and
+(``failure_threshold`` failures within ``window_s`` that are also ``min_failure_ratio`` of the calls
+in the window: calls are skipped without being made), and
 ``half_open`` (``cooldown_s`` after opening, one probe call is let through; its success closes the
 breaker, its failure opens it again).
 """
@@ -48,11 +49,16 @@ BreakerState = Literal["closed", "open", "half_open"]
 
 # allow(key, cooldown_ms, token) -> allowed 0|1, state: whether a call may go out now.
 _ALLOW_FN = """
-local function allow(key, cooldown, token)
+local function allow(key, cooldown, token, window)
   local t = redis.call('TIME')
   local now = t[1] * 1000 + math.floor(t[2] / 1000)
   local state = redis.call('HGET', key, 'state')
-  if not state or state == 'closed' then return 1, 'closed' end
+  if not state or state == 'closed' then
+    -- calls in the current window, so a failure rate (not a failure count) opens the breaker
+    local calls = key .. ':calls'
+    if redis.call('INCR', calls) == 1 then redis.call('PEXPIRE', calls, window) end
+    return 1, 'closed'
+  end
   local opened = tonumber(redis.call('HGET', key, 'opened_at') or '0')
   if now - opened < cooldown then return 0, 'open' end
   local probe = redis.call('HGET', key, 'probe')
@@ -67,7 +73,7 @@ end
 _ALLOW = (
     _ALLOW_FN
     + """
-local allowed, state = allow(KEYS[1], tonumber(ARGV[1]), ARGV[2])
+local allowed, state = allow(KEYS[1], tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]))
 return {allowed, state}
 """
 )
@@ -81,7 +87,7 @@ local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 local is_probe = redis.call('HGET', KEYS[1], 'probe') == ARGV[2]
 if ARGV[1] == '1' then
   if state ~= 'closed' and is_probe then
-    redis.call('DEL', KEYS[1], KEYS[2])
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[1] .. ':calls')
     return 'closed'
   end
   return state
@@ -99,10 +105,12 @@ local window = tonumber(ARGV[4])
 redis.call('ZADD', KEYS[2], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], 0, now - window)
 redis.call('PEXPIRE', KEYS[2], window)
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+local failures = redis.call('ZCARD', KEYS[2])
+local calls = tonumber(redis.call('GET', KEYS[1] .. ':calls') or '0')
+if failures >= tonumber(ARGV[3]) and failures >= tonumber(ARGV[5]) * calls then
   redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', now)
   redis.call('HINCRBY', KEYS[1], 'opens', 1)
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[1] .. ':calls')
   return 'open'
 end
 return 'closed'
@@ -163,7 +171,7 @@ local buckets = {}
 for i = 1, n do buckets[i] = KEYS[i] end
 local reserved, wait = acquire(buckets, KEYS[n + 1], ARGV, 1, tonumber(ARGV[1]))
 if reserved == 0 then return {0, tostring(wait), 0, ''} end
-local allowed, state = allow(KEYS[n + 2], tonumber(ARGV[#ARGV - 1]), ARGV[#ARGV])
+local allowed, state = allow(KEYS[n + 2], tonumber(ARGV[#ARGV - 2]), ARGV[#ARGV - 1], tonumber(ARGV[#ARGV]))
 return {1, tostring(wait), allowed, state}
 """
 )
@@ -242,7 +250,7 @@ class RateLimiter:
             return reserved, wait, Permit(True, "closed", "") if reserved else None
         token = uuid.uuid4().hex
         args: list[float | str] = [*acquire_args(buckets, max_wait_s)]
-        args += [int(breaker.settings.cooldown_s * 1000), token]
+        args += [int(breaker.settings.cooldown_s * 1000), token, int(breaker.settings.window_s * 1000)]
         keys_ = [*(b.key for b in buckets), counter, keys.breaker(provider)]
         reserved, wait_ms, allowed, state = self._gate(keys=keys_, args=args)
         wait = max(0.0, float(wait_ms) / 1000.0)
@@ -297,7 +305,8 @@ class CircuitBreaker:
             return Permit(True, "closed", "")
         token = uuid.uuid4().hex
         allowed, state = self._allow(
-            keys=[keys.breaker(provider)], args=[int(self.settings.cooldown_s * 1000), token]
+            keys=[keys.breaker(provider)],
+            args=[int(self.settings.cooldown_s * 1000), token, int(self.settings.window_s * 1000)],
         )
         name = state.decode() if isinstance(state, bytes) else str(state)
         return Permit(bool(int(allowed)), name, token)  # type: ignore[arg-type]
@@ -316,6 +325,7 @@ class CircuitBreaker:
                 permit.token,
                 self.settings.failure_threshold,
                 int(self.settings.window_s * 1000),
+                self.settings.min_failure_ratio,
             ],
         )
         return state.decode() if isinstance(state, bytes) else str(state)  # type: ignore[return-value]

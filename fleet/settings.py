@@ -239,8 +239,11 @@ class BreakerSettings(_Section):
     """A circuit breaker per provider, shared by every worker through Redis."""
 
     enabled: bool = True
-    #: Availability failures (5xx, overloaded, timeout, connection) within ``window_s`` that open it.
+    #: Availability failures (5xx, overloaded, timeout, connection) within ``window_s`` that open it,
     failure_threshold: int = Field(default=5, ge=1)
+    #: ... when they are also at least this share of the calls made in the window (a busy provider
+    #: failing 2% of 10,000 calls stays closed; one failing every call opens).
+    min_failure_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
     window_s: float = Field(default=30.0, gt=0)
     #: Seconds an open breaker waits before letting one probe call through.
     cooldown_s: float = Field(default=15.0, gt=0)

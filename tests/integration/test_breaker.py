@@ -86,3 +86,15 @@ def test_gate_reserves_rate_and_asks_the_breaker_in_one_call(clean_redis: redis.
                                           provider="acme")  # fmt: skip
     assert not reserved and wait > 0 and permit is None
     assert int(clean_redis.get("fleet:rate:g:0") or 0) == 2
+
+
+def test_a_busy_provider_with_a_few_failures_stays_closed(clean_redis: redis.Redis) -> None:
+    # Given a provider that answers 40 calls and fails 5 of them (12%), within one window
+    breaker = _breaker(clean_redis)
+    for i in range(45):
+        permit = breaker.allow("busy")
+        assert permit.allowed
+        breaker.record("busy", permit, "server_error" if i % 9 == 0 else "ok")
+    # Then the failure count alone does not open it: the failure rate is what matters
+    assert breaker.allow("busy").allowed
+    assert breaker.states(["busy"])["busy"]["state"] == "closed"
