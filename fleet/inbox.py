@@ -21,11 +21,12 @@ from typing import Any
 from redis.client import Pipeline
 
 from fleet import telemetry
-from fleet.app import EXECUTE_TASK, ROUTE_TASK, FleetCelery, create_app
+from fleet.app import FleetCelery, create_app
 from fleet.discovery import broker_url, redis_client
 from fleet.errors import BrokerError, EscalationError, IllegalTransition, InvalidRequest
 from fleet.escalations import EscalationStore, result_for
 from fleet.models import Attempt, JobEnvelope, RoutingDecision, TaskRequest, Tier, validate_request
+from fleet.producer import enqueue
 from fleet.settings import Settings
 
 __all__ = ["Inbox"]
@@ -183,36 +184,13 @@ class Inbox:
             retry_of=record["id"],
         )
         payload = req.model_dump(mode="json", exclude_defaults=True)
-        try:
-            if tier is not None:
-                envelope.routing = RoutingDecision(
-                    tier=tier,
-                    reasons=[f"retried on tier {tier} by {by} from escalation {record['id']}"],
-                    classifier="human",
-                )
-                timeout = self.settings.tier(tier).timeout_s
-                self.app.send_task(
-                    EXECUTE_TASK,
-                    args=[payload, envelope.model_dump(mode="json")],
-                    task_id=task_id,
-                    queue=str(tier),
-                    time_limit=timeout + 30,
-                    soft_time_limit=timeout,
-                )
-            else:
-                self.app.send_task(
-                    ROUTE_TASK,
-                    args=[payload, envelope.model_dump(mode="json")],
-                    task_id=f"route-{task_id}",
-                    queue="router",
-                )
-        except OSError as exc:
-            raise BrokerError(f"cannot reach the broker: {exc}") from exc
-        except Exception as exc:
-            # kombu and redis raise their own connection errors; translate them at this boundary.
-            if type(exc).__module__.split(".")[0] in ("kombu", "redis", "celery", "amqp"):
-                raise BrokerError(f"cannot enqueue: {exc}") from exc
-            raise
+        if tier is not None:
+            envelope.routing = RoutingDecision(
+                tier=tier,
+                reasons=[f"retried on tier {tier} by {by} from escalation {record['id']}"],
+                classifier="human",
+            )
+        enqueue(self.app, self.settings, payload, envelope)
 
     def _reopen(self, esc_id: str, by: str, note: str) -> None:
         try:

@@ -24,7 +24,7 @@ from fleet.errors import BrokerError, ResultTimeout, TaskFailed
 from fleet.models import JobEnvelope, RoutingDecision, TaskRequest, TaskResult, validate_request
 from fleet.settings import Settings, get_settings
 
-__all__ = ["Client", "default_client", "result", "submit"]
+__all__ = ["Client", "default_client", "enqueue", "result", "submit"]
 
 #: How often ``result(..., until_answered=True)`` looks for a person's answer, in seconds.
 _ANSWER_POLL_S = 0.2
@@ -75,39 +75,17 @@ class Client:
                     existing = self.redis.get(key)
                     if existing is not None:
                         return existing.decode() if isinstance(existing, bytes) else str(existing)
-            envelope = JobEnvelope(id=task_id, submitted_at=time.time())
-            if req.tier is not None:
-                # A pinned job skips the router hop (precedence rule 1).
-                envelope.routing = RoutingDecision(
-                    tier=req.tier, reasons=[f"pinned to tier {req.tier} by the producer"], classifier="pinned"
-                )
-                timeout = self.settings.tier(req.tier).timeout_s
-                self.app.send_task(
-                    EXECUTE_TASK,
-                    args=[payload, envelope.model_dump(mode="json")],
-                    task_id=task_id,
-                    queue=str(req.tier),
-                    time_limit=timeout + 30,
-                    soft_time_limit=timeout,
-                    argsrepr=ARGS_REPR,
-                    kwargsrepr="{}",
-                )
-            else:
-                self.app.send_task(
-                    ROUTE_TASK,
-                    args=[payload, envelope.model_dump(mode="json")],
-                    task_id=f"route-{task_id}",
-                    queue="router",
-                    argsrepr=ARGS_REPR,
-                    kwargsrepr="{}",
-                )
-        except OSError as exc:
-            raise BrokerError(f"cannot reach the broker: {exc}") from exc
         except Exception as exc:
-            # kombu and redis raise their own connection errors; translate them at this boundary.
-            if type(exc).__module__.split(".")[0] in ("kombu", "redis", "celery", "amqp"):
-                raise BrokerError(f"cannot enqueue: {exc}") from exc
+            if _is_broker_error(exc):
+                raise BrokerError(f"cannot reach the broker: {exc}") from exc
             raise
+        envelope = JobEnvelope(id=task_id, submitted_at=time.time())
+        if req.tier is not None:
+            # A pinned job skips the router hop (precedence rule 1).
+            envelope.routing = RoutingDecision(
+                tier=req.tier, reasons=[f"pinned to tier {req.tier} by the producer"], classifier="pinned"
+            )
+        enqueue(self.app, self.settings, payload, envelope)
         return task_id
 
     def result(
@@ -169,6 +147,56 @@ class Client:
 
     def close(self) -> None:
         self.app.close()
+
+
+_BROKER_LIBRARIES = ("kombu", "redis", "celery", "amqp")
+
+
+def _is_broker_error(exc: Exception) -> bool:
+    """A connection or protocol error of the broker (kombu and redis raise their own)."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in (
+        "kombu",
+        "redis",
+        "celery",
+        "amqp",
+    )
+
+
+def enqueue(app: FleetCelery, settings: Settings, payload: dict[str, Any], envelope: JobEnvelope) -> None:
+    """Send a job on its way under its own id: to its tier's queue when the envelope already
+    carries a routing decision (a pinned job, a person's retry on a tier), else to the router.
+
+    Raises:
+        BrokerError: the broker cannot be reached.
+    """
+    args = [payload, envelope.model_dump(mode="json")]
+    try:
+        if envelope.routing is not None:
+            tier = envelope.routing.tier
+            timeout = settings.tier(tier).timeout_s
+            app.send_task(
+                EXECUTE_TASK,
+                args=args,
+                task_id=envelope.id,
+                queue=str(tier),
+                time_limit=timeout + 30,
+                soft_time_limit=timeout,
+                argsrepr=ARGS_REPR,
+                kwargsrepr="{}",
+            )
+        else:
+            app.send_task(
+                ROUTE_TASK,
+                args=args,
+                task_id=f"route-{envelope.id}",
+                queue="router",
+                argsrepr=ARGS_REPR,
+                kwargsrepr="{}",
+            )
+    except Exception as exc:
+        if _is_broker_error(exc):
+            raise BrokerError(f"cannot enqueue: {exc}") from exc
+        raise
 
 
 _default: Client | None = None
