@@ -218,22 +218,26 @@ class Supervisor:
         concurrency = self.options.scale.get(queue, qs.concurrency)
         # An explicit --scale wins over the queue's autoscale range.
         autoscale = None if queue in self.options.scale else qs.autoscale
-        argv = [
-            sys.executable, "-m", "celery", "-A", "fleet.worker",
-            *worker_argv(
-                queue,
-                concurrency=concurrency,
-                pool=qs.pool,
-                hostname=f"{queue}@{socket.gethostname()}",
-                loglevel=self.options.loglevel,
-                autoscale=autoscale,
-            ),
-        ]  # fmt: skip
-        child = Child(queue, argv, env=self._child_env(), log_file=self.log_dir / f"{queue}.log")
-        child.start()
-        self.pools[queue] = child
+        # One node per worker process: "mini", then "mini-2", "mini-3" ... (pools keyed the same).
+        for i in range(qs.processes):
+            name = queue if i == 0 else f"{queue}-{i + 1}"
+            argv = [
+                sys.executable, "-m", "celery", "-A", "fleet.worker",
+                *worker_argv(
+                    queue,
+                    concurrency=concurrency,
+                    pool=qs.pool,
+                    hostname=f"{name}@{socket.gethostname()}",
+                    loglevel=self.options.loglevel,
+                    autoscale=autoscale,
+                ),
+            ]  # fmt: skip
+            child = Child(name, argv, env=self._child_env(), log_file=self.log_dir / f"{name}.log")
+            child.start()
+            self.pools[name] = child
         size = f"autoscale {autoscale[0]}-{autoscale[1]}" if autoscale else str(concurrency)
-        self.on_event(f"pool {queue}: {qs.pool} x {size}")
+        procs = f"{qs.processes} processes x " if qs.processes > 1 else ""
+        self.on_event(f"pool {queue}: {procs}{qs.pool} x {size}")
 
     def _start_flower(self) -> None:
         flower = self.settings.flower
@@ -268,7 +272,7 @@ class Supervisor:
         from fleet.app import create_app
 
         app = create_app(self.settings, self.redis_url)
-        waiting = {f"{q}@{socket.gethostname()}": q for q in self.pools}
+        waiting = {f"{name}@{socket.gethostname()}": name for name in self.pools}
         deadline = time.monotonic() + timeout
         try:
             while waiting:

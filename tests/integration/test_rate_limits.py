@@ -191,3 +191,29 @@ def sup_app(settings: object, url: str) -> Any:
     from fleet.app import create_app
 
     return create_app(settings, url)  # type: ignore[arg-type]
+
+
+def test_a_queue_runs_as_several_worker_processes(broker_url: str, tmp_path: Path) -> None:
+    # Given the fast queue configured for two worker processes of 3 threads each
+    url = other_db_url(broker_url)
+    redis.Redis.from_url(url).flushdb()
+    env = {"FLEET_QUEUES__FAST__PROCESSES": "2", "FLEET_QUEUES__FAST__CONCURRENCY": "3"}
+    settings = load_settings(profile="demo", env={**os.environ, "FLEET_REDIS_URL": url, **env})
+    sup = Supervisor(
+        settings, FleetOptions(queues=("fast",), flower=False, publish_state=False, log_dir=tmp_path, env=env)
+    )
+    sup.start()
+    try:
+        # Then both consume the queue, and fleet status counts them
+        assert sorted(sup.pools) == ["fast", "fast-2"]
+        cli_env = {**os.environ, "FLEET_REDIS_URL": url, "FLEET_STATE_DIR": str(tmp_path)}
+        status = json.loads(run(["status", "--json"], cli_env).stdout)["queues"]["fast"]
+        assert (status["workers"], status["concurrency"]) == (2, 6)
+        # And jobs complete through them
+        settings.mock.url = sup.mock_url
+        client = Client(settings, redis_url=url)
+        ids = [client.submit({"prompt": f"Say hi {i}", "tier": "fast"}) for i in range(6)]
+        assert all(client.result(i, timeout=30).status == "completed" for i in ids)
+        client.close()
+    finally:
+        sup.stop()
