@@ -198,53 +198,20 @@ class Chain:
                 outcome.reason = "cost_ceiling"
                 return outcome
             waited = 0.0
+            buckets = self._buckets(provider_name, model, request)
             for try_no in range(1, retry.max_attempts_per_link + 1):
                 if deadline is not None and time.monotonic() >= deadline:
                     outcome.reason = "timeout"
                     return outcome
-                buckets = self._buckets(provider_name, model, request)
-                permit: Permit | None = None
-                if buckets and self.limiter is not None:
-                    counter = keys.rate_counter(f"{provider_name}:{model}", int(time.time()) // 10)
-                    max_wait = self.settings.limits.max_slot_wait_s
-                    if self.breaker is not None:  # rpm/tpm and the breaker in one round trip
-                        allowed, wait, permit = self.limiter.gate(
-                            buckets, max_wait_s=max_wait, counter=counter, breaker=self.breaker,
-                            provider=provider_name,
-                        )  # fmt: skip
-                    else:
-                        allowed, wait = self.limiter.acquire(buckets, max_wait_s=max_wait, counter=counter)
-                    if not allowed:
-                        outcome.attempts.append(
-                            Attempt(
-                                link=f"{provider_name}:{model}",
-                                provider=provider_name,
-                                model=model,
-                                outcome=THROTTLED,
-                                error=f"rpm/tpm of {provider_name}:{model} reached: next in {wait:.1f} s",
-                            )
-                        )
-                        outcome.reason = THROTTLED
+                permit, skipped, wait = self._admit(provider_name, model, buckets)
+                if skipped is not None:
+                    outcome.attempts.append(skipped)
+                    outcome.reason = skipped.outcome
+                    if skipped.outcome == THROTTLED:
                         throttled_wait = wait if throttled_wait is None else min(throttled_wait, wait)
                         if self.settings.limits.provider_limit == "wait":
                             outcome.retry_after = throttled_wait
                             return outcome
-                        break
-                    if wait > 0:
-                        self._sleep(wait)
-                if permit is None and self.breaker is not None:
-                    permit = self.breaker.allow(provider_name)
-                if permit is not None and not permit.allowed:
-                    outcome.attempts.append(
-                        Attempt(
-                            link=f"{provider_name}:{model}",
-                            provider=provider_name,
-                            model=model,
-                            outcome=CIRCUIT_OPEN,
-                            error=f"breaker of {provider_name} is {permit.state}: skipped without a call",
-                        )
-                    )
-                    outcome.reason = CIRCUIT_OPEN
                     break
                 with telemetry.chat_span(
                     provider_name, model, index, prompt=chat.prompt, system=chat.system,
@@ -288,6 +255,40 @@ class Chain:
             # A link that was only busy may answer later: the job waits in its queue, not in a slot.
             outcome.reason, outcome.retry_after = THROTTLED, throttled_wait
         return outcome
+
+    def _admit(
+        self, provider: str, model: str, buckets: list[Bucket]
+    ) -> tuple[Permit | None, Attempt | None, float]:
+        """Take the link's rpm/tpm tokens and its breaker permit (one round trip when both apply),
+        sleeping a short wait for a token here.
+
+        Returns ``(permit, skipped, wait_s)``: ``skipped`` is the attempt recording why the link is
+        not called (``throttled``, with the wait until a token, or ``circuit_open``), else None.
+        """
+        permit: Permit | None = None
+        if buckets and self.limiter is not None:
+            counter = keys.rate_counter(f"{provider}:{model}", int(time.time()) // 10)
+            max_wait = self.settings.limits.max_slot_wait_s
+            if self.breaker is not None:
+                allowed, wait, permit = self.limiter.gate(
+                    buckets, max_wait_s=max_wait, counter=counter, breaker=self.breaker, provider=provider
+                )
+            else:
+                allowed, wait = self.limiter.acquire(buckets, max_wait_s=max_wait, counter=counter)
+            if not allowed:
+                return (
+                    None,
+                    _skipped(provider, model, THROTTLED, f"rpm/tpm reached: next in {wait:.1f} s"),
+                    wait,
+                )
+            if wait > 0:
+                self._sleep(wait)
+        if permit is None and self.breaker is not None:
+            permit = self.breaker.allow(provider)
+        if permit is not None and not permit.allowed:
+            why = f"breaker of {provider} is {permit.state}: skipped without a call"
+            return permit, _skipped(provider, model, CIRCUIT_OPEN, why), 0.0
+        return permit, None, 0.0
 
     def _buckets(self, provider: str, model: str, request: TaskRequest) -> list[Bucket]:
         """The model's rpm and tpm buckets (tpm costs the request's estimated tokens)."""
@@ -374,3 +375,8 @@ class Chain:
             None,
             response.text,
         )
+
+
+def _skipped(provider: str, model: str, outcome: str, error: str) -> Attempt:
+    """The record of a link not called (its rpm/tpm had no token, or its breaker is open)."""
+    return Attempt(link=f"{provider}:{model}", provider=provider, model=model, outcome=outcome, error=error)

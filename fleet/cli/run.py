@@ -34,6 +34,16 @@ from fleet.supervisor import FleetOptions, Supervisor, is_loopback
 __all__ = ["demo", "flower", "mock_provider", "up", "worker"]
 
 
+#: ``--trace-file`` of ``fleet up`` and ``fleet demo``.
+TraceFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--trace-file",
+        help="Also write every finished span, from every process, as one JSON line to this file.",
+    ),
+]
+
+
 class _Stop(Exception):
     """Raised in the main thread by SIGTERM, so shutdown runs the same path as Ctrl-C."""
 
@@ -70,13 +80,7 @@ def up(
         int | None, typer.Option(help="Flower's port (default from config: 5555).")
     ] = None,
     no_flower: Annotated[bool, typer.Option("--no-flower", help="Do not start Flower.")] = False,
-    trace_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--trace-file",
-            help="Also write every finished span, from every process, as one JSON line to this file.",
-        ),
-    ] = None,
+    trace_file: TraceFile = None,
 ) -> None:
     """Run the fleet in the foreground until Ctrl-C or SIGTERM.
 
@@ -155,13 +159,7 @@ def demo(
     timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for every job.")] = 600.0,
     seed: Annotated[int, typer.Option(help="Seed of the mock provider's faults.")] = 0,
     flower: Annotated[bool, typer.Option(help="Start Flower (on a free port).")] = True,
-    trace_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--trace-file",
-            help="Also write every finished span, from every process, as one JSON line to this file.",
-        ),
-    ] = None,
+    trace_file: TraceFile = None,
 ) -> None:
     """Run the whole fleet on an embedded broker with the mock provider, submit a sample workload,
     show live progress, print a summary, and stop everything it started.

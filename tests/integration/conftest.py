@@ -4,6 +4,7 @@ over real HTTP, on the session's broker. Started once per broker and shared by t
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from fleet.escalations import EscalationStore
 from fleet.producer import Client
 from fleet.settings import Settings, load_settings
 from fleet.supervisor import FleetOptions, Supervisor
@@ -96,3 +99,15 @@ def clean_fleet(fleet: RunningFleet) -> Iterator[RunningFleet]:
     fleet.mock_config(failure_rate=0.0, down_models=[], faults_by_model={})
     yield fleet
     fleet.mock_config(failure_rate=0.0, down_models=[], faults_by_model={})
+
+
+def wait_escalation(client: redis.Redis, task_id: str, timeout: float = 20) -> dict[str, Any] | None:
+    """The escalation recorded for ``task_id``, polled until it appears (None after ``timeout``)."""
+    store = EscalationStore(client)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = store.for_task(task_id)
+        if record is not None:
+            return record
+        time.sleep(0.1)
+    return None

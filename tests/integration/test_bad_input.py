@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -11,10 +10,9 @@ from kombu import Connection
 
 from fleet.app import EXECUTE_TASK
 from fleet.errors import InvalidRequest
-from fleet.escalations import EscalationStore
 from fleet.keys import QUEUES, queue_lists
 
-from .conftest import RunningFleet
+from .conftest import RunningFleet, wait_escalation
 
 pytestmark = pytest.mark.integration
 
@@ -51,14 +49,10 @@ def test_invalid_request_is_refused_and_nothing_enqueued(
 
 
 def _wait_escalation(fleet: RunningFleet, task_id: str, timeout: float = 20) -> dict[str, Any]:
-    store = EscalationStore(fleet.client.redis)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = store.for_task(task_id)
-        if record is not None:
-            return record
-        time.sleep(0.1)
-    raise AssertionError(f"no escalation for {task_id}")
+    record = wait_escalation(fleet.client.redis, task_id, timeout)
+    if record is None:
+        raise AssertionError(f"no escalation for {task_id}")
+    return record
 
 
 def _publish_raw(fleet: RunningFleet, body: bytes, headers: dict[str, Any], queue: str = "mini") -> None:

@@ -4,7 +4,6 @@ worker keeps consuming. (The job that crashes its worker every time: test_chaos_
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,7 @@ from fleet.consumer import MAX_BODY_SLACK
 from fleet.escalations import EscalationStore
 from fleet.keys import QUEUES
 
-from .conftest import RunningFleet
+from .conftest import RunningFleet, wait_escalation
 
 pytestmark = pytest.mark.integration
 
@@ -75,13 +74,7 @@ CASES: dict[str, tuple[Callable[[RunningFleet, str, str], None], str]] = {
 
 
 def _wait(store: EscalationStore, task_id: str, timeout: float = 20) -> dict[str, Any] | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = store.for_task(task_id)
-        if record is not None:
-            return record
-        time.sleep(0.1)
-    return None
+    return wait_escalation(store.redis, task_id, timeout)
 
 
 @pytest.mark.parametrize("case", list(CASES))
