@@ -7,6 +7,7 @@ configuration is read, so importing this module does no work. Producers import o
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
@@ -25,6 +26,7 @@ __all__ = [
     "app",
     "celery_config",
     "create_app",
+    "queue_result",
 ]
 
 #: Task names: producers and the router send by name and never import worker code.
@@ -115,6 +117,30 @@ class FleetCelery(Celery):
         url = self._fleet_redis_url or broker_url(self.fleet_settings)
         # Loaded by Celery right after this hook returns, before any key is read.
         self.config_from_object(celery_config(self.fleet_settings, url))
+
+
+def queue_result(app: Celery, pipe: Any, task_id: str, result: dict[str, Any]) -> None:
+    """Queue on ``pipe`` the writes Celery's Redis backend makes for a task's SUCCESS result (the
+    result key with its expiry, and a PUBLISH to anyone waiting on it).
+
+    For results written together with other state in one round trip: a person's answer in the
+    MULTI of its escalation's transition, a job's answer with its cost line and lock release.
+    Celery's own ``store_result`` would first read the key, then write it, in two more round trips.
+    """
+    backend = app.backend
+    meta: dict[str, Any] = {
+        "status": "SUCCESS",
+        "result": result,
+        "traceback": None,
+        "children": [],
+        "date_done": datetime.now(UTC).isoformat(),
+        "task_id": task_id,
+    }
+    key = backend.get_key_for_task(task_id)
+    value = backend.encode(meta)
+    expires = backend.expires
+    pipe.set(key, value, ex=int(expires) if expires else None)
+    pipe.publish(key, value)
 
 
 def create_app(settings: Settings | None = None, redis_url: str | None = None) -> FleetCelery:

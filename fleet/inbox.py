@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.client import Pipeline
 
 from fleet import telemetry
-from fleet.app import FleetCelery, create_app
+from fleet.app import FleetCelery, create_app, queue_result
 from fleet.discovery import broker_url, redis_client
 from fleet.errors import BrokerError, EscalationError, IllegalTransition, InvalidRequest
 from fleet.escalations import EscalationStore, result_for
@@ -138,21 +137,8 @@ class Inbox:
 
     def _deliver(self, pipe: Pipeline, record: dict[str, Any]) -> None:
         """Write the task's final result as Celery's backend would, and publish it to waiters."""
-        backend = self.app.backend
         res = result_for(record)
-        meta: dict[str, Any] = {
-            "status": "SUCCESS",
-            "result": res.model_dump(mode="json"),
-            "traceback": None,
-            "children": [],
-            "date_done": datetime.now(UTC).isoformat(),
-            "task_id": res.task_id,
-        }
-        key = backend.get_key_for_task(res.task_id)
-        value = backend.encode(meta)
-        expires = backend.expires
-        pipe.set(key, value, ex=int(expires) if expires else None)
-        pipe.publish(key, value)
+        queue_result(self.app, pipe, res.task_id, res.model_dump(mode="json"))
 
     def _forget_result(self, pipe: Pipeline, record: dict[str, Any]) -> None:
         pipe.delete(self.app.backend.get_key_for_task(record["task_id"]))

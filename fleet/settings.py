@@ -549,6 +549,10 @@ class FlowerSettings(_Section):
     port: int = Field(default=5555, ge=0, le=65535)
     #: "user:password" for basic auth; required unless Flower listens on loopback.
     basic_auth: SecretStr | None = None
+    #: How long a worker gathers task events (received, started, succeeded) before it publishes
+    #: them as one message; Flower sees a task at most this much later. 0: one publish per event
+    #: loop pass, as Celery does (about three per task).
+    events_flush_ms: int = Field(default=100, ge=0, le=10_000)
 
 
 class ChaosSettings(_Section):

@@ -24,7 +24,15 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from fleet import costs, keys, telemetry
-from fleet.app import ARGS_REPR, ESCALATE_TASK, EXECUTE_TASK, RESULT_REPR_MAX, ROUTE_TASK, app
+from fleet.app import (
+    ARGS_REPR,
+    ESCALATE_TASK,
+    EXECUTE_TASK,
+    RESULT_REPR_MAX,
+    ROUTE_TASK,
+    app,
+    queue_result,
+)
 from fleet.chain import THROTTLED, Chain
 from fleet.discovery import redis_client
 from fleet.errors import InvalidRequest
@@ -313,23 +321,30 @@ def _holder_died(client: Any, key: str, task_id: str) -> bool:
     return bool(client.eval(_DROP_IF_OWNER, 1, key, raw))
 
 
-def _unlock(task_id: str, pipe: Any = None) -> None:
-    """Release the job's lock; with ``pipe``, together with the writes queued on it (one round trip)."""
+def _unlock(task_id: str, pipe: Any = None, result_at: int | None = None) -> bool:
+    """Release the job's lock; with ``pipe``, together with the writes queued on it (one round trip).
+
+    ``result_at`` is the index on ``pipe`` of the result's write (see :func:`fleet.app.queue_result`).
+    Returns whether that write went through (False without one): if not, Celery stores the result
+    itself, with its own retries.
+    """
     _held.discard(task_id)
     try:
         if pipe is None:
             redis_client(_settings()).delete(keys.running(task_id))
-        else:
-            pipe.delete(keys.running(task_id))
-            # The result matters more than its cost line or a tpm correction: log a failed one, go on.
-            for answer in pipe.execute(raise_on_error=False):
-                if isinstance(answer, Exception):
-                    log.warning(
-                        "task %s: a last write failed (cost line or tpm correction): %s", task_id, answer
-                    )
+            return False
+        pipe.delete(keys.running(task_id))
+        answers = pipe.execute(raise_on_error=False)
     except RedisError:
         _unreleased.add(task_id)  # the broker is down: release it before the next job
         log.warning("task %s: could not release its lock (broker down); will retry", task_id)
+        return False
+    # A cost line or a tpm correction that failed is logged; the job goes on.
+    for i, answer in enumerate(answers):
+        if isinstance(answer, Exception):
+            what = "result" if i == result_at else "last write (cost line or tpm correction)"
+            log.warning("task %s: its %s failed: %s", task_id, what, answer)
+    return result_at is not None and not isinstance(answers[result_at], Exception)
 
 
 def _queue_buckets(queue: QueueSettings) -> list[Bucket]:
@@ -485,19 +500,28 @@ def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
         # Another worker is running this job (a redelivery after the visibility timeout, say):
         # come back when its lock lapses rather than run it twice at once, and never drop it.
         _requeue(self, request, envelope, lock_wait)
-    # The job's last writes (tpm corrections, its cost line) go out with the lock's release.
+    # The job's last writes (tpm corrections, its cost line, its result) go out with the lock's
+    # release, in one round trip.
     tail = redis_client(settings).pipeline(transaction=False)
+    result_at: int | None = None
     try:
         poisoned = _count_redelivery(self, request, envelope, routing)
         if poisoned is not None:
-            return poisoned.model_dump(mode="json")
-        marker = settings.chaos.crash_marker
-        if marker and marker in req.prompt:
-            log.critical("chaos: crash marker in task %s: exiting this worker process", envelope.id)
-            os._exit(70)
-        return _run_tier(self, request, req, envelope, routing, queue, tier_settings, token, tail)
+            result = poisoned.model_dump(mode="json")
+        else:
+            marker = settings.chaos.crash_marker
+            if marker and marker in req.prompt:
+                log.critical("chaos: crash marker in task %s: exiting this worker process", envelope.id)
+                os._exit(70)
+            result = _run_tier(self, request, req, envelope, routing, queue, tier_settings, token, tail)
+        result_at = len(tail)
+        queue_result(app, tail, envelope.id, result)
     finally:
-        _unlock(envelope.id, tail)
+        written = _unlock(envelope.id, tail, result_at)
+    if written:
+        # Stored above, before the lock's release: Celery would GET the key, then SET it again.
+        self.request.ignore_result = True
+    return result
 
 
 def _run_tier(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery.concurrency import ALIASES as _POOL_ALIASES
+from kombu.transport import TRANSPORT_ALIASES as _TRANSPORT_ALIASES
 
 from fleet import tasks as _tasks  # noqa: F401 - registers the tasks on the app
 from fleet.app import app
@@ -11,6 +12,8 @@ __all__ = ["app", "worker_argv"]
 
 # `--pool threads` means our resizable threads pool in every fleet worker (fleet scale grows it).
 _POOL_ALIASES["threads"] = "fleet.pool:ResizableThreadPool"
+# One Redis client per connection pool for kombu's commands, not one per ack and publish.
+_TRANSPORT_ALIASES["redis"] = _TRANSPORT_ALIASES["rediss"] = "fleet.transport:Transport"
 
 
 def worker_argv(
