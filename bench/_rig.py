@@ -35,9 +35,20 @@ def broker() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         server = EmbeddedBroker(Path(tmp), appendonly=False)
         try:
-            yield server.start()
+            url = server.start()
+            _broker_pids.append(server.process.pid if server.process else 0)
+            yield url
         finally:
+            _broker_pids.clear()
             server.stop()
+
+
+_broker_pids: list[int] = []
+
+
+def broker_cpu_s() -> float:
+    """CPU seconds the embedded broker used so far (0 with FLEET_BENCH_REDIS_URL: not ours to read)."""
+    return cpu_s(_broker_pids[-1]) if _broker_pids else 0.0
 
 
 @contextmanager
@@ -103,6 +114,13 @@ def otel_env() -> dict[str, str]:
     fleet with telemetry off instead."""
     name = os.environ.get("BENCH_OTEL_EXPORTER", "discard")
     return {"OTEL_TRACES_EXPORTER": name, "OTEL_METRICS_EXPORTER": name}
+
+
+def inline_mock() -> dict[str, str]:
+    """FLEET_* override answering every model call inside the worker (``mock.transport = "inline"``):
+    a provider that costs nothing, so a run measures the fleet alone (the mock server's CPU and the
+    HTTP client's would otherwise be charged to it on the same cores)."""
+    return {"FLEET_MOCK__TRANSPORT": '"inline"'}
 
 
 def fleet_env(redis_url: str, mock_url: str, **extra: str) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 Jobs arrive on a fixed schedule (default 200/s for 30 s), whether or not earlier ones finished,
 so queueing shows in the tail. Same layout for both: one router worker and one worker on the four
-tier queues (prefork, concurrency 2 each); the fleet calls a zero-latency mock provider over HTTP.
+tier queues (prefork, concurrency 2 each). The fleet's provider is zero-latency: the mock's answers
+made inside the worker (``mock.transport = "inline"``), tracing and metrics on with no-op exporters.
 
 Usage: python bench/latency.py [--json] [--rate 200] [--seconds 30]
 Last stdout line: {"fleet_p50_ms", "fleet_p95_ms", "fleet_p99_ms", "bare_2hop_p50_ms", ...,
@@ -19,7 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from _rig import broker, fleet_env, high_limits, mock_provider, otel_env, start_workers, stop, wait_until
+from _rig import (
+    broker,
+    fleet_env,
+    high_limits,
+    inline_mock,
+    mock_provider,
+    otel_env,
+    start_workers,
+    stop,
+    wait_until,
+)
 from celery import Celery
 
 from fleet.demo import percentile
@@ -92,7 +103,7 @@ def run_bare(url: str, mock_url: str, rate: float, seconds: float, log_dir: Path
 
 def run_fleet(url: str, mock_url: str, rate: float, seconds: float, log_dir: Path) -> dict[str, float]:
     redis.Redis.from_url(url).flushdb()
-    env = fleet_env(url, mock_url, **otel_env(), **high_limits())
+    env = fleet_env(url, mock_url, **otel_env(), **high_limits(), **inline_mock())
     workers = start_workers("fleet.worker", "router", 1, env=env, concurrency=CONCURRENCY, pool=POOL,
                             log_dir=log_dir)  # fmt: skip
     workers += start_workers("fleet.worker", TIERS, 1, env=env, concurrency=CONCURRENCY, pool=POOL,

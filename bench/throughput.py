@@ -6,13 +6,17 @@ the workers' start to the last completion:
 - bare_1hop: one worker (prefork, concurrency 2) draining no-op tasks.
 - bare_2hop: a trivial router task re-enqueueing onto four queues by a fixed rule; one router worker
   and one worker consuming the four queues (prefork 2 each).
-- fleet: the real thing with the same layout: router (heuristic) + tier worker running the chain
-  against a zero-latency mock provider over HTTP, rate limits on (high limits), tracing on with a
-  no-op exporter, cost accounting, the result stored.
+- fleet: the real thing with the same layout: router (heuristic) + tier worker running the chain,
+  rate limits on (high limits), tracing and metrics on with no-op exporters, cost accounting, the
+  result stored, against a zero-latency provider: the mock's answers made inside the worker
+  (``mock.transport = "inline"``), so the run charges the fleet for the fleet alone.
+- fleet_http: the same, the provider being the mock server over real HTTP with no added latency
+  (its CPU and the HTTP client's share the same two cores; --http-jobs, default 3,000).
 
-Usage: python bench/throughput.py [--json] [--jobs N]
-Last stdout line: {"bare_1hop_tps", "bare_2hop_tps", "fleet_tps", "fleet_vs_bare_2hop", "peak_rss_mb",
-"cpu_ms_per_job", ...}; BENCH_OTEL_EXPORTER=none runs the fleet with telemetry off.
+Usage: python bench/throughput.py [--json] [--jobs N] [--http-jobs N]
+Last stdout line: {"bare_1hop_tps", "bare_2hop_tps", "fleet_tps", "fleet_vs_bare_2hop",
+"fleet_http_tps", "fleet_http_vs_bare_2hop", "peak_rss_mb", "cpu_ms_per_job", ...};
+BENCH_OTEL_EXPORTER=none runs the fleet with telemetry off.
 Target: fleet_vs_bare_2hop >= 0.7.
 """
 
@@ -27,9 +31,12 @@ from pathlib import Path
 import redis
 from _rig import (
     broker,
+    broker_cpu_s,
     cpu_s,
     fleet_env,
     high_limits,
+    inline_mock,
+    mock_cpu_s,
     mock_provider,
     otel_env,
     peak_rss_mb,
@@ -66,6 +73,7 @@ def run_bare(
             else:
                 producer.send_task("bare.route", args=[i], queue="router", producer=pub)
     env = fleet_env(url, mock_url)
+    broker0, mock0 = broker_cpu_s(), mock_cpu_s()
     began = time.monotonic()
     if hops == 1:
         workers = start_workers("_bare", "bare", 1, env=env, concurrency=CONCURRENCY, pool=POOL,
@@ -80,6 +88,7 @@ def run_bare(
         elapsed = time.monotonic() - began
         rss = {w.name: peak_rss_mb(w.pid or 0) for w in workers}
         cpu = {w.name: round(cpu_s(w.pid or 0) * 1000 / jobs, 3) for w in workers}
+        cpu.update(_shared_cpu(jobs, broker0, mock0))
     finally:
         stop(workers)
         producer.close()
@@ -88,11 +97,19 @@ def run_bare(
     return jobs / elapsed, rss, cpu
 
 
+def _shared_cpu(jobs: int, broker0: float, mock0: float) -> dict[str, float]:
+    """CPU ms per job of the broker and the mock server since ``broker0``/``mock0``."""
+    return {
+        "broker": round((broker_cpu_s() - broker0) * 1000 / jobs, 3),
+        "mock": round((mock_cpu_s() - mock0) * 1000 / jobs, 3),
+    }
+
+
 def run_fleet(
-    url: str, mock_url: str, jobs: int, log_dir: Path
+    url: str, mock_url: str, jobs: int, log_dir: Path, *, inline: bool = True
 ) -> tuple[float, dict[str, float], dict[str, float], float]:
     redis.Redis.from_url(url).flushdb()
-    env = fleet_env(url, mock_url, **otel_env(), **high_limits())
+    env = fleet_env(url, mock_url, **otel_env(), **high_limits(), **(inline_mock() if inline else {}))
     settings = load_settings(env=env)
     client = Client(settings, redis_url=url)
     requests = sample(jobs)
@@ -101,6 +118,7 @@ def run_fleet(
     submit_began = time.monotonic()
     ids = [client.submit(r) for r in requests]
     submit_tps = jobs / (time.monotonic() - submit_began)
+    broker0, mock0 = broker_cpu_s(), mock_cpu_s()
     began = time.monotonic()
     workers = start_workers("fleet.worker", "router", 1, env=env, concurrency=CONCURRENCY, pool=POOL,
                             log_dir=log_dir, loglevel="WARNING")  # fmt: skip
@@ -117,6 +135,7 @@ def run_fleet(
         elapsed = time.monotonic() - began
         rss = {w.name: peak_rss_mb(w.pid or 0) for w in workers}
         cpu = {w.name: round(cpu_s(w.pid or 0) * 1000 / jobs, 3) for w in workers}
+        cpu.update(_shared_cpu(jobs, broker0, mock0))
     finally:
         stop(workers)
         client.close()
@@ -131,6 +150,9 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument(
+        "--http-jobs", type=int, default=3_000, help="jobs of the fleet_http run (0: skip it)"
+    )
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="fleet-bench-tp-") as tmp,
@@ -141,6 +163,7 @@ def main() -> int:
         one, rss1, cpu1 = run_bare(url, mock_url, args.jobs, 1, log_dir)
         two, rss2, cpu2 = run_bare(url, mock_url, args.jobs, 2, log_dir)
         fleet, rss_fleet, cpu_fleet, submit_tps = run_fleet(url, mock_url, args.jobs, log_dir)
+        http = run_fleet(url, mock_url, args.http_jobs, log_dir, inline=False) if args.http_jobs > 0 else None
     out = {
         "jobs": args.jobs,
         "layout": f"router worker + one worker on {TIERS}, {POOL} x {CONCURRENCY} each",
@@ -148,11 +171,19 @@ def main() -> int:
         "bare_2hop_tps": round(two, 1),
         "fleet_tps": round(fleet, 1),
         "fleet_vs_bare_2hop": round(fleet / two, 3),
+        "fleet_http_tps": round(http[0], 1) if http else None,
+        "fleet_http_vs_bare_2hop": round(http[0] / two, 3) if http else None,
         "fleet_submit_tps": round(submit_tps, 1),
         "telemetry": otel_env()["OTEL_TRACES_EXPORTER"],
         "peak_rss_mb": {"bare_1hop": rss1, "bare_2hop": rss2, "fleet": rss_fleet},
-        # CPU ms per job of each worker (main process + pool processes): robust to other load.
-        "cpu_ms_per_job": {"bare_1hop": cpu1, "bare_2hop": cpu2, "fleet": cpu_fleet},
+        # CPU ms per job of each worker (main process + pool processes), the broker and the mock
+        # server: robust to other load on the machine, where rates are not.
+        "cpu_ms_per_job": {
+            "bare_1hop": cpu1,
+            "bare_2hop": cpu2,
+            "fleet": cpu_fleet,
+            **({"fleet_http": http[2]} if http else {}),
+        },
         "target_met": fleet / two >= 0.7,
     }
     if not args.json:

@@ -574,6 +574,16 @@ class MockSettings(_Section):
     #: How long the mock's "timeout" fault holds a call before answering.
     timeout_sleep_s: float = Field(default=30.0, ge=0.0)
     seed: int = 0
+    #: "http": calls go to the mock server over HTTP. "inline": the worker answers them itself, with
+    #: the same answers and no network, latency or faults: what the fleet costs with a provider that
+    #: costs nothing (bench/throughput.py, bench/latency.py). failure_rate and latency_ms need "http".
+    transport: Literal["http", "inline"] = "http"
+
+    @model_validator(mode="after")
+    def _inline_has_no_faults(self) -> MockSettings:
+        if self.transport == "inline" and self.failure_rate > 0:
+            raise ValueError('failure_rate needs transport = "http": the inline mock injects no faults')
+        return self
 
 
 class Settings(_Section):

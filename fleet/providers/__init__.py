@@ -15,6 +15,7 @@ import httpx
 
 from fleet.providers.anthropic import AnthropicProvider
 from fleet.providers.base import ChatRequest, ChatResponse, Provider
+from fleet.providers.mock_answers import InlineMockProvider
 from fleet.providers.openai_compat import OpenAICompatProvider
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ __all__ = [
     "AnthropicProvider",
     "ChatRequest",
     "ChatResponse",
+    "InlineMockProvider",
     "OpenAICompatProvider",
     "Provider",
     "build_provider",
@@ -62,6 +64,8 @@ def build_provider(name: str, settings: Settings, client: httpx.Client) -> Provi
         KeyError: ``name`` is not a configured provider (settings validation prevents it).
     """
     cfg = settings.providers[name]
+    if settings.mock.enabled and settings.mock.transport == "inline":
+        return InlineMockProvider(name, "openai" if cfg.kind == "openai-compatible" else "anthropic")
     cls = OpenAICompatProvider if cfg.kind == "openai-compatible" else AnthropicProvider
     return cls(
         name,

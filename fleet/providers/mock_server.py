@@ -34,7 +34,6 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import uvicorn
@@ -46,7 +45,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleet.providers._http import SCHEMA_MARKER
-from fleet.providers.mock_schema import mismatch_instance, schema_instance
+from fleet.providers.mock_answers import MockCall as _Call
+from fleet.providers.mock_answers import Wire, answer_text, answer_usage
 
 __all__ = [
     "FAULT_KINDS",
@@ -73,7 +73,6 @@ FaultKind = Literal[
     "schema_mismatch",
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
-Wire = Literal["openai", "anthropic"]
 
 # (openai status, openai type, openai code, anthropic status, anthropic type, message)
 _HTTP_FAULTS: dict[str, tuple[int, str, str | None, int, str, str]] = {
@@ -143,18 +142,6 @@ class MockConfig(BaseModel):
 
 
 # --- the call -------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Call:
-    wire: Wire
-    model: str
-    canonical: bytes  # model + messages, canonical JSON: the determinism key
-    last_user: str
-    prompt_chars: int
-    schema: dict[str, Any] | None
-    json_mode: bool
-    max_tokens: int | None
 
 
 def _text(content: Any) -> str:
@@ -336,33 +323,8 @@ def _fault_response(state: _State, call: _Call, kind: str, down: bool) -> Respon
 
 def _answer(state: _State, call: _Call, kind: str, base: bytes) -> Response:
     ref = base.hex()
-    if call.schema is not None:
-        text = mismatch_instance(call.schema) if kind == "schema_mismatch" else None
-        text = text or json.dumps(schema_instance(call.schema))
-    else:
-        words = call.last_user.split()
-        gist = " ".join(words[:12]) + (" ..." if len(words) > 12 else "")
-        text = (
-            f"Mock answer from {call.model}: {gist or '(empty prompt)'}\n\nThis deterministic reply "
-            f"(ref {ref[:8]}) restates the request; the mock provider adds no facts."
-        )
-        text = json.dumps({"answer": text}) if call.json_mode else text
-    finish = "stop"
-    if call.max_tokens is not None and len(text) > call.max_tokens * 4:
-        # A model given a small budget answers briefly; only the "truncated" fault runs out of it.
-        brief = (
-            text[: call.max_tokens * 4].rsplit(" ", 1)[0]
-            if call.schema is None and not call.json_mode
-            else ""
-        )
-        text, finish = (brief, "stop") if brief.strip() else (text[: call.max_tokens * 4], "length")
-    if kind == "truncated":
-        text, finish = text[: max(1, len(text) // 2)], "length"
-    elif kind == "empty_answer":
-        text = ""
-    elif kind == "content_filtered":
-        text, finish = "", "content_filter"
-    tokens_in, tokens_out = max(1, (call.prompt_chars + 3) // 4), (len(text) + 3) // 4
+    text, finish = answer_text(call, kind, ref)
+    tokens_in, tokens_out = answer_usage(call, text)
     if call.wire == "openai":
         content = None if finish == "content_filter" else text
         return _json(
