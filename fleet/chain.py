@@ -41,7 +41,7 @@ from fleet.errors import (
     SchemaMismatch,
     TruncatedAnswer,
 )
-from fleet.limits import Bucket, CircuitBreaker, Permit, RateLimiter
+from fleet.limits import Bucket, CircuitBreaker, Gate, GateAnswer, Permit, RateLimiter
 from fleet.models import Attempt, TaskRequest
 from fleet.providers import ChatRequest, ChatResponse, Provider, build_provider, make_http_client
 from fleet.providers.base import estimate_tokens
@@ -168,11 +168,14 @@ class Chain:
         *,
         timeout_s: float | None = None,
         corrections: list[tuple[Bucket, float]] | None = None,
+        first: GateAnswer | None = None,
     ) -> ChainOutcome:
         """Walk ``links`` (``(provider, model)`` pairs) for ``request``; never raises a ProviderError.
 
         With ``corrections``, the tpm corrections (bucket, delta) are appended there for the caller to
         send with its own end-of-job writes (one round trip) instead of one round trip each here.
+        ``first`` is the first link's admission when the caller already asked :meth:`first_gate`
+        (with the job's start, in the same round trip).
         """
         outcome = ChainOutcome()
         retry = self.settings.retry
@@ -203,7 +206,8 @@ class Chain:
                 if deadline is not None and time.monotonic() >= deadline:
                     outcome.reason = "timeout"
                     return outcome
-                permit, skipped, wait = self._admit(provider_name, model, buckets)
+                asked = first if index == 0 and try_no == 1 else None
+                permit, skipped, wait = self._admit(provider_name, model, buckets, asked)
                 if skipped is not None:
                     outcome.attempts.append(skipped)
                     outcome.reason = skipped.outcome
@@ -256,33 +260,50 @@ class Chain:
             outcome.reason, outcome.retry_after = THROTTLED, throttled_wait
         return outcome
 
+    def first_gate(self, links: Sequence[tuple[str, str]], request: TaskRequest) -> Gate | None:
+        """The first link's admission, for a caller that asks it in a round trip of its own and
+        passes the answer to :meth:`run` as ``first``; None when there is nothing to ask that way."""
+        if not links or self.limiter is None:
+            return None
+        if request.max_cost_usd is not None and request.max_cost_usd <= 0:
+            return None  # the chain stops before the first call: reserve nothing
+        provider, model = links[0]
+        return self._gate(provider, model, self._buckets(provider, model, request))
+
+    def _gate(self, provider: str, model: str, buckets: list[Bucket]) -> Gate:
+        return Gate(
+            buckets,
+            keys.rate_counter(f"{provider}:{model}", int(time.time()) // 10),
+            provider,
+            self.settings.limits.max_slot_wait_s,
+            self.breaker.settings if self.breaker is not None else None,
+        )
+
     def _admit(
-        self, provider: str, model: str, buckets: list[Bucket]
+        self, provider: str, model: str, buckets: list[Bucket], asked: GateAnswer | None = None
     ) -> tuple[Permit | None, Attempt | None, float]:
         """Take the link's rpm/tpm tokens and its breaker permit (one round trip when both apply),
-        sleeping a short wait for a token here.
+        sleeping a short wait for a token here. ``asked``: that round trip's answer, when the caller
+        already made it.
 
         Returns ``(permit, skipped, wait_s)``: ``skipped`` is the attempt recording why the link is
         not called (``throttled``, with the wait until a token, or ``circuit_open``), else None.
         """
         permit: Permit | None = None
-        if buckets and self.limiter is not None:
-            counter = keys.rate_counter(f"{provider}:{model}", int(time.time()) // 10)
-            max_wait = self.settings.limits.max_slot_wait_s
-            if self.breaker is not None:
-                allowed, wait, permit = self.limiter.gate(
-                    buckets, max_wait_s=max_wait, counter=counter, breaker=self.breaker, provider=provider
-                )
-            else:
-                allowed, wait = self.limiter.acquire(buckets, max_wait_s=max_wait, counter=counter)
-            if not allowed:
+        breaker_on = self.breaker is not None and self.breaker.settings.enabled
+        if asked is None and self.limiter is not None and (buckets or breaker_on):
+            asked = self.limiter.ask(self._gate(provider, model, buckets))
+        if asked is not None:
+            if not asked.reserved:
+                wait = asked.wait_s
                 return (
                     None,
                     _skipped(provider, model, THROTTLED, f"rpm/tpm reached: next in {wait:.1f} s"),
                     wait,
                 )
-            if wait > 0:
-                self._sleep(wait)
+            if asked.wait_s > 0:
+                self._sleep(asked.wait_s)
+            permit = asked.permit
         if permit is None and self.breaker is not None:
             permit = self.breaker.allow(provider)
         if permit is not None and not permit.allowed:

@@ -22,8 +22,9 @@ breaker, its failure opens it again).
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import redis
 from redis.client import Pipeline
@@ -33,10 +34,13 @@ from fleet.settings import BreakerSettings
 
 __all__ = [
     "BREAKER_FAILURES",
+    "GATE_LUA",
     "GCRA_LUA",
     "BreakerState",
     "Bucket",
     "CircuitBreaker",
+    "Gate",
+    "GateAnswer",
     "Permit",
     "RateLimiter",
     "acquire_args",
@@ -159,20 +163,36 @@ return {allowed, tostring(wait)}
 """
 )
 
-# KEYS: bucket keys..., a counter key, the breaker hash. ARGV: max_wait_ms, per bucket: emission_ms,
-# tolerance_ms, cost; then cooldown_ms, probe token. The rpm/tpm acquire and, when it reserved, the
-# breaker's allow, in one round trip. Returns {reserved 0|1, wait_ms as a string, allowed 0|1, state}.
+#: gate(buckets, counter, breaker, argv, a) -> reserved 0|1, wait_ms, allowed 0|1, state: a link's
+#: admission. The rpm/tpm acquire (argv[a + 4] the wait bound, then the buckets' triples), and when it
+#: reserved (or there is no bucket) the breaker's allow (argv[a] '1': ask it; argv[a + 1..3]:
+#: cooldown_ms, probe token, window_ms). Needs GCRA_LUA before it. The job's start includes it.
+GATE_LUA = (
+    _ALLOW_FN
+    + """
+local function gate(buckets, counter, breaker, argv, a)
+  local reserved, wait = 1, 0
+  if #buckets > 0 then
+    reserved, wait = acquire(buckets, counter, argv, a + 4, tonumber(argv[a + 4]))
+    if reserved == 0 then return 0, wait, 0, '' end
+  end
+  if argv[a] ~= '1' then return 1, wait, 1, '' end
+  local allowed, state = allow(breaker, tonumber(argv[a + 1]), argv[a + 2], tonumber(argv[a + 3]))
+  return 1, wait, allowed, state
+end
+"""
+)
+
+# KEYS: a counter key, the breaker hash, then the bucket keys. ARGV: Gate.args(). Returns
+# {reserved 0|1, wait_ms as a string, allowed 0|1, state}.
 _GATE = (
     GCRA_LUA
-    + _ALLOW_FN
+    + GATE_LUA
     + """
-local n = #KEYS - 2
 local buckets = {}
-for i = 1, n do buckets[i] = KEYS[i] end
-local reserved, wait = acquire(buckets, KEYS[n + 1], ARGV, 1, tonumber(ARGV[1]))
-if reserved == 0 then return {0, tostring(wait), 0, ''} end
-local allowed, state = allow(KEYS[n + 2], tonumber(ARGV[#ARGV - 2]), ARGV[#ARGV - 1], tonumber(ARGV[#ARGV]))
-return {1, tostring(wait), allowed, state}
+for i = 3, #KEYS do buckets[i - 2] = KEYS[i] end
+local reserved, wait, allowed, state = gate(buckets, KEYS[1], KEYS[2], ARGV, 1)
+return {reserved, tostring(wait), allowed, state}
 """
 )
 
@@ -195,6 +215,57 @@ def acquire_args(buckets: list[Bucket], max_wait_s: float) -> list[float]:
     for b in buckets:
         args += [b.emission_ms, max(0.0, b.burst - 1) * b.emission_ms, b.cost]
     return args
+
+
+@dataclass(frozen=True, slots=True)
+class GateAnswer:
+    """A link's admission: ``reserved`` its rpm/tpm tokens (``wait_s`` until they are due, or until
+    a token is free when not reserved), and the breaker's ``permit`` (None: no breaker asked)."""
+
+    reserved: bool
+    wait_s: float
+    permit: Permit | None
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """A link's admission, asked in one round trip: its rpm/tpm buckets, then its provider's breaker
+    (:data:`GATE_LUA`). :meth:`RateLimiter.gate` asks it alone; the execute task's start script asks
+    the first link's together with the job's lock."""
+
+    buckets: Sequence[Bucket]
+    counter: str
+    provider: str
+    max_wait_s: float
+    breaker: BreakerSettings | None
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def asks_breaker(self) -> bool:
+        return self.breaker is not None and self.breaker.enabled
+
+    def keys(self) -> list[str]:
+        return [self.counter, keys.breaker(self.provider), *(b.key for b in self.buckets)]
+
+    def args(self) -> list[Any]:
+        b = self.breaker
+        return [
+            "1" if self.asks_breaker else "0",
+            int(b.cooldown_s * 1000) if b else 0,
+            self.token,
+            int(b.window_s * 1000) if b else 0,
+            *acquire_args(list(self.buckets), self.max_wait_s),
+        ]
+
+    def answer(self, reserved: Any, wait_ms: Any, allowed: Any, state: Any) -> GateAnswer:
+        """The script's reply as a :class:`GateAnswer`."""
+        wait = max(0.0, float(wait_ms) / 1000.0)
+        if not int(reserved):
+            return GateAnswer(False, wait, None)
+        if not self.asks_breaker:
+            return GateAnswer(True, wait, None)
+        name = state.decode() if isinstance(state, bytes) else str(state)
+        return GateAnswer(True, wait, Permit(bool(int(allowed)), name, self.token))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,26 +309,21 @@ class RateLimiter:
         *,
         max_wait_s: float,
         counter: str,
-        breaker: CircuitBreaker,
+        breaker: CircuitBreaker | None,
         provider: str,
     ) -> tuple[bool, float, Permit | None]:
         """:meth:`acquire`, then (when it reserved) ``breaker.allow(provider)``, in one round trip.
 
-        Returns ``(reserved, wait_s, permit)``; ``permit`` is None when nothing was reserved.
+        Returns ``(reserved, wait_s, permit)``; ``permit`` is None when nothing was reserved or no
+        breaker was asked.
         """
-        if not breaker.settings.enabled:
-            reserved, wait = self.acquire(buckets, max_wait_s=max_wait_s, counter=counter)
-            return reserved, wait, Permit(True, "closed", "") if reserved else None
-        token = uuid.uuid4().hex
-        args: list[float | str] = [*acquire_args(buckets, max_wait_s)]
-        args += [int(breaker.settings.cooldown_s * 1000), token, int(breaker.settings.window_s * 1000)]
-        keys_ = [*(b.key for b in buckets), counter, keys.breaker(provider)]
-        reserved, wait_ms, allowed, state = self._gate(keys=keys_, args=args)
-        wait = max(0.0, float(wait_ms) / 1000.0)
-        if not int(reserved):
-            return False, wait, None
-        name = state.decode() if isinstance(state, bytes) else str(state)
-        return True, wait, Permit(bool(int(allowed)), name, token)  # type: ignore[arg-type]
+        gate = Gate(buckets, counter, provider, max_wait_s, breaker.settings if breaker else None)
+        answer = self.ask(gate)
+        return answer.reserved, answer.wait_s, answer.permit
+
+    def ask(self, gate: Gate) -> GateAnswer:
+        """A link's admission in one round trip (see :class:`Gate`)."""
+        return gate.answer(*self._gate(keys=gate.keys(), args=gate.args()))
 
     def adjust(self, bucket: Bucket, delta_cost: float, *, pipe: Pipeline | None = None) -> None:
         """Correct a reservation by ``delta_cost`` units (actual minus estimated usage); queued on

@@ -7,6 +7,7 @@ validate is a dead letter (reason ``invalid_message``), never an exception that 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import random
@@ -18,7 +19,7 @@ from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore, Reject
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready
 from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
@@ -37,7 +38,16 @@ from fleet.chain import THROTTLED, Chain
 from fleet.discovery import redis_client
 from fleet.errors import InvalidRequest
 from fleet.escalations import EscalationStore, NewEscalation
-from fleet.limits import GCRA_LUA, Bucket, CircuitBreaker, RateLimiter, acquire_args
+from fleet.limits import (
+    GATE_LUA,
+    GCRA_LUA,
+    Bucket,
+    CircuitBreaker,
+    Gate,
+    GateAnswer,
+    RateLimiter,
+    acquire_args,
+)
 from fleet.models import (
     Attempt,
     JobEnvelope,
@@ -85,6 +95,21 @@ def _get_chain() -> Chain:
 def _reset_after_fork(**_: Any) -> None:
     global _chain
     _chain = None  # an httpx client must not cross a fork
+    _freeze_startup_objects()
+
+
+@worker_ready.connect
+def _freeze_in_main_process(**_: Any) -> None:
+    # The consumer (and a threads pool's tasks) run here; a prefork pool's children freeze their own.
+    _freeze_startup_objects()
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what start-up allocated (Celery, kombu, pydantic, OTel: most of a worker's heap) out of
+    the garbage collector's scans: a full collection over it stalled every job in flight for tens of
+    milliseconds, a few times a minute at load (docs/performance.md)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _worker_role() -> str:
@@ -210,13 +235,19 @@ def _count_redelivery(
     )
 
 
-# KEYS: the job's lock, its result key, the queue's rate counter, then the queue's bucket (if any).
-# ARGV: owner, ttl_ms, take_token ("1": take the queue's rate-limit token now), then GCRA_LUA's
-# acquire arguments (max_wait_ms, the bucket's triple). Returns {-2}: the job already has a final
-# result (a late redelivery); {holder's remaining ms}: locked by another; {-1, reserved 0|1, wait_ms}:
-# locked for us (and, with take_token, the queue token's answer): one round trip for the job's start.
+# The job's start, in one round trip: its lock, its queue's token and its first link's admission.
+# KEYS: the job's lock, its result key, the queue's rate counter, the queue's buckets (nq of them),
+# then, with a link gate, Gate.keys() (the link's counter, its breaker, its buckets).
+# ARGV: [1] owner, [2] ttl_ms, [3] take_token ("1": take the queue's token now), [4] nq, [5] "1": ask
+# the link gate too, [6] the queue wait (ms) within which the link is asked now, [7] the queue's
+# acquire arguments (max_wait_ms, then a triple per bucket), then Gate.args().
+# Returns {-2}: the job already has a final result (a late redelivery); {holder's remaining ms}: locked
+# by another; {-1, reserved 0|1, wait_ms}: locked for us with the queue token's answer, followed by
+# the link gate's {reserved, wait_ms, allowed, state} when it was asked (the queue token is due within
+# the slot wait: a job that goes back to its queue reserves no link token).
 _LOCK = (
     GCRA_LUA
+    + GATE_LUA
     + """
 local stored = redis.call('GET', KEYS[2])
 if stored then
@@ -225,10 +256,16 @@ if stored then
 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {redis.call('PTTL', KEYS[1])} end
 if ARGV[3] ~= '1' then return {-1, 1, '0'} end
-local buckets = {}
-for i = 4, #KEYS do buckets[i - 3] = KEYS[i] end
-local reserved, wait = acquire(buckets, KEYS[3], ARGV, 4, tonumber(ARGV[4]))
-return {-1, reserved, tostring(wait)}
+local nq = tonumber(ARGV[4])
+local queue = {}
+for i = 1, nq do queue[i] = KEYS[3 + i] end
+local reserved, wait = acquire(queue, KEYS[3], ARGV, 7, tonumber(ARGV[7]))
+if ARGV[5] ~= '1' or reserved == 0 or wait > tonumber(ARGV[6]) then return {-1, reserved, tostring(wait)} end
+local k = 4 + nq
+local link = {}
+for i = k + 2, #KEYS do link[#link + 1] = KEYS[i] end
+local r, w, allowed, state = gate(link, KEYS[k], KEYS[k + 1], ARGV, 8 + 3 * nq)
+return {-1, reserved, tostring(wait), r, tostring(w), allowed, state}
 """
 )
 _lock_script: Any = None
@@ -245,13 +282,15 @@ _LOCK_RECHECK_S = 10.0
 
 
 def _lock(
-    task_id: str, timeout_s: float, queue: QueueSettings | None = None
-) -> tuple[float | None, tuple[bool, float] | None]:
-    """Take the job's execution lock and, given ``queue``, its queue token (one round trip).
+    task_id: str, timeout_s: float, queue: QueueSettings | None = None, gate: Gate | None = None
+) -> tuple[float | None, tuple[bool, float] | None, GateAnswer | None]:
+    """Take the job's execution lock and, given ``queue``, its queue token, and given ``gate`` too,
+    the first link's admission when the queue token is due at once (one round trip).
 
-    Returns ``(lock_wait, token)``: ``lock_wait`` is None when the lock is taken, else seconds
-    until the holder's lock lapses; ``token`` is :func:`_queue_token`'s raw ``(reserved, wait_s)``
-    when ``queue`` was given and the lock taken, else None.
+    Returns ``(lock_wait, token, link)``: ``lock_wait`` is None when the lock is taken, else
+    seconds until the holder's lock lapses; ``token`` is :func:`_queue_token`'s raw
+    ``(reserved, wait_s)`` when ``queue`` was given and the lock taken, else None; ``link`` is the
+    gate's answer when it was asked, for ``Chain.run(first=...)``.
 
     Raises:
         Ignore: the job already has its final result (a redelivery that came too late): the
@@ -266,15 +305,17 @@ def _lock(
         _lock_script = client.register_script(_LOCK)
     result_key = app.backend.get_key_for_task(task_id).decode()
     ttl_ms = int((timeout_s + 30) * 1000)
-    script_keys = [keys.running(task_id), result_key]
-    args: list[Any] = [_owner(), ttl_ms]
-    if queue is not None:
-        buckets = _queue_buckets(queue)
-        script_keys += [keys.rate_counter(queue.name, int(time.time()) // 10), *(b.key for b in buckets)]
-        args += ["1", *acquire_args(buckets, _settings().limits.max_reserve_s)]
-    else:
-        script_keys.append(keys.rate_counter("none", 0))  # not touched: the token is not taken
-        args.append("0")
+    limits = _settings().limits
+    buckets = _queue_buckets(queue) if queue is not None else []
+    counter = keys.rate_counter(queue.name if queue else "none", int(time.time()) // 10)
+    script_keys = [keys.running(task_id), result_key, counter, *(b.key for b in buckets)]
+    args: list[Any] = [
+        _owner(), ttl_ms, "1" if queue is not None else "0", len(buckets), "1" if gate is not None else "0",
+        limits.max_slot_wait_s * 1000.0, *acquire_args(buckets, limits.max_reserve_s),
+    ]  # fmt: skip
+    if gate is not None:
+        script_keys += gate.keys()
+        args += gate.args()
     answer = _lock_script(keys=script_keys, args=args, client=client)
     left = int(answer[0])
     if left == -2:
@@ -283,10 +324,11 @@ def _lock(
     if left == -1:
         _held.add(task_id)
         token = (bool(int(answer[1])), max(0.0, float(answer[2]) / 1000.0)) if queue is not None else None
-        return None, token
+        link = gate.answer(*answer[3:7]) if gate is not None and len(answer) > 3 else None
+        return None, token, link
     if _holder_died(client, keys.running(task_id), task_id):
-        return _lock(task_id, timeout_s, queue)  # the dead holder's lock is gone: take it now
-    return max(0.5, min(left / 1000.0, _LOCK_RECHECK_S)), None
+        return _lock(task_id, timeout_s, queue, gate)  # the dead holder's lock is gone: take it now
+    return max(0.5, min(left / 1000.0, _LOCK_RECHECK_S)), None, None
 
 
 def _owner() -> str:
@@ -470,6 +512,10 @@ def route(self: Task, request: Any = None, job: Any = None) -> None:
     )
 
 
+#: What execute hands back to Celery once it stored the result itself (Flower shows it).
+_SUMMARY = ("task_id", "status", "tier", "model", "cost_usd", "escalation_id")
+
+
 # Requeues are bounded by MAX_REQUEUES. A short repr of the result: Celery builds it for every task
 # (events, the "succeeded" log line), and an answer can be long.
 @app.task(
@@ -491,11 +537,14 @@ def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
     tier_settings = settings.tier(routing.tier)
     # The lock first: a late copy of a finished job is dropped and a copy of a running one waits,
     # so neither counts as a delivery (nor can it turn a finished job into a poison message).
-    # A first delivery takes its queue token with the lock (one round trip); a redelivery takes it
-    # only once it is known not to be a poison message.
+    # A first delivery takes its queue token and its first link's admission with the lock (one round
+    # trip); a redelivery takes them only once it is known not to be a poison message.
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     with_token = not envelope.slot_reserved and not redelivered
-    lock_wait, token = _lock(envelope.id, tier_settings.timeout_s, tier_settings if with_token else None)
+    gate = _get_chain().first_gate(tier_settings.links(), req) if with_token else None
+    lock_wait, token, link = _lock(
+        envelope.id, tier_settings.timeout_s, tier_settings if with_token else None, gate
+    )
     if lock_wait is not None:
         # Another worker is running this job (a redelivery after the visibility timeout, say):
         # come back when its lock lapses rather than run it twice at once, and never drop it.
@@ -513,15 +562,20 @@ def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
             if marker and marker in req.prompt:
                 log.critical("chaos: crash marker in task %s: exiting this worker process", envelope.id)
                 os._exit(70)
-            result = _run_tier(self, request, req, envelope, routing, queue, tier_settings, token, tail)
+            result = _run_tier(
+                self, request, req, envelope, routing, queue, tier_settings, (token, link), tail
+            )
         result_at = len(tail)
         queue_result(app, tail, envelope.id, result)
     finally:
         written = _unlock(envelope.id, tail, result_at)
-    if written:
-        # Stored above, before the lock's release: Celery would GET the key, then SET it again.
-        self.request.ignore_result = True
-    return result
+    if not written:
+        return result  # Celery stores it, with its own retries
+    # Stored above, before the lock's release: Celery would GET the key, then SET it again. What
+    # Celery gets back is only for its events and log line: a summary, not the whole result (which
+    # it would repr and pickle back to the pool's parent for nothing).
+    self.request.ignore_result = True
+    return {key: result.get(key) for key in _SUMMARY}
 
 
 def _run_tier(
@@ -532,13 +586,15 @@ def _run_tier(
     routing: RoutingDecision,
     queue: str | None,
     tier_settings: QueueSettings,
-    token: tuple[bool, float] | None,
+    taken: tuple[tuple[bool, float] | None, GateAnswer | None],
     tail: Any,
 ) -> dict[str, Any]:
     """The tier's part of a job: its queue's rate limit, its chain, then a result or an escalation.
 
-    ``token`` is the queue token :func:`_lock` took; ``tail`` the pipeline of the job's last writes.
+    ``taken`` is what :func:`_lock` asked: the queue token and the first link's admission;
+    ``tail`` the pipeline of the job's last writes.
     """
+    token, first = taken
     if envelope.slot_reserved:
         envelope.slot_reserved = False  # this delivery is the reserved one
     else:
@@ -546,14 +602,17 @@ def _run_tier(
         if wait > 0:
             envelope.slot_reserved = reserved
             _requeue(task, request, envelope, wait)
+        if first is not None and token is not None and token[1] > 0:
+            # Both waits ran from the same instant, and the queue's was just slept.
+            first = dataclasses.replace(first, wait_s=max(0.0, first.wait_s - token[1]))
     chain = _get_chain()
     span = telemetry.task_span("execute", {"fleet.task_id": envelope.id, "fleet.kind": req.kind})
     telemetry.set_routing(span, routing)
     corrections: list[tuple[Bucket, float]] = []
     try:
-        outcome = chain.run(
-            tier_settings.links(), req, timeout_s=tier_settings.timeout_s, corrections=corrections
-        )
+        links = tier_settings.links()
+        timeout_s = tier_settings.timeout_s
+        outcome = chain.run(links, req, timeout_s=timeout_s, corrections=corrections, first=first)
     finally:
         for bucket, delta in corrections:
             _get_limiter().adjust(bucket, delta, pipe=tail)
