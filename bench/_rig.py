@@ -131,7 +131,7 @@ def fleet_env(redis_url: str, mock_url: str, **extra: str) -> dict[str, str]:
         FLEET_PROFILE="demo",
         FLEET_MOCK__ENABLED="true",
         FLEET_MOCK__URL=mock_url,
-        PYTHONPATH=str(BENCH),
+        PYTHONPATH=f"{BENCH}:{BENCH.parent}",
         **extra,
     )
     return env

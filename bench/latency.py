@@ -1,8 +1,12 @@
 """Submit -> result latency under an open-loop offered load, the fleet beside bare Celery two hops.
 
 Jobs arrive on a fixed schedule (default 200/s for 30 s), whether or not earlier ones finished,
-so queueing shows in the tail. Same layout for both: one router worker and one worker on the four
-tier queues (prefork, concurrency 2 each). The fleet's provider is zero-latency: the mock's answers
+so queueing shows in the tail. Before it, each variant runs WARMUP jobs to completion (not
+measured): the first job of a worker process pays its imports and connections, and that backlog
+would otherwise sit in the first second of a steady-state figure.
+
+Same layout for both: one router worker and one worker on the four tier queues (prefork,
+concurrency 2 each). The fleet's provider is zero-latency: the mock's answers
 made inside the worker (``mock.transport = "inline"``), tracing and metrics on with no-op exporters.
 
 Usage: python bench/latency.py [--json] [--rate 200] [--seconds 30]
@@ -40,6 +44,7 @@ from fleet.settings import load_settings
 TIERS = "mini,standard,full,fast"
 PCTS = ("p50", "p95", "p99")
 POOL, CONCURRENCY = "prefork", 2
+WARMUP = 100
 PROMPTS = [
     "Reformat this list as CSV: apples, pears, plums",
     "Add a docstring to def area(r): return 3.14159 * r * r",
@@ -86,6 +91,10 @@ def run_bare(url: str, mock_url: str, rate: float, seconds: float, log_dir: Path
     sent: dict[int, float] = {}
     try:
         with producer.producer_or_acquire() as pub:
+            for i in range(WARMUP):
+                producer.send_task("bare.route", args=[-1 - i], queue="router", producer=pub)
+            wait_until(lambda: int(client.get("bare:done") or 0) >= WARMUP, timeout=60)
+            client.delete("bare:done", "bare:done_at")
 
             def submit(i: int) -> None:
                 sent[i] = time.time()
@@ -111,6 +120,8 @@ def run_fleet(url: str, mock_url: str, rate: float, seconds: float, log_dir: Pat
     client = Client(load_settings(env=env), redis_url=url)
     ids: list[str] = []
     try:
+        warm = [client.submit({"prompt": PROMPTS[i % 4]}) for i in range(WARMUP)]
+        wait_until(lambda: len(client.peek(warm)) == len(warm), timeout=60)
         lag = _open_loop(rate, seconds, lambda i: ids.append(client.submit({"prompt": PROMPTS[i % 4]})))
         pending = list(ids)
         results = {}
