@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import redis
 from redis.client import Pipeline
@@ -87,6 +87,9 @@ _MAX_ROUNDS = 50
 
 #: Adds commands to a transition's MULTI block, given the record as it will be stored.
 OnCommit = Callable[[Pipeline, dict[str, Any]], None]
+
+
+R = TypeVar("R")
 
 
 def _watch(pipe: Pipeline, key: str) -> None:
@@ -170,39 +173,53 @@ class EscalationStore:
         maps to) is a new escalation, linked both ways.
         """
         by_task = keys.escalation_by_task(new.task_id)
-        for _ in range(_MAX_ROUNDS):
+
+        def apply(pipe: Pipeline, mapped: bytes | None) -> tuple[dict[str, Any], bool]:
             esc_id = uuid.uuid4().hex[:16]
+            previous: dict[str, Any] | None = None
+            if mapped is not None:
+                existing_id = _decode(mapped)
+                existing = self.get_or_none(existing_id)
+                if existing is not None and not (
+                    new.retry_of == existing_id and existing["state"] == "retried"
+                ):
+                    return existing, False
+                if existing is None:
+                    # Mapping written, record not (or expired): write it under that id now.
+                    esc_id = existing_id
+                else:
+                    previous = existing
+            record = self._new_record(esc_id, new, previous)
+            pipe.multi()
+            pipe.set(by_task, esc_id)
+            pipe.set(keys.escalation(esc_id), json.dumps(record))
+            pipe.zadd(keys.escalations_index(), {esc_id: record["created_at"]})
+            pipe.zadd(keys.escalations_state("open"), {esc_id: record["created_at"]})
+            if previous is not None:
+                previous["followed_by"] = esc_id
+                pipe.set(keys.escalation(previous["id"]), json.dumps(previous), keepttl=True)
+            pipe.execute()
+            return record, True
+
+        def contention() -> tuple[dict[str, Any], bool]:
+            raise EscalationError(
+                f"could not record the escalation of task {new.task_id}: too much contention"
+            )
+
+        return self._watched(by_task, apply, contention)
+
+    def _watched(self, key: str, apply: Callable[[Pipeline, Any], R], contention: Callable[[], R]) -> R:
+        """Optimistic locking on ``key``: ``apply(pipe, value)`` sees the key's value under WATCH and
+        either returns without writing or queues its writes after ``pipe.multi()`` and executes them.
+        A concurrent change to ``key`` makes it start over (up to _MAX_ROUNDS, then ``contention()``)."""
+        for _ in range(_MAX_ROUNDS):
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    _watch(pipe, by_task)
-                    mapped = pipe.get(by_task)
-                    previous: dict[str, Any] | None = None
-                    if mapped is not None:
-                        existing_id = _decode(mapped)
-                        existing = self.get_or_none(existing_id)
-                        if existing is not None and not (
-                            new.retry_of == existing_id and existing["state"] == "retried"
-                        ):
-                            return existing, False
-                        if existing is None:
-                            # Mapping written, record not (or expired): write it under that id now.
-                            esc_id = existing_id
-                        else:
-                            previous = existing
-                    record = self._new_record(esc_id, new, previous)
-                    pipe.multi()
-                    pipe.set(by_task, esc_id)
-                    pipe.set(keys.escalation(esc_id), json.dumps(record))
-                    pipe.zadd(keys.escalations_index(), {esc_id: record["created_at"]})
-                    pipe.zadd(keys.escalations_state("open"), {esc_id: record["created_at"]})
-                    if previous is not None:
-                        previous["followed_by"] = esc_id
-                        pipe.set(keys.escalation(previous["id"]), json.dumps(previous), keepttl=True)
-                    pipe.execute()
-                    return record, True
+                    _watch(pipe, key)
+                    return apply(pipe, pipe.get(key))
                 except redis.WatchError:
                     continue
-        raise EscalationError(f"could not record the escalation of task {new.task_id}: too much contention")
+        return contention()
 
     def _new_record(self, esc_id: str, new: NewEscalation, previous: dict[str, Any] | None) -> dict[str, Any]:
         now = time.time()
@@ -355,61 +372,58 @@ class EscalationStore:
                 raise EscalationError("a reason is required to discard an escalation")
             reason = reason.strip()[:MAX_REASON]
         key = keys.escalation(esc_id)
-        for _ in range(_MAX_ROUNDS):
-            with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    _watch(pipe, key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise EscalationNotFound(f"no escalation {esc_id!r}")
-                    record: dict[str, Any] = json.loads(raw)
-                    old = record["state"]
-                    if action == "claim" and old == "claimed" and record.get("assignee") == by:
-                        return record  # claiming what you hold already is a no-op
-                    self._refuse_illegal(record, action, by, force)
-                    if check is not None:
-                        check(record)
-                    new = _TO[action]
-                    now = time.time()
-                    record["state"] = new
-                    record["updated_at"] = now
-                    entry: dict[str, Any] = {"at": now, "state": new, "by": by, "action": action}
-                    if action == "claim":
-                        record["assignee"], record["claimed_at"] = by, now
-                    elif action == "release":
-                        entry["note"] = f"released {record.get('assignee')}'s claim"
-                        record["assignee"], record["claimed_at"] = None, None
-                    else:
-                        record["assignee"] = by
-                        resolution: dict[str, Any] = {"action": action, "by": by, "at": now}
-                        if action == "resolve":
-                            resolution["answer"] = answer
-                        elif action == "discard":
-                            resolution["reason"] = entry["note"] = reason
-                        else:
-                            resolution["tier"] = tier
-                            entry["note"] = (
-                                f"retried on tier {tier}" if tier else "retried through the router"
-                            )
-                        record["resolution"] = resolution
-                    record["history"].append(entry)
-                    pipe.multi()
-                    if new in FINAL_STATES:
-                        pipe.set(key, json.dumps(record), ex=self.retention_s)
-                    else:
-                        pipe.set(key, json.dumps(record))
-                    pipe.zrem(keys.escalations_state(old), esc_id)
-                    pipe.zadd(keys.escalations_state(new), {esc_id: record["created_at"]})
-                    if new in FINAL_STATES:
-                        # The task -> escalation mapping goes with the record (a retry repoints it).
-                        pipe.expire(keys.escalation_by_task(record["task_id"]), self.retention_s)
-                    if on_commit is not None:
-                        on_commit(pipe, record)
-                    pipe.execute()
-                    return record
-                except redis.WatchError:
-                    continue
-        raise EscalationError(f"escalation {esc_id} is changing too fast; try again")
+
+        def apply(pipe: Pipeline, raw: bytes | None) -> dict[str, Any]:
+            if raw is None:
+                raise EscalationNotFound(f"no escalation {esc_id!r}")
+            record: dict[str, Any] = json.loads(raw)
+            old = record["state"]
+            if action == "claim" and old == "claimed" and record.get("assignee") == by:
+                return record  # claiming what you hold already is a no-op
+            self._refuse_illegal(record, action, by, force)
+            if check is not None:
+                check(record)
+            new = _TO[action]
+            now = time.time()
+            record["state"] = new
+            record["updated_at"] = now
+            entry: dict[str, Any] = {"at": now, "state": new, "by": by, "action": action}
+            if action == "claim":
+                record["assignee"], record["claimed_at"] = by, now
+            elif action == "release":
+                entry["note"] = f"released {record.get('assignee')}'s claim"
+                record["assignee"], record["claimed_at"] = None, None
+            else:
+                record["assignee"] = by
+                resolution: dict[str, Any] = {"action": action, "by": by, "at": now}
+                if action == "resolve":
+                    resolution["answer"] = answer
+                elif action == "discard":
+                    resolution["reason"] = entry["note"] = reason
+                else:
+                    resolution["tier"] = tier
+                    entry["note"] = f"retried on tier {tier}" if tier else "retried through the router"
+                record["resolution"] = resolution
+            record["history"].append(entry)
+            pipe.multi()
+            if new in FINAL_STATES:
+                pipe.set(key, json.dumps(record), ex=self.retention_s)
+            else:
+                pipe.set(key, json.dumps(record))
+            pipe.zrem(keys.escalations_state(old), esc_id)
+            pipe.zadd(keys.escalations_state(new), {esc_id: record["created_at"]})
+            if new in FINAL_STATES:
+                # The task -> escalation mapping goes with the record (a retry repoints it).
+                pipe.expire(keys.escalation_by_task(record["task_id"]), self.retention_s)
+            if on_commit is not None:
+                on_commit(pipe, record)
+            pipe.execute()
+            return record
+
+        def contention() -> dict[str, Any]:
+            raise EscalationError(f"escalation {esc_id} is changing too fast; try again")
+
+        return self._watched(key, apply, contention)
 
     def _refuse_illegal(self, record: dict[str, Any], action: Action, by: str, force: bool) -> None:
         esc_id, state = record["id"], record["state"]
@@ -437,51 +451,41 @@ class EscalationStore:
         Only the inbox calls this, right after a failed enqueue; None when the record is not retried.
         """
         key = keys.escalation(esc_id)
-        for _ in range(_MAX_ROUNDS):
-            with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    _watch(pipe, key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        return None
-                    record: dict[str, Any] = json.loads(raw)
-                    if record["state"] != "retried":
-                        return None
-                    now = time.time()
-                    record.update(
-                        state="open", updated_at=now, assignee=None, claimed_at=None, resolution=None
-                    )
-                    record["history"].append({"at": now, "state": "open", "by": by, "note": note})
-                    pipe.multi()
-                    pipe.set(key, json.dumps(record))
-                    pipe.persist(keys.escalation_by_task(record["task_id"]))
-                    pipe.zrem(keys.escalations_state("retried"), esc_id)
-                    pipe.zadd(keys.escalations_state("open"), {esc_id: record["created_at"]})
-                    pipe.execute()
-                    return record
-                except redis.WatchError:
-                    continue
-        return None
+
+        def apply(pipe: Pipeline, raw: bytes | None) -> dict[str, Any] | None:
+            if raw is None:
+                return None
+            record: dict[str, Any] = json.loads(raw)
+            if record["state"] != "retried":
+                return None
+            now = time.time()
+            record.update(state="open", updated_at=now, assignee=None, claimed_at=None, resolution=None)
+            record["history"].append({"at": now, "state": "open", "by": by, "note": note})
+            pipe.multi()
+            pipe.set(key, json.dumps(record))
+            pipe.persist(keys.escalation_by_task(record["task_id"]))
+            pipe.zrem(keys.escalations_state("retried"), esc_id)
+            pipe.zadd(keys.escalations_state("open"), {esc_id: record["created_at"]})
+            pipe.execute()
+            return record
+
+        return self._watched(key, apply, lambda: None)
 
     def mark_notified(self, esc_id: str) -> bool:
         """Set ``notified_at`` (keeping any TTL); False when the record is gone."""
         key = keys.escalation(esc_id)
-        for _ in range(_MAX_ROUNDS):
-            with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    _watch(pipe, key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        return False
-                    record = json.loads(raw)
-                    record["notified_at"] = time.time()
-                    pipe.multi()
-                    pipe.set(key, json.dumps(record), keepttl=True)
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
-        return False
+
+        def apply(pipe: Pipeline, raw: bytes | None) -> bool:
+            if raw is None:
+                return False
+            record = json.loads(raw)
+            record["notified_at"] = time.time()
+            pipe.multi()
+            pipe.set(key, json.dumps(record), keepttl=True)
+            pipe.execute()
+            return True
+
+        return self._watched(key, apply, lambda: False)
 
 
 def _name(by: str | None) -> str:
