@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -211,6 +212,27 @@ def cpu_s(pid: int) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / ticks
+
+
+def wait_for_fleet(redis_url: str, jobs: int, timeout: float) -> bool:
+    """Wait until ``jobs`` jobs reached a final state, watching one number: every job writes one cost
+    line (XADD) in the round trip that stores its result. Polling the results themselves (an MGET of
+    thousands of keys, each found result decoded) competed with the workers for the same cores."""
+    from fleet import keys
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return wait_until(lambda: client.xlen(keys.costs()) >= jobs, timeout=timeout, interval=0.05)
+    finally:
+        client.close()
+
+
+def collect_results(client: Any, ids: list[str]) -> dict[str, Any]:
+    """The final results of ``ids`` (a fleet Client's peek, 2,000 at a time)."""
+    out: dict[str, Any] = {}
+    for i in range(0, len(ids), 2000):
+        out.update(client.peek(ids[i : i + 2000]))
+    return out
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

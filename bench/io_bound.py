@@ -29,6 +29,7 @@ from pathlib import Path
 import redis
 from _rig import (
     broker,
+    collect_results,
     fleet_env,
     high_limits,
     mock_cpu_s,
@@ -36,6 +37,7 @@ from _rig import (
     otel_env,
     start_workers,
     stop,
+    wait_for_fleet,
     wait_until,
 )
 from celery import Celery
@@ -65,19 +67,13 @@ def run_fleet(
                             pool="threads",
                             log_dir=log_dir, name=f"mini-c{concurrency}")  # fmt: skip
     try:
-        results: dict = {}  # type: ignore[type-arg]
-        deadline = time.monotonic() + 300
-        pending = list(ids)
-        while pending and time.monotonic() < deadline:
-            found = client.peek(pending[:2000])
-            results.update(found)
-            pending = [t for t in pending if t not in found]
-            time.sleep(0.2)
+        wait_for_fleet(url, jobs, timeout=300)
+        results = collect_results(client, ids)
     finally:
         stop(workers)
         client.close()
-    if pending:
-        raise RuntimeError(f"{len(pending)} fleet jobs unfinished")
+    if len(results) < jobs:
+        raise RuntimeError(f"{jobs - len(results)} fleet jobs unfinished")
     return _steady_rate([r.finished_at for r in results.values()])
 
 

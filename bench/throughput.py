@@ -1,7 +1,9 @@
 """Throughput of the fleet beside bare Celery, same broker, same machine, same worker layout.
 
-Three runs of N jobs each (default 10,000), every queue filled before its workers start, timed from
-the workers' start to the last completion:
+Runs of N jobs each (default 10,000), every queue filled before its workers start, timed from the
+workers' start (their boot included) to the last completion; the bare 2-hop and fleet runs alternate
+in --rounds rounds (default 2) of N / rounds jobs, and each variant's rate is its jobs over its total
+time:
 
 - bare_1hop: one worker (prefork, concurrency 2) draining no-op tasks.
 - bare_2hop: a trivial router task re-enqueueing onto four queues by a fixed rule; one router worker
@@ -13,7 +15,7 @@ the workers' start to the last completion:
 - fleet_http: the same, the provider being the mock server over real HTTP with no added latency
   (its CPU and the HTTP client's share the same two cores; --http-jobs, default 3,000).
 
-Usage: python bench/throughput.py [--json] [--jobs N] [--http-jobs N]
+Usage: python bench/throughput.py [--json] [--jobs N] [--rounds R] [--http-jobs N]
 Last stdout line: {"bare_1hop_tps", "bare_2hop_tps", "fleet_tps", "fleet_vs_bare_2hop",
 "fleet_http_tps", "fleet_http_vs_bare_2hop", "peak_rss_mb", "cpu_ms_per_job", ...};
 BENCH_OTEL_EXPORTER=none runs the fleet with telemetry off.
@@ -26,12 +28,14 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
 from _rig import (
     broker,
     broker_cpu_s,
+    collect_results,
     cpu_s,
     fleet_env,
     high_limits,
@@ -42,6 +46,7 @@ from _rig import (
     peak_rss_mb,
     start_workers,
     stop,
+    wait_for_fleet,
     wait_until,
 )
 from celery import Celery
@@ -125,23 +130,27 @@ def run_fleet(
     workers += start_workers("fleet.worker", TIERS, 1, env=env, concurrency=CONCURRENCY, pool=POOL,
                              log_dir=log_dir, name="tiers", loglevel="WARNING")  # fmt: skip
     try:
-        pending = list(ids)
-        deadline = time.monotonic() + 600
-        while pending and time.monotonic() < deadline:
-            found = client.peek(pending[:2000])
-            pending = [t for t in pending if t not in found]
-            if pending:
-                time.sleep(0.05)
+        wait_for_fleet(url, jobs, timeout=600)
         elapsed = time.monotonic() - began
         rss = {w.name: peak_rss_mb(w.pid or 0) for w in workers}
         cpu = {w.name: round(cpu_s(w.pid or 0) * 1000 / jobs, 3) for w in workers}
         cpu.update(_shared_cpu(jobs, broker0, mock0))
+        missing = jobs - len(collect_results(client, ids))
     finally:
         stop(workers)
         client.close()
-    if pending:
-        raise RuntimeError(f"fleet run did not finish: {len(pending)} of {jobs} jobs pending")
+    if missing:
+        raise RuntimeError(f"fleet run did not finish: {missing} of {jobs} jobs without a result")
     return jobs / elapsed, rss, cpu, submit_tps
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 3)
+
+
+def _merge(per_round: list[dict[str, float]], how: Callable[[list[float]], float]) -> dict[str, float]:
+    """One figure per worker over the rounds (peak RSS: the max; CPU per job: the mean)."""
+    return {name: how([r[name] for r in per_round]) for name in per_round[0]}
 
 
 def main() -> int:
@@ -153,7 +162,13 @@ def main() -> int:
     parser.add_argument(
         "--http-jobs", type=int, default=3_000, help="jobs of the fleet_http run (0: skip it)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=2,
+        help="bare 2-hop and fleet runs alternate this many times, sharing --jobs (the speed of a "
+        "shared machine drifts by the minute; alternating spreads that over both)",
+    )  # fmt: skip
     args = parser.parse_args()
+    per_round = max(1, args.jobs // max(1, args.rounds))
     with (
         tempfile.TemporaryDirectory(prefix="fleet-bench-tp-") as tmp,
         broker() as url,
@@ -161,11 +176,26 @@ def main() -> int:
     ):
         log_dir = Path(tmp)
         one, rss1, cpu1 = run_bare(url, mock_url, args.jobs, 1, log_dir)
-        two, rss2, cpu2 = run_bare(url, mock_url, args.jobs, 2, log_dir)
-        fleet, rss_fleet, cpu_fleet, submit_tps = run_fleet(url, mock_url, args.jobs, log_dir)
+        bare_rounds, fleet_rounds = [], []
+        for _ in range(max(1, args.rounds)):
+            bare_rounds.append(run_bare(url, mock_url, per_round, 2, log_dir))
+            fleet_rounds.append(run_fleet(url, mock_url, per_round, log_dir))
         http = run_fleet(url, mock_url, args.http_jobs, log_dir, inline=False) if args.http_jobs > 0 else None
+    # Each variant's rate over all its rounds: its jobs over the sum of its rounds' times.
+    two = len(bare_rounds) / sum(1 / r[0] for r in bare_rounds)
+    fleet = len(fleet_rounds) / sum(1 / r[0] for r in fleet_rounds)
+    rss2, cpu2 = _merge([r[1] for r in bare_rounds], max), _merge([r[2] for r in bare_rounds], _mean)
+    rss_fleet, cpu_fleet = (
+        _merge([r[1] for r in fleet_rounds], max),
+        _merge([r[2] for r in fleet_rounds], _mean),
+    )
+    submit_tps = _mean([r[3] for r in fleet_rounds])
     out = {
-        "jobs": args.jobs,
+        "jobs": per_round * len(fleet_rounds),
+        "rounds": [
+            {"bare_2hop_tps": round(b[0], 1), "fleet_tps": round(f[0], 1)}
+            for b, f in zip(bare_rounds, fleet_rounds, strict=True)
+        ],
         "layout": f"router worker + one worker on {TIERS}, {POOL} x {CONCURRENCY} each",
         "bare_1hop_tps": round(one, 1),
         "bare_2hop_tps": round(two, 1),
