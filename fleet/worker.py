@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from celery.concurrency import ALIASES as _POOL_ALIASES
 from kombu.transport import TRANSPORT_ALIASES as _TRANSPORT_ALIASES
 
 from fleet import tasks as _tasks  # noqa: F401 - registers the tasks on the app
 from fleet.app import app
+from fleet.errors import ConfigError
 
 __all__ = ["app", "worker_argv"]
 
@@ -25,7 +28,17 @@ def worker_argv(
     loglevel: str = "INFO",
     autoscale: tuple[int, int] | None = None,
 ) -> list[str]:
-    """Arguments of ``celery -A fleet.worker`` for one pool consuming one queue."""
+    """Arguments of ``celery -A fleet.worker`` for one pool consuming one queue.
+
+    Raises:
+        ConfigError: the pool needs a package that is not installed (gevent is not a dependency).
+    """
+    if pool == "gevent" and importlib.util.find_spec("gevent") is None:
+        raise ConfigError(
+            "pool 'gevent' needs the gevent package, which is not installed: `pip install gevent`, "
+            'or use pool = "threads" (the default for tiers)',
+            key=f"queues.{queue}.pool",
+        )
     argv = [
         "worker",
         "--queues", queue,
