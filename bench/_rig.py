@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from fleet.embedded import EmbeddedBroker
-from fleet.procs import Child
+from fleet.procs import Child, children_of
 
 BENCH = Path(__file__).resolve().parent
 READY = re.compile(r"listening on (http://\S+)")
@@ -179,18 +179,10 @@ def stop(children: list[Child]) -> None:
         child.stop(10)
 
 
-def _children_of(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory (VmHWM) of a worker and its pool processes, summed, in MiB."""
     total = 0
-    for p in [pid, *_children_of(pid)]:
+    for p in [pid, *children_of(pid)]:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -205,7 +197,7 @@ def cpu_s(pid: int) -> float:
     per-job cost that other load on the machine does not distort the way wall-clock rates are."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
-    for p in [pid, *_children_of(pid)]:
+    for p in [pid, *children_of(pid)]:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
         except OSError:

@@ -47,6 +47,7 @@ from fleet.embedded import EmbeddedBroker
 from fleet.errors import BrokerError
 from fleet.escalations import EscalationStore
 from fleet.keys import QUEUES
+from fleet.procs import children_of
 from fleet.producer import Client
 from fleet.providers.mock_server import MockConfig, create_app
 from fleet.settings import Settings, load_settings
@@ -255,7 +256,7 @@ def worker_kills(rig: Rig, n: int) -> None:
             rig.log("workers: SIGKILL the mini worker's main process")
             pool.signal(signal.SIGKILL)
             continue
-        children = _children(pool.pid)
+        children = children_of(pool.pid)
         if children:
             victim = rng.choice(children)
             rig.log(f"workers: SIGKILL pool process {victim}")
@@ -376,15 +377,6 @@ def idempotency(rig: Rig, keys: int) -> None:
     rig.record("idempotency", ids, rig.wait(ids, 120), started)
     rig.results["idempotency"]["keys_split"] = split
     rig.results["idempotency"]["submit_calls"] = 10 * keys
-
-
-def _children(pid: int | None) -> list[int]:
-    if pid is None:
-        return []
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def main() -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 import redis
 from _rig import (
     broker,
+    collect_results,
     fleet_env,
     high_limits,
     inline_mock,
@@ -33,6 +34,7 @@ from _rig import (
     otel_env,
     start_workers,
     stop,
+    wait_for_fleet,
     wait_until,
 )
 from celery import Celery
@@ -120,17 +122,12 @@ def run_fleet(url: str, mock_url: str, rate: float, seconds: float, log_dir: Pat
     client = Client(load_settings(env=env), redis_url=url)
     ids: list[str] = []
     try:
-        warm = [client.submit({"prompt": PROMPTS[i % 4]}) for i in range(WARMUP)]
-        wait_until(lambda: len(client.peek(warm)) == len(warm), timeout=60)
+        for i in range(WARMUP):
+            client.submit({"prompt": PROMPTS[i % 4]})
+        wait_for_fleet(url, WARMUP, timeout=60)
         lag = _open_loop(rate, seconds, lambda i: ids.append(client.submit({"prompt": PROMPTS[i % 4]})))
-        pending = list(ids)
-        results = {}
-        deadline = time.monotonic() + 120
-        while pending and time.monotonic() < deadline:
-            found = client.peek(pending)
-            results.update(found)
-            pending = [t for t in pending if t not in found]
-            time.sleep(0.1)
+        wait_for_fleet(url, WARMUP + len(ids), timeout=120)
+        results = collect_results(client, ids)
     finally:
         stop(workers)
         client.close()

@@ -230,7 +230,7 @@ class GateAnswer:
 @dataclass(frozen=True, slots=True)
 class Gate:
     """A link's admission, asked in one round trip: its rpm/tpm buckets, then its provider's breaker
-    (:data:`GATE_LUA`). :meth:`RateLimiter.gate` asks it alone; the execute task's start script asks
+    (:data:`GATE_LUA`). :meth:`RateLimiter.ask` asks it alone; the execute task's start script asks
     the first link's together with the job's lock."""
 
     buckets: Sequence[Bucket]
@@ -302,24 +302,6 @@ class RateLimiter:
             keys=[*(b.key for b in buckets), counter], args=acquire_args(buckets, max_wait_s)
         )
         return bool(int(allowed)), max(0.0, float(wait_ms) / 1000.0)
-
-    def gate(
-        self,
-        buckets: list[Bucket],
-        *,
-        max_wait_s: float,
-        counter: str,
-        breaker: CircuitBreaker | None,
-        provider: str,
-    ) -> tuple[bool, float, Permit | None]:
-        """:meth:`acquire`, then (when it reserved) ``breaker.allow(provider)``, in one round trip.
-
-        Returns ``(reserved, wait_s, permit)``; ``permit`` is None when nothing was reserved or no
-        breaker was asked.
-        """
-        gate = Gate(buckets, counter, provider, max_wait_s, breaker.settings if breaker else None)
-        answer = self.ask(gate)
-        return answer.reserved, answer.wait_s, answer.permit
 
     def ask(self, gate: Gate) -> GateAnswer:
         """A link's admission in one round trip (see :class:`Gate`)."""

@@ -12,9 +12,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Child", "child_preexec"]
+__all__ = ["Child", "child_preexec", "children_of"]
 
 _PR_SET_PDEATHSIG = 1
+
+
+def children_of(pid: int | None) -> list[int]:
+    """Pids of a process's direct children, from /proc (empty when it is gone, or not on Linux): a
+    prefork worker's pool processes."""
+    if not pid:
+        return []
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
 
 
 def child_preexec() -> None:

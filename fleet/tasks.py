@@ -363,8 +363,8 @@ def _holder_died(client: Any, key: str, task_id: str) -> bool:
     return bool(client.eval(_DROP_IF_OWNER, 1, key, raw))
 
 
-def _unlock(task_id: str, pipe: Any = None, result_at: int | None = None) -> bool:
-    """Release the job's lock; with ``pipe``, together with the writes queued on it (one round trip).
+def _unlock(task_id: str, pipe: Any, result_at: int | None) -> bool:
+    """Release the job's lock together with the writes queued on ``pipe`` (one round trip).
 
     ``result_at`` is the index on ``pipe`` of the result's write (see :func:`fleet.app.queue_result`).
     Returns whether that write went through (False without one): if not, Celery stores the result
@@ -372,9 +372,6 @@ def _unlock(task_id: str, pipe: Any = None, result_at: int | None = None) -> boo
     """
     _held.discard(task_id)
     try:
-        if pipe is None:
-            redis_client(_settings()).delete(keys.running(task_id))
-            return False
         pipe.delete(keys.running(task_id))
         answers = pipe.execute(raise_on_error=False)
     except RedisError:

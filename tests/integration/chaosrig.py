@@ -18,6 +18,7 @@ import httpx
 from fleet.embedded import EmbeddedBroker
 from fleet.escalations import EscalationStore
 from fleet.models import TaskResult
+from fleet.procs import children_of
 from fleet.producer import Client
 from fleet.settings import Settings, load_settings
 from fleet.supervisor import FleetOptions, Supervisor
@@ -77,14 +78,6 @@ class ChaosFleet:
             self.supervisor.check()  # restart pools that died, as `fleet up` does every second
             time.sleep(0.2)
         return done
-
-
-def children_of(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:

@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from fleet.limits import Bucket, CircuitBreaker, RateLimiter
+from fleet.limits import Bucket, CircuitBreaker, Gate, Permit, RateLimiter
 from fleet.settings import BreakerSettings
 
 pytestmark = pytest.mark.integration
@@ -70,20 +70,22 @@ def test_gate_reserves_rate_and_asks_the_breaker_in_one_call(clean_redis: redis.
     # Given a model's rpm bucket and its provider's breaker, opened by three failures
     limiter, breaker = RateLimiter(clean_redis), _breaker(clean_redis)
     bucket = Bucket("fleet:tb:rpm:acme:m", rate_per_s=1.0, burst=2.0)
-    reserved, wait, permit = limiter.gate([bucket], max_wait_s=0, counter="fleet:rate:g:0", breaker=breaker,
-                                          provider="acme")  # fmt: skip
+
+    def ask() -> tuple[bool, float, Permit | None]:
+        answer = limiter.ask(Gate([bucket], "fleet:rate:g:0", "acme", 0.0, breaker.settings))
+        return answer.reserved, answer.wait_s, answer.permit
+
+    reserved, wait, permit = ask()
     # Then a closed breaker lets the reserved call out
     assert reserved and wait == 0 and permit is not None and permit.allowed and permit.state == "closed"
     for _ in range(3):
         breaker.record("acme", breaker.allow("acme"), "server_error")
     # When the gate is asked again with a token left
-    reserved, _, permit = limiter.gate([bucket], max_wait_s=0, counter="fleet:rate:g:0", breaker=breaker,
-                                       provider="acme")  # fmt: skip
+    reserved, _, permit = ask()
     # Then the reservation stands but the open breaker refuses the call
     assert reserved and permit is not None and not permit.allowed and permit.state == "open"
     # And with the bucket empty nothing is reserved and the breaker is not asked
-    reserved, wait, permit = limiter.gate([bucket], max_wait_s=0, counter="fleet:rate:g:0", breaker=breaker,
-                                          provider="acme")  # fmt: skip
+    reserved, wait, permit = ask()
     assert not reserved and wait > 0 and permit is None
     assert int(clean_redis.get("fleet:rate:g:0") or 0) == 2
 

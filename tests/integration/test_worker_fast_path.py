@@ -67,6 +67,14 @@ def test_task_events_reach_monitors_batched(clean_fleet: RunningFleet) -> None:
         listener.join(5)
     for task_id in ids:  # what Flower needs to follow every job
         assert {"task-received", "task-started", "task-succeeded"} <= by_job.get(task_id, set()), by_job
+    # The worker stored each result itself and handed Celery only the summary (with the answer Celery
+    # would have stored it): Flower shows that summary.
+    succeeded = [
+        e for _, events in seen for e in events if e["type"] == "task-succeeded" and e.get("uuid") in ids
+    ]
+    assert len(succeeded) == len(ids)
+    for event in succeeded:
+        assert "'status': 'completed'" in event["result"] and "'answer'" not in event["result"], event
     channels = {channel.rsplit("/", 1)[-1] for channel, _ in seen}
     assert channels == {"task.multi"}, channels  # batched: never one message per event
     # and a message carries several (Celery alone flushes on every loop pass: about one each)
