@@ -15,20 +15,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fleet.errors import FleetError, InvalidRequest, ResultTimeout
-from fleet.models import Attempt, Hints, RoutingDecision, TaskRequest, TaskResult, Tier
+from fleet.errors import BrokerError, FleetError, InvalidRequest, ResultTimeout, TaskFailed, TaskNotFound
+from fleet.models import Attempt, Hints, JobStatus, RoutingDecision, TaskRequest, TaskResult, Tier
 
 if TYPE_CHECKING:
     from fleet.producer import Client, result, submit
 
 __all__ = [
     "Attempt",
+    "BrokerError",
     "Client",
     "FleetError",
     "Hints",
     "InvalidRequest",
+    "JobStatus",
     "ResultTimeout",
     "RoutingDecision",
+    "TaskFailed",
+    "TaskNotFound",
     "TaskRequest",
     "TaskResult",
     "Tier",

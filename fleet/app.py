@@ -11,8 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
+from celery.backends.redis import RedisBackend
 from kombu.entity import Exchange, Queue
 
+from fleet import keys
 from fleet.keys import QUEUES
 from fleet.settings import Settings, get_settings
 
@@ -23,6 +25,7 @@ __all__ = [
     "RESULT_REPR_MAX",
     "ROUTE_TASK",
     "FleetCelery",
+    "ResultBackend",
     "app",
     "celery_config",
     "create_app",
@@ -38,6 +41,15 @@ ESCALATE_TASK = "fleet.escalate"
 ARGS_REPR = "(request, envelope)"
 #: Longest repr of a task's result in events and log lines.
 RESULT_REPR_MAX = 256
+
+
+class ResultBackend(RedisBackend):
+    """Celery's Redis result backend, minus the subscription to a task's result channel that Celery
+    opens whenever a task is sent: producers wait with :mod:`fleet.producer` (which also tells an
+    unknown id from a pending one), so the subscription only cost a round trip and a thread."""
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
 
 
 def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
@@ -59,7 +71,7 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
     return {
         **tls,
         "broker_url": redis_url,
-        "result_backend": redis_url,
+        "result_backend": f"fleet.app:ResultBackend+{redis_url}",
         "broker_transport_options": transport,
         "result_backend_transport_options": {
             "health_check_interval": settings.broker.health_check_interval,
@@ -104,6 +116,9 @@ class FleetCelery(Celery):
         self._fleet_settings = settings
         self._fleet_redis_url = redis_url
         super().__init__("fleet", set_as_current=False, **kw)
+        # Celery sends this signal the first time its configuration is read; the settings are
+        # loaded then, not at import (a producer may build the app long before it is used).
+        self.on_configure.connect(self._configure, weak=False)
 
     @property
     def fleet_settings(self) -> Settings:
@@ -111,7 +126,7 @@ class FleetCelery(Celery):
             self._fleet_settings = get_settings()
         return self._fleet_settings
 
-    def on_configure(self) -> None:
+    def _configure(self, **_: Any) -> None:
         from fleet.discovery import broker_url  # deferred: reads the state directory
 
         url = self._fleet_redis_url or broker_url(self.fleet_settings)
@@ -127,7 +142,7 @@ def queue_result(app: Celery, pipe: Any, task_id: str, result: dict[str, Any]) -
     MULTI of its escalation's transition, a job's answer with its cost line and lock release.
     Celery's own ``store_result`` would first read the key, then write it, in two more round trips.
     """
-    backend = app.backend
+    backend: Any = app.backend
     meta: dict[str, Any] = {
         "status": "SUCCESS",
         "result": result,
@@ -136,7 +151,7 @@ def queue_result(app: Celery, pipe: Any, task_id: str, result: dict[str, Any]) -
         "date_done": datetime.now(UTC).isoformat(),
         "task_id": task_id,
     }
-    key = backend.get_key_for_task(task_id)
+    key = keys.result(task_id)
     value = backend.encode(meta)
     expires = backend.expires
     pipe.set(key, value, ex=int(expires) if expires else None)

@@ -22,8 +22,10 @@ from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
 
+from fleet.app import FleetCelery
 from fleet.discovery import redis_client
 from fleet.escalations import EscalationStore, NewEscalation
+from fleet.settings import Settings
 
 __all__ = ["FleetConsumer"]
 
@@ -57,9 +59,17 @@ class FleetConsumer(Consumer):
     """
 
     _flush_pending = False
+    # Celery's, left out of the stubs: the event loop, and the flush of buffered task events.
+    hub: Any
+    _flush_events: Callable[[], None]
 
-    def on_send_event_buffered(self) -> None:
-        delay_ms = self.app.fleet_settings.flower.events_flush_ms
+    @property
+    def fleet_settings(self) -> Settings:
+        app: FleetCelery = self.app  # type: ignore[assignment]  # the fleet's app runs every fleet worker
+        return app.fleet_settings
+
+    def on_send_event_buffered(self) -> Any:
+        delay_ms = self.fleet_settings.flower.events_flush_ms
         if not self.hub or delay_ms <= 0:
             super().on_send_event_buffered()
         elif not self._flush_pending:
@@ -81,7 +91,7 @@ class FleetConsumer(Consumer):
         try:
             queue = (getattr(message, "delivery_info", None) or {}).get("routing_key")
             body = getattr(message, "body", None)
-            EscalationStore(redis_client(self.app.fleet_settings)).create(
+            EscalationStore(redis_client(self.fleet_settings)).create(
                 NewEscalation(
                     task_id=_task_id(message),
                     reason=reason,
@@ -130,11 +140,12 @@ class FleetConsumer(Consumer):
     def _malformed(self, message: Any) -> str | None:
         """Why a message would break Celery or its task, or None (decode errors are Celery's)."""
         body = getattr(message, "body", None)
-        limit = self.app.fleet_settings.limits.max_prompt_bytes + MAX_BODY_SLACK
+        limit = self.fleet_settings.limits.max_prompt_bytes + MAX_BODY_SLACK
         if isinstance(body, bytes | str) and len(body) > limit:
             return f"oversized message: {len(body)} bytes, over the limit of {limit}"
         headers = getattr(message, "headers", None)
-        task = self.app.tasks.get(headers.get("task")) if isinstance(headers, dict) else None
+        name = headers.get("task") if isinstance(headers, dict) else None
+        task = self.app.tasks.get(name) if isinstance(name, str) else None
         if task is None:
             return None  # unknown task or protocol 1: Celery's own handlers dead-letter those
         try:
@@ -152,7 +163,8 @@ class FleetConsumer(Consumer):
         ):
             return "the body is not [args, kwargs, embed]"
         try:
-            task.__header__(*payload[0], **payload[1])
+            signature: Callable[..., Any] = task.__header__  # type: ignore[attr-defined]  # Celery's
+            signature(*payload[0], **payload[1])
         except TypeError as exc:
             return f"arguments do not fit {task.name}: {exc}"
         return None

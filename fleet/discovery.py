@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from fleet.boundary import BoundaryRedis
 from fleet.errors import FleetNotRunning
 from fleet.settings import Settings
 
@@ -83,14 +84,21 @@ def broker_url(settings: Settings) -> str:
 
 
 @lru_cache(maxsize=8)
-def _client(url: str, pid: int, tls: tuple[tuple[str, Any], ...]) -> redis.Redis:
-    return redis.Redis.from_url(
+def _client(url: str, pid: int, tls: tuple[tuple[str, Any], ...]) -> BoundaryRedis:
+    pool = redis.ConnectionPool.from_url(
         url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=25, **dict(tls)
     )
+    client = BoundaryRedis(connection_pool=pool)
+    client.fleet_url = url
+    return client
 
 
-def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
-    """A pooled Redis client for this process (a new one after a fork); rediss:// is verified."""
+def redis_client(settings: Settings, url: str | None = None) -> BoundaryRedis:
+    """A pooled Redis client for this process (a new one after a fork); rediss:// is verified.
+
+    Its commands raise :class:`fleet.errors.BrokerError` when the broker cannot be used
+    (:mod:`fleet.boundary`), never a redis-py error.
+    """
     url = url or broker_url(settings)
     tls = tuple(sorted(settings.redis_tls().items())) if url.startswith("rediss://") else ()
     return _client(url, os.getpid(), tls)

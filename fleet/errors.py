@@ -7,9 +7,10 @@ Third-party errors are translated at the boundary (``raise ProviderTimeout(...) 
     FleetError                      fleet_error
     ├── ConfigError                 config_invalid         (file, key, expected)
     ├── InvalidRequest              invalid_request        (errors: one line per problem)
-    ├── BrokerError                 broker_unavailable
+    ├── BrokerError                 broker_unavailable     (url, masked)
     │   └── EmbeddedBrokerError     embedded_broker
     ├── FleetNotRunning             fleet_not_running
+    ├── TaskNotFound                task_not_found         (task_id)
     ├── ResultTimeout               result_timeout
     ├── TaskFailed                  task_failed
     ├── EscalationError             escalation_error
@@ -34,6 +35,7 @@ Third-party errors are translated at the boundary (``raise ProviderTimeout(...) 
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, ClassVar
 
 __all__ = [
@@ -58,10 +60,12 @@ __all__ = [
     "ProviderError",
     "ProviderTimeout",
     "RateLimited",
+    "Reason",
     "ResultTimeout",
     "SchemaMismatch",
     "ServerError",
     "TaskFailed",
+    "TaskNotFound",
     "TruncatedAnswer",
     "error_for_code",
 ]
@@ -122,6 +126,16 @@ class FleetNotRunning(FleetError):
     """No broker is configured and no running fleet was found under the state directory."""
 
     code = "fleet_not_running"
+
+
+class TaskNotFound(FleetError):
+    """No job was ever submitted under this id (or its record expired with its result)."""
+
+    code = "task_not_found"
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no such job: {task_id!r} (never submitted here, or past its retention)")
+        self.task_id = task_id
 
 
 class ResultTimeout(FleetError):
@@ -224,6 +238,46 @@ class TruncatedAnswer(AnswerRejected):
 
 class SchemaMismatch(AnswerRejected):
     code = "schema_mismatch"
+
+
+class Reason(StrEnum):
+    """Why a job was handed to people: the escalation record's ``reason``.
+
+    The fleet's own reasons come first; the rest are the outcome codes of :class:`ProviderError`
+    subclasses, for a chain whose last link ended with that outcome (``--where reason=server_error``).
+    A unit test pins that every provider outcome code has a member here.
+    """
+
+    CHAIN_EXHAUSTED = "chain_exhausted"  # every link was tried; none gave an acceptable answer
+    POISON_MESSAGE = "poison_message"  # delivered limits.max_deliveries times without finishing
+    INVALID_MESSAGE = "invalid_message"  # the message did not decode or validate
+    UNKNOWN_TASK = "unknown_task"  # a message for a task name no worker knows
+    COST_CEILING = "cost_ceiling"  # max_cost_usd was spent before an acceptable answer
+    THROTTLED = "throttled"  # requeued for rate limits more often than allowed
+    TIMEOUT = "timeout"  # the queue's timeout_s ran out (also a provider outcome)
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    SERVER_ERROR = "server_error"
+    CONNECTION = "connection"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    CONTENT_FILTERED = "content_filtered"
+    AUTH = "auth"
+    BAD_REQUEST = "bad_request"
+    MALFORMED_RESPONSE = "malformed_response"
+    EMPTY_ANSWER = "empty_answer"
+    TRUNCATED = "truncated"
+    SCHEMA_MISMATCH = "schema_mismatch"
+    CIRCUIT_OPEN = "circuit_open"  # the last link's provider had its breaker open
+    PROVIDER_ERROR = "provider_error"
+    ANSWER_REJECTED = "answer_rejected"
+
+    @classmethod
+    def of(cls, code: str | None) -> Reason:
+        """The reason for an outcome code; an unknown or empty code is ``chain_exhausted``."""
+        try:
+            return cls(code) if code else cls.CHAIN_EXHAUSTED
+        except ValueError:
+            return cls.CHAIN_EXHAUSTED
 
 
 def _walk(cls: type[FleetError]) -> list[type[FleetError]]:

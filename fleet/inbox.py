@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.client import Pipeline
 
-from fleet import telemetry
+from fleet import keys, telemetry
 from fleet.app import FleetCelery, create_app, queue_result
 from fleet.discovery import broker_url, redis_client
 from fleet.errors import BrokerError, EscalationError, IllegalTransition, InvalidRequest
@@ -141,7 +141,7 @@ class Inbox:
         queue_result(self.app, pipe, res.task_id, res.model_dump(mode="json"))
 
     def _forget_result(self, pipe: Pipeline, record: dict[str, Any]) -> None:
-        pipe.delete(self.app.backend.get_key_for_task(record["task_id"]))
+        pipe.delete(keys.result(record["task_id"]))
 
     def _retryable(self, record: dict[str, Any]) -> TaskRequest:
         try:
@@ -176,7 +176,7 @@ class Inbox:
                 reasons=[f"retried on tier {tier} by {by} from escalation {record['id']}"],
                 classifier="human",
             )
-        enqueue(self.app, self.settings, payload, envelope)
+        enqueue(self.app, self.settings, payload, envelope, self.redis)
 
     def _reopen(self, esc_id: str, by: str, note: str) -> None:
         try:

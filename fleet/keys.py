@@ -20,8 +20,10 @@ __all__ = [
     "escalations_index",
     "escalations_state",
     "idempotency",
+    "job",
     "queue_lists",
     "rate_counter",
+    "result",
     "running",
 ]
 
@@ -41,6 +43,18 @@ _KOMBU_SEP = "\x06\x16"
 def idempotency(key: str) -> str:
     """Maps an idempotency key to the first task id submitted with it (SET NX, with a TTL)."""
     return f"{PREFIX}idem:{key}"
+
+
+def job(task_id: str) -> str:
+    """A job's record, a hash written when it is enqueued (``state``, ``queue``, ``submitted_at``):
+    what tells a job still on its way from an id nobody submitted. Expires with its result."""
+    return f"{PREFIX}job:{task_id}"
+
+
+def result(task_id: str) -> str:
+    """A job's final result: Celery's result-backend key (``celery-task-meta-<id>``), which the fleet
+    writes itself with a job's last round trip (a unit test pins it to Celery's name)."""
+    return f"celery-task-meta-{task_id}"
 
 
 def escalation(escalation_id: str) -> str:

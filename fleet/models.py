@@ -7,8 +7,9 @@ Requests are validated at the producer and again at the worker (a message can co
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -20,6 +21,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from fleet.errors import InvalidRequest
@@ -30,6 +32,8 @@ __all__ = [
     "Complexity",
     "Hints",
     "JobEnvelope",
+    "JobState",
+    "JobStatus",
     "RoutingDecision",
     "TaskRequest",
     "TaskResult",
@@ -199,17 +203,26 @@ class Attempt(_Strict):
 class JobEnvelope(_Strict):
     """What travels beside the request from hop to hop: identity, timing, routing, history."""
 
+    #: Fields older fleets sent that mean nothing now: dropped, so their messages still run.
+    _LEGACY: ClassVar[frozenset[str]] = frozenset({"deliveries"})
+
     id: str
     submitted_at: float
     routing: RoutingDecision | None = None
     attempts: list[Attempt] = Field(default_factory=list)
-    deliveries: int = 0
     #: Times the job went back to its queue to wait for a rate-limit token.
     requeues: int = 0
     #: The job's next delivery already holds its queue rate-limit slot.
     slot_reserved: bool = False
     #: The escalation this job is a retry of (people sent it again from the inbox).
     retry_of: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls._LEGACY & data.keys():
+            return {k: v for k, v in data.items() if k not in cls._LEGACY}
+        return data
 
 
 class TaskResult(_Strict):
@@ -240,3 +253,40 @@ class TaskResult(_Strict):
         if self.submitted_at is None or self.finished_at is None:
             return None
         return (self.finished_at - self.submitted_at) * 1000.0
+
+    @classmethod
+    def from_attempts(
+        cls,
+        task_id: str,
+        status: Literal["completed", "escalated", "discarded"],
+        attempts: Sequence[Attempt],
+        **fields: Any,
+    ) -> TaskResult:
+        """A result whose tokens and cost are those of ``attempts`` (the cost rounded to 1e-8 USD).
+
+        Every final result is built here: a model's answer, an escalation, a person's answer.
+        """
+        return cls(
+            task_id=task_id,
+            status=status,
+            attempts=list(attempts),
+            input_tokens=sum(a.input_tokens for a in attempts),
+            output_tokens=sum(a.output_tokens for a in attempts),
+            cost_usd=round(sum(a.cost_usd for a in attempts), 8),
+            **fields,
+        )
+
+
+#: Where a job is: on its way (``queued``), or its final state.
+JobState = Literal["queued", "completed", "escalated", "discarded", "failed"]
+
+
+class JobStatus(_Strict):
+    """What ``Client.status`` tells about a job: its state, where it was sent, its result once final."""
+
+    task_id: str
+    state: JobState
+    #: The queue it was last sent to ("router" or a tier).
+    queue: str | None = None
+    submitted_at: float | None = None
+    result: TaskResult | None = None

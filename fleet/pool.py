@@ -6,6 +6,8 @@ default pool, and a tier must be resizable without a restart.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery.concurrency.thread import TaskPool
 
 __all__ = ["ResizableThreadPool"]
@@ -19,6 +21,7 @@ class ResizableThreadPool(TaskPool):
     """
 
     limit: int
+    executor: Any  # Celery's ThreadPoolExecutor (the stubs leave it out)
 
     def grow(self, n: int = 1) -> None:
         self.limit += n

@@ -4,30 +4,39 @@ import fleet
 task_id = fleet.submit({"prompt": "Summarise this ticket: ...", "kind": "support.summary"})
 result = fleet.result(task_id, timeout=60)
 print(result.tier, result.model, result.answer)
+
+Every job gets a record when it is enqueued (``fleet:job:<id>``), so an id nobody submitted is
+"not found" at once (:class:`fleet.errors.TaskNotFound`) instead of an endless wait. Results are
+read with the fleet's own Redis client: a GET of the result key, and a subscription to the channel
+the worker publishes it on, so waiting costs no polling. Every broker failure is a
+:class:`fleet.errors.BrokerError` (:mod:`fleet.boundary`).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from celery.exceptions import TimeoutError as CeleryTimeout
-from celery.result import AsyncResult
 from opentelemetry.trace import SpanKind
 
 from fleet import keys, telemetry
 from fleet.app import ARGS_REPR, EXECUTE_TASK, ROUTE_TASK, FleetCelery, create_app
+from fleet.boundary import BoundaryRedis, broker_errors
 from fleet.discovery import broker_url, redis_client
-from fleet.errors import BrokerError, ResultTimeout, TaskFailed
-from fleet.models import JobEnvelope, RoutingDecision, TaskRequest, TaskResult, validate_request
+from fleet.errors import ResultTimeout, TaskFailed, TaskNotFound
+from fleet.models import JobEnvelope, JobStatus, RoutingDecision, TaskRequest, TaskResult, validate_request
 from fleet.settings import Settings, get_settings
 
 __all__ = ["Client", "default_client", "enqueue", "result", "submit"]
 
 #: How often ``result(..., until_answered=True)`` looks for a person's answer, in seconds.
 _ANSWER_POLL_S = 0.2
+#: Longest a waiting ``result`` trusts its subscription alone before it reads the key again.
+_RECHECK_S = 1.0
 
 
 class Client:
@@ -37,7 +46,7 @@ class Client:
         self.settings = settings or get_settings()
         self.redis_url = redis_url or broker_url(self.settings)
         self.app: FleetCelery = create_app(self.settings, self.redis_url)
-        self.redis = redis_client(self.settings, self.redis_url)
+        self.redis: BoundaryRedis = redis_client(self.settings, self.redis_url)
         telemetry.setup(self.settings, role="producer")  # a no-op unless OTEL_* or a trace file asks
 
     def submit(self, request: TaskRequest | Mapping[str, Any] | str) -> str:
@@ -54,38 +63,30 @@ class Client:
         req = validate_request(request, max_prompt_bytes=self.settings.limits.max_prompt_bytes)
         payload = req.model_dump(mode="json", exclude_defaults=True)
         task_id = uuid.uuid4().hex
-        with telemetry.span(
-            "submit",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "fleet.task_id": task_id,
-                "fleet.kind": req.kind,
-                "fleet.tier": req.tier and str(req.tier),
-            },
-        ):
+        attributes = {
+            "fleet.task_id": task_id,
+            "fleet.kind": req.kind,
+            "fleet.tier": req.tier and str(req.tier),
+        }
+        with telemetry.span("submit", kind=SpanKind.PRODUCER, attributes=attributes):
             return self._send(req, payload, task_id)
 
     def _send(self, req: TaskRequest, payload: dict[str, Any], task_id: str) -> str:
         """Enqueue a validated request (the trace context rides in the message headers)."""
-        try:
-            if req.idempotency_key is not None:
-                key = keys.idempotency(req.idempotency_key)
-                ttl = self.settings.broker.idempotency_ttl_s
-                if not self.redis.set(key, task_id, nx=True, ex=ttl):
-                    existing = self.redis.get(key)
-                    if existing is not None:
-                        return existing.decode() if isinstance(existing, bytes) else str(existing)
-        except Exception as exc:
-            if _is_broker_error(exc):
-                raise BrokerError(f"cannot reach the broker: {exc}") from exc
-            raise
+        if req.idempotency_key is not None:
+            key = keys.idempotency(req.idempotency_key)
+            ttl = self.settings.broker.idempotency_ttl_s
+            if not self.redis.set(key, task_id, nx=True, ex=ttl):
+                existing = self.redis.get(key)
+                if existing is not None:
+                    return existing.decode() if isinstance(existing, bytes) else str(existing)
         envelope = JobEnvelope(id=task_id, submitted_at=time.time())
         if req.tier is not None:
             # A pinned job skips the router hop (precedence rule 1).
             envelope.routing = RoutingDecision(
                 tier=req.tier, reasons=[f"pinned to tier {req.tier} by the producer"], classifier="pinned"
             )
-        enqueue(self.app, self.settings, payload, envelope)
+        enqueue(self.app, self.settings, payload, envelope, self.redis)
         return task_id
 
     def result(
@@ -97,11 +98,13 @@ class Client:
         or discards it (or retries it and the retry completes), within the same ``timeout``.
 
         Raises:
+            TaskNotFound: no job was ever submitted under ``task_id``.
             ResultTimeout: no final state (no answer, with ``until_answered``) within ``timeout`` seconds.
             TaskFailed: the task raised in the worker.
+            BrokerError: the broker cannot be reached.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        res = self._wait_final(task_id, timeout)
+        res = self._wait_final(task_id, deadline, timeout)
         while until_answered and res.status == "escalated":
             # People answer in minutes, not milliseconds: a cheap GET every 0.2 s is plenty, and it
             # also sees a retry (the key is deleted, then written by the retried run).
@@ -113,90 +116,119 @@ class Client:
             res = self.peek([task_id]).get(task_id, res)
         return res
 
-    def _wait_final(self, task_id: str, timeout: float | None) -> TaskResult:
-        async_result = AsyncResult(task_id, app=self.app)
-        try:
-            value = async_result.get(timeout=timeout, propagate=False, interval=0.05)
-        except CeleryTimeout:
-            raise ResultTimeout(f"task {task_id} has no final state after {timeout} s") from None
-        finally:
-            async_result.backend.remove_pending_result(async_result)
-        if async_result.state != "SUCCESS":
-            raise TaskFailed(f"task {task_id} failed in the worker: {value!r}")
-        return TaskResult.model_validate(value)
+    def _wait_final(self, task_id: str, deadline: float | None, timeout: float | None) -> TaskResult:
+        # Subscribe before the first read: a result published in between is not missed.
+        open_pubsub: Any = self.redis.pubsub  # untyped in redis-py
+        pubsub = open_pubsub(ignore_subscribe_messages=True)
+        with broker_errors(self.redis_url):
+            try:
+                pubsub.subscribe(keys.result(task_id))
+                while True:
+                    status = self.status(task_id)
+                    if status.state == "failed":
+                        raise TaskFailed(f"task {task_id} failed in the worker (see the worker's log)")
+                    if status.result is not None:
+                        return status.result
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise ResultTimeout(f"task {task_id} has no final state after {timeout} s")
+                    pubsub.get_message(timeout=_RECHECK_S if left is None else min(left, _RECHECK_S))
+            finally:
+                pubsub.close()
+
+    def status(self, task_id: str) -> JobStatus:
+        """Where a job is: ``queued`` (on its way: waiting, routed or running) or its final state.
+
+        Raises:
+            TaskNotFound: no job was ever submitted under ``task_id`` (or its record expired).
+            BrokerError: the broker cannot be reached.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(keys.result(task_id))
+        pipe.hgetall(keys.job(task_id))
+        raw, record = pipe.execute()
+        fields = {_text(k): _text(v) for k, v in (record or {}).items()}
+        queue = fields.get("queue")
+        submitted = float(fields["submitted_at"]) if "submitted_at" in fields else None
+        if raw is not None:
+            meta = json.loads(raw)
+            if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
+                res = TaskResult.model_validate(meta["result"])
+                return JobStatus(
+                    task_id=task_id, state=res.status, queue=queue, submitted_at=res.submitted_at, result=res
+                )
+            if meta.get("status") == "FAILURE":
+                return JobStatus(task_id=task_id, state="failed", queue=queue, submitted_at=submitted)
+        if not fields:
+            raise TaskNotFound(task_id)
+        return JobStatus(task_id=task_id, state="queued", queue=queue, submitted_at=submitted)
 
     def peek(self, task_ids: Iterable[str]) -> dict[str, TaskResult]:
         """The final results among ``task_ids`` that have one, in one round trip."""
         ids = list(task_ids)
         if not ids:
             return {}
-        backend = self.app.backend
-        raw = self.redis.mget([backend.get_key_for_task(i).decode() for i in ids])
+        raw = self.redis.mget([keys.result(i) for i in ids])
         out: dict[str, TaskResult] = {}
         for task_id, value in zip(ids, raw, strict=True):
             if value is None:
                 continue
-            meta = backend.decode_result(value)
+            meta = json.loads(value)
             if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
                 out[task_id] = TaskResult.model_validate(meta["result"])
         return out
-
-    def state(self, task_id: str) -> str:
-        """Celery's state of the job: PENDING (queued or routing), SUCCESS, FAILURE, ..."""
-        return str(AsyncResult(task_id, app=self.app).state)
 
     def close(self) -> None:
         self.app.close()
 
 
-_BROKER_LIBRARIES = ("kombu", "redis", "celery", "amqp")
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _is_broker_error(exc: Exception) -> bool:
-    """A connection or protocol error of the broker (kombu and redis raise their own)."""
-    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in (
-        "kombu",
-        "redis",
-        "celery",
-        "amqp",
-    )
-
-
-def enqueue(app: FleetCelery, settings: Settings, payload: dict[str, Any], envelope: JobEnvelope) -> None:
+def enqueue(
+    app: FleetCelery,
+    settings: Settings,
+    payload: dict[str, Any],
+    envelope: JobEnvelope,
+    client: BoundaryRedis,
+) -> None:
     """Send a job on its way under its own id: to its tier's queue when the envelope already
     carries a routing decision (a pinned job, a person's retry on a tier), else to the router.
+
+    The job's record is written first (its state ``queued`` and the queue), so the id is known
+    from the moment the message can be consumed.
 
     Raises:
         BrokerError: the broker cannot be reached.
     """
     args = [payload, envelope.model_dump(mode="json")]
-    try:
+    queue = str(envelope.routing.tier) if envelope.routing is not None else "router"
+    record = keys.job(envelope.id)
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(
+        record, mapping={"state": "queued", "queue": queue, "submitted_at": repr(envelope.submitted_at)}
+    )
+    pipe.expire(record, settings.broker.result_expires_s)
+    pipe.execute()
+    with broker_errors(client.fleet_url):
         if envelope.routing is not None:
-            tier = envelope.routing.tier
-            timeout = settings.tier(tier).timeout_s
+            timeout = settings.tier(queue).timeout_s
             app.send_task(
                 EXECUTE_TASK,
                 args=args,
                 task_id=envelope.id,
-                queue=str(tier),
-                time_limit=timeout + 30,
-                soft_time_limit=timeout,
+                queue=queue,
+                time_limit=math.ceil(timeout + 30),
+                soft_time_limit=math.ceil(timeout),
                 argsrepr=ARGS_REPR,
                 kwargsrepr="{}",
             )
         else:
             app.send_task(
-                ROUTE_TASK,
-                args=args,
-                task_id=f"route-{envelope.id}",
-                queue="router",
-                argsrepr=ARGS_REPR,
-                kwargsrepr="{}",
-            )
-    except Exception as exc:
-        if _is_broker_error(exc):
-            raise BrokerError(f"cannot enqueue: {exc}") from exc
-        raise
+                ROUTE_TASK, args=args, task_id=f"route-{envelope.id}", queue="router",
+                argsrepr=ARGS_REPR, kwargsrepr="{}",
+            )  # fmt: skip
 
 
 _default: Client | None = None

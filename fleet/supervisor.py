@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
-
-from fleet.discovery import clear_state, write_state
+from fleet.boundary import BROKER_ERRORS
+from fleet.discovery import clear_state, redis_client, write_state
 from fleet.embedded import EmbeddedBroker, free_port, port_in_use
 from fleet.errors import FleetError
 from fleet.keys import QUEUES
@@ -173,6 +172,9 @@ class Supervisor:
 
     def _start_broker(self) -> None:
         if self.redis_url:
+            # Before any pool starts: an unreachable broker is one line (BrokerError), not six pools
+            # retrying their connections.
+            redis_client(self.settings, self.redis_url).ping()
             self.on_event(f"broker: {mask_url(self.redis_url)}")
             return
         data_dir = self.options.broker_dir or Path(self.settings.state_dir) / "broker"
@@ -282,7 +284,7 @@ class Supervisor:
                         raise FleetError(f"pool {queue} exited on start:\n{child.log_tail()}")
                 try:
                     replies = app.control.ping(destination=list(waiting), timeout=0.5) or []
-                except (OSError, redis.RedisError) as exc:
+                except BROKER_ERRORS as exc:
                     # A broker that just restarted can drop the first connections: ask again.
                     self.on_event(f"waiting for the broker: {type(exc).__name__}")
                     replies = []

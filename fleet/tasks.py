@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import math
 import os
 import random
 import socket
@@ -20,9 +21,7 @@ from typing import Any, NoReturn
 from celery import Task
 from celery.exceptions import Ignore, Reject
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready
-from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from fleet import costs, keys, telemetry
 from fleet.app import (
@@ -34,6 +33,7 @@ from fleet.app import (
     app,
     queue_result,
 )
+from fleet.boundary import BROKER_ERRORS
 from fleet.chain import THROTTLED, Chain
 from fleet.discovery import redis_client
 from fleet.errors import InvalidRequest
@@ -203,7 +203,7 @@ MAX_REQUEUES = 50
 
 
 def _count_redelivery(
-    task: Task, request: Any, envelope: JobEnvelope, routing: RoutingDecision
+    task: Task[Any, Any], request: Any, envelope: JobEnvelope, routing: RoutingDecision
 ) -> TaskResult | None:
     """Count broker redeliveries of this job; past ``limits.max_deliveries`` it is a poison message.
 
@@ -303,7 +303,7 @@ def _lock(
         _unreleased.discard(stale)
     if _lock_script is None:
         _lock_script = client.register_script(_LOCK)
-    result_key = app.backend.get_key_for_task(task_id).decode()
+    result_key = keys.result(task_id)
     ttl_ms = int((timeout_s + 30) * 1000)
     limits = _settings().limits
     buckets = _queue_buckets(queue) if queue is not None else []
@@ -374,7 +374,7 @@ def _unlock(task_id: str, pipe: Any, result_at: int | None) -> bool:
     try:
         pipe.delete(keys.running(task_id))
         answers = pipe.execute(raise_on_error=False)
-    except RedisError:
+    except BROKER_ERRORS:
         _unreleased.add(task_id)  # the broker is down: release it before the next job
         log.warning("task %s: could not release its lock (broker down); will retry", task_id)
         return False
@@ -417,7 +417,7 @@ def _queue_token(queue: QueueSettings, taken: tuple[bool, float] | None = None) 
     return reserved, wait if reserved else limits.max_reserve_s * random.uniform(0.5, 1.0)
 
 
-def _requeue(task: Task, request: Any, envelope: JobEnvelope, countdown: float) -> NoReturn:
+def _requeue(task: Task[Any, Any], request: Any, envelope: JobEnvelope, countdown: float) -> NoReturn:
     """Send the job back to its queue to run in ``countdown`` seconds, with its id and history."""
     envelope.requeues += 1
     telemetry.record_requeue((task.request.delivery_info or {}).get("routing_key"), "wait")
@@ -443,7 +443,7 @@ def _ask_mini_tier(prompt: str, timeout_s: float) -> str:
 _SPAN_NAMES = {ROUTE_TASK: "route", EXECUTE_TASK: "execute", ESCALATE_TASK: "escalate"}
 
 
-def _validate(task: Task, request: Any, job: Any) -> tuple[TaskRequest, JobEnvelope] | TaskResult:
+def _validate(task: Task[Any, Any], request: Any, job: Any) -> tuple[TaskRequest, JobEnvelope] | TaskResult:
     """The request and envelope, or the dead-letter result of a message that does not validate."""
     # Every task starts here: name its consumer span (the Celery instrumentation's run/<task>).
     telemetry.task_span(_SPAN_NAMES.get(task.name, task.name), {"fleet.task_id": task.request.id})
@@ -456,7 +456,7 @@ def _validate(task: Task, request: Any, job: Any) -> tuple[TaskRequest, JobEnvel
         detail = "; ".join(exc.errors) if isinstance(exc, InvalidRequest) else str(exc).splitlines()[0]
         return dead_letter(
             NewEscalation(
-                task_id=task.request.id,
+                task_id=str(task.request.id),
                 reason="invalid_message",
                 detail=f"{task.name}: {detail}",
                 request=request if isinstance(request, dict | str) else repr(request)[:2000],
@@ -469,7 +469,7 @@ def _validate(task: Task, request: Any, job: Any) -> tuple[TaskRequest, JobEnvel
     return req, envelope
 
 
-class _BrokerSafeTask(Task):
+class _BrokerSafeTask(Task[Any, Any]):
     """A broker that drops out mid-job is not the job's failure: Celery would store FAILURE and ack
     it (a job lost). Reject with requeue instead; if the broker is still down the message stays
     unacked and comes back after the visibility timeout."""
@@ -477,13 +477,13 @@ class _BrokerSafeTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().__call__(*args, **kwargs)
-        except (RedisError, KombuOperationalError, ConnectionError) as exc:
+        except BROKER_ERRORS as exc:
             log.warning("task %s: the broker is unavailable (%s): requeued", self.request.id, exc)
             raise Reject(f"broker unavailable: {exc}", requeue=True) from exc
 
 
 @app.task(name=ROUTE_TASK, bind=True, ignore_result=True, base=_BrokerSafeTask)
-def route(self: Task, request: Any = None, job: Any = None) -> None:
+def route(self: Task[Any, Any], request: Any = None, job: Any = None) -> None:
     """Classify a job and enqueue it on its tier's queue, keeping its id."""
     checked = _validate(self, request, job)
     if isinstance(checked, TaskResult):
@@ -502,8 +502,8 @@ def route(self: Task, request: Any = None, job: Any = None) -> None:
         args=[request, envelope.model_dump(mode="json")],
         task_id=envelope.id,
         queue=str(envelope.routing.tier),
-        time_limit=tier.timeout_s + 30,
-        soft_time_limit=tier.timeout_s,
+        time_limit=math.ceil(tier.timeout_s + 30),
+        soft_time_limit=math.ceil(tier.timeout_s),
         argsrepr=ARGS_REPR,
         kwargsrepr="{}",
     )
@@ -518,7 +518,7 @@ _SUMMARY = ("task_id", "status", "tier", "model", "cost_usd", "escalation_id")
 @app.task(
     name=EXECUTE_TASK, bind=True, max_retries=None, resultrepr_maxsize=RESULT_REPR_MAX, base=_BrokerSafeTask
 )
-def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
+def execute(self: Task[Any, Any], request: Any = None, job: Any = None) -> dict[str, Any]:
     """Run the tier's chain; return the TaskResult, or escalate when no link could answer."""
     checked = _validate(self, request, job)
     if isinstance(checked, TaskResult):
@@ -576,7 +576,7 @@ def execute(self: Task, request: Any = None, job: Any = None) -> dict[str, Any]:
 
 
 def _run_tier(
-    task: Task,
+    task: Task[Any, Any],
     request: Any,
     req: TaskRequest,
     envelope: JobEnvelope,
@@ -682,7 +682,7 @@ def _finished(
 
 
 @app.task(name=ESCALATE_TASK, bind=True, ignore_result=True)
-def escalate(self: Task, escalation_id: Any = None) -> None:
+def escalate(self: Task[Any, Any], escalation_id: Any = None) -> None:
     """Tell people about a new escalation (the record itself is already stored).
 
     Posts to ``escalation.webhook_url`` when set, retrying with capped backoff; on success marks the

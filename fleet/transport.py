@@ -17,17 +17,20 @@ from kombu.transport import redis as kombu_redis
 
 __all__ = ["Channel", "Transport"]
 
+#: kombu's own client factory (private, and absent from the stubs).
+_kombu_create_client: Any = kombu_redis.Channel._create_client  # type: ignore[attr-defined]
+
 
 class Channel(kombu_redis.Channel):
     _sync_client: Any = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:  # BRPOP and pub/sub hold their connection: one client each, as before
-            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
+            return _kombu_create_client(self, asynchronous=True)
         pool = self.pool
         client = self._sync_client
         if client is None or client.connection_pool is not pool:
-            client = self._sync_client = super()._create_client()  # type: ignore[no-untyped-call]
+            client = self._sync_client = _kombu_create_client(self)
         return client
 
 

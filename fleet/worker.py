@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from celery.concurrency import ALIASES as _POOL_ALIASES
+import celery.concurrency
 from kombu.transport import TRANSPORT_ALIASES as _TRANSPORT_ALIASES
 
 from fleet import tasks as _tasks  # noqa: F401 - registers the tasks on the app
@@ -13,6 +13,7 @@ from fleet.errors import ConfigError
 
 __all__ = ["app", "worker_argv"]
 
+_POOL_ALIASES: dict[str, str] = celery.concurrency.ALIASES  # type: ignore[attr-defined]  # not in the stubs
 # `--pool threads` means our resizable threads pool in every fleet worker (fleet scale grows it).
 _POOL_ALIASES["threads"] = "fleet.pool:ResizableThreadPool"
 # One Redis client per connection pool for kombu's commands, not one per ack and publish.

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
-import redis
 from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from fleet.api.auth import BearerAuth
+from fleet.boundary import is_broker_error, translate
 from fleet.errors import FleetError, InvalidRequest
 from fleet.escalations import STATES, State
 from fleet.inbox import Inbox
@@ -31,6 +31,7 @@ __all__ = ["STATUS_FOR_CODE", "create_api"]
 #: HTTP status of each error code; anything else is a 500.
 STATUS_FOR_CODE = {
     "escalation_not_found": 404,
+    "task_not_found": 404,
     "illegal_transition": 409,
     "invalid_request": 422,
     "escalation_error": 422,
@@ -103,11 +104,11 @@ class _Fleet:
         return self._inbox
 
     def task(self, task_id: str) -> dict[str, Any]:
-        client = self.client()
-        found = client.peek([task_id]).get(task_id)
-        if found is not None:
-            return found.model_dump(mode="json")
-        return {"task_id": task_id, "state": client.state(task_id).lower()}
+        """Raises TaskNotFound (404), BrokerError (503)."""
+        status = self.client().status(task_id)
+        if status.result is not None:
+            return status.result.model_dump(mode="json")
+        return status.model_dump(mode="json", exclude={"result"})
 
     def close(self) -> None:
         if self._client is not None:
@@ -151,9 +152,12 @@ def create_api(settings: Settings, redis_url: str | None = None, *, token: str |
             lines.append(f"{where}: {err.get('msg', 'invalid')}")
         return _error(422, "invalid_request", "invalid request: " + "; ".join(lines), lines)
 
-    @api.exception_handler(redis.RedisError)
-    async def _broker(request: Request, exc: Exception) -> JSONResponse:
-        return _error(503, "broker_unavailable", f"the broker cannot be used: {type(exc).__name__}: {exc}")
+    @api.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_broker_error(exc):  # got past the boundary (fleet.boundary): still a 503, in one line
+            body = translate(exc, fleet.redis_url).to_dict()
+            return JSONResponse({"error": body}, status_code=503)
+        raise exc
 
     @api.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -185,7 +189,8 @@ def create_api(settings: Settings, redis_url: str | None = None, *, token: str |
 
     @api.get("/v1/tasks/{task_id}", tags=["tasks"])
     def get_task(task_id: str) -> dict[str, Any]:
-        """The job's TaskResult when it has a final state, else ``{"task_id", "state"}``."""
+        """The job's TaskResult when it has a final state, else ``{"task_id", "state", "queue",
+        "submitted_at"}``; 404 for an id nobody submitted."""
         return fleet.task(task_id)
 
     @api.get("/v1/escalations", tags=["escalations"])

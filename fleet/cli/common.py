@@ -6,20 +6,23 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 
+from fleet.boundary import is_broker_error, translate
 from fleet.errors import (
     BrokerError,
     ConfigError,
     EscalationError,
+    EscalationNotFound,
     FleetError,
     FleetNotRunning,
     IllegalTransition,
     InvalidRequest,
     ResultTimeout,
+    TaskNotFound,
 )
 from fleet.settings import Settings, load_settings
 
@@ -29,6 +32,7 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_ILLEGAL",
     "EXIT_INVALID",
+    "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_TIMEOUT",
     "EXIT_USAGE",
@@ -49,6 +53,7 @@ EXIT_BROKER = 4  # no fleet running / broker unreachable
 EXIT_TIMEOUT = 5  # no final state in time
 EXIT_INVALID = 6  # the request is invalid
 EXIT_ILLEGAL = 7  # an escalation cannot make that transition
+EXIT_NOT_FOUND = 8  # no such job or escalation
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -60,6 +65,8 @@ _EXIT_FOR: list[tuple[type[FleetError], int]] = [
     (ResultTimeout, EXIT_TIMEOUT),
     (InvalidRequest, EXIT_INVALID),
     (IllegalTransition, EXIT_ILLEGAL),
+    (TaskNotFound, EXIT_NOT_FOUND),
+    (EscalationNotFound, EXIT_NOT_FOUND),
     (EscalationError, EXIT_FAILURE),
 ]
 
@@ -74,21 +81,33 @@ def print_json(data: Any) -> None:
 
 
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """A FleetError becomes a one-line message on stderr (JSON with --json) and its exit code."""
+    """A FleetError becomes a one-line message on stderr (JSON with --json) and its exit code.
+
+    A broker library's error that got past the boundary (:mod:`fleet.boundary`) is translated here,
+    so no verb ever shows a traceback for an unreachable broker.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except FleetError as exc:
-            code = next((c for cls, c in _EXIT_FOR if isinstance(exc, cls)), EXIT_FAILURE)
-            if kwargs.get("as_json"):
-                print_json({"error": exc.to_dict()})
-            else:
-                err_console.print(f"[bold red]error[/] ({exc.code}): {exc.message}", highlight=False)
-            raise typer.Exit(code) from None
+            _report(exc, bool(kwargs.get("as_json")))
+        except Exception as exc:
+            if not is_broker_error(exc):
+                raise
+            _report(translate(exc, None), bool(kwargs.get("as_json")))
 
     return wrapper
+
+
+def _report(exc: FleetError, as_json: bool) -> NoReturn:
+    code = next((c for cls, c in _EXIT_FOR if isinstance(exc, cls)), EXIT_FAILURE)
+    if as_json:
+        print_json({"error": exc.to_dict()})
+    else:
+        err_console.print(f"[bold red]error[/] ({exc.code}): {exc.message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 def parse_queue_sizes(items: list[str] | None) -> dict[str, int]:

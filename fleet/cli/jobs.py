@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fleet.cli.common import EXIT_OK, EXIT_TIMEOUT, handle_errors, out_console, print_json, settings_for
+from fleet.cli.common import EXIT_FAILURE, EXIT_OK, handle_errors, out_console, print_json, settings_for
 from fleet.errors import InvalidRequest
 from fleet.models import Complexity, TaskResult, Tier
 
@@ -152,8 +152,8 @@ def result(
     """Show a job's result: tier, routing reasons, model, attempts, tokens, cost and the answer.
 
     Without --wait a job still in flight prints its state and exits 0; with --wait, a job without
-    a final state in time exits 5. With --until-answered, an escalated job waits for the person who
-    resolves (or discards) it in the inbox.
+    a final state in time exits 5. An id nobody submitted exits 8 at once. With --until-answered,
+    an escalated job waits for the person who resolves (or discards) it in the inbox.
 
     Example: fleet result 3f2a... --wait 600 --until-answered
     """
@@ -163,13 +163,13 @@ def result(
     if wait is not None:
         _show(client.result(task_id, timeout=wait, until_answered=until_answered), as_json)
         return
-    found = client.peek([task_id]).get(task_id)
-    if found is not None:
-        _show(found, as_json)
+    status = client.status(task_id)
+    if status.result is not None:
+        _show(status.result, as_json)
         return
-    state = client.state(task_id).lower()
     if as_json:
-        print_json({"task_id": task_id, "state": state})
+        print_json(status.model_dump(mode="json", exclude={"result"}))
     else:
-        out_console.print(f"{task_id}: {state} (no final state yet)")
-    raise typer.Exit(EXIT_OK if state != "failure" else EXIT_TIMEOUT)
+        where = f" on queue {status.queue}" if status.queue else ""
+        out_console.print(f"{task_id}: {status.state}{where} (no final state yet)")
+    raise typer.Exit(EXIT_OK if status.state != "failed" else EXIT_FAILURE)

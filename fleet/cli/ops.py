@@ -14,6 +14,7 @@ import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
+from fleet.boundary import broker_errors
 from fleet.cli.common import handle_errors, out_console, parse_queue_sizes, print_json, settings_for
 from fleet.errors import FleetError
 from fleet.settings import Settings
@@ -33,7 +34,9 @@ def _fleet() -> Iterator[tuple[Settings, redis.Redis, Any, str]]:
     url = broker_url(settings)
     app = create_app(settings, url)
     try:
-        yield settings, redis_client(settings, url), app, url
+        # kombu raises its own errors for remote control (inspect, pool_grow): one line, exit 4.
+        with broker_errors(url):
+            yield settings, redis_client(settings, url), app, url
     finally:
         app.close()
 
@@ -152,6 +155,7 @@ def metrics(
     from fleet.monitor import prometheus_text, queue_snapshot
 
     with _fleet() as (settings, client, _app, _url):
+        client.ping()  # an unreachable broker fails here, in one line, not at the first scrape
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:

@@ -127,7 +127,7 @@ def test_the_whole_lifecycle_through_the_cli(clean_fleet: RunningFleet, tmp_path
 
 def test_unknown_escalation_and_missing_answer_are_clear_errors(clean_fleet: RunningFleet) -> None:
     missing = run(["escalations", "claim", "nope", "--by", "alice", "--json"], clean_fleet.env())
-    assert missing.returncode == 1
+    assert missing.returncode == 8
     assert json.loads(missing.stdout)["error"]["code"] == "escalation_not_found"
     no_answer = run(["escalations", "resolve", "nope", "--by", "alice"], clean_fleet.env())
     assert no_answer.returncode == 1 and "--answer" in " ".join(no_answer.stderr.split())
