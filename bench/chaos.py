@@ -41,7 +41,7 @@ import uvicorn
 from kombu import Connection
 from starlette.types import Message, Receive, Scope, Send
 
-from fleet.app import ESCALATE_TASK, EXECUTE_TASK, ROUTE_TASK
+from fleet.app import EXECUTE_TASK, NOTIFY_TASK, ROUTE_TASK
 from fleet.consumer import MAX_BODY_SLACK
 from fleet.embedded import EmbeddedBroker
 from fleet.errors import BrokerError
@@ -317,7 +317,7 @@ def poison(rig: Rig, good: int) -> None:
     what: dict[str, str] = {}
     big = "x" * (rig.settings.limits.max_prompt_bytes + MAX_BODY_SLACK)
     for queue in QUEUES:
-        name = {"router": ROUTE_TASK, "escalations": ESCALATE_TASK}.get(queue, EXECUTE_TASK)
+        name = {"router": ROUTE_TASK, "escalations": NOTIFY_TASK}.get(queue, EXECUTE_TASK)
         for args, task in (
             ([], "fleet.no_such_task"),
             ([{"bogus": True}, {"id": "x"}], name),

@@ -20,8 +20,9 @@ from fleet.settings import Settings, get_settings
 
 __all__ = [
     "ARGS_REPR",
-    "ESCALATE_TASK",
     "EXECUTE_TASK",
+    "LEGACY_NOTIFY_TASK",
+    "NOTIFY_TASK",
     "RESULT_REPR_MAX",
     "ROUTE_TASK",
     "FleetCelery",
@@ -35,7 +36,9 @@ __all__ = [
 #: Task names: producers and the router send by name and never import worker code.
 ROUTE_TASK = "fleet.route"
 EXECUTE_TASK = "fleet.execute"
-ESCALATE_TASK = "fleet.escalate"
+NOTIFY_TASK = "fleet.notify"
+#: The notify task's name before it was renamed: messages already queued under it still run.
+LEGACY_NOTIFY_TASK = "fleet.escalate"
 #: What a job message's args look like in events, logs and Flower: never the prompt (it may hold
 #: anything), and no repr of a large request on every send.
 ARGS_REPR = "(request, envelope)"

@@ -41,7 +41,7 @@ from fleet.errors import (
     SchemaMismatch,
     TruncatedAnswer,
 )
-from fleet.limits import Bucket, CircuitBreaker, Gate, GateAnswer, Permit, RateLimiter
+from fleet.limits import Breaker, Bucket, Gate, GateAnswer, Limiter, Permit
 from fleet.models import Attempt, TaskRequest
 from fleet.providers import ChatRequest, ChatResponse, Provider, build_provider, make_http_client
 from fleet.providers.base import estimate_tokens
@@ -77,14 +77,6 @@ class ChainOutcome:
         return self.answer is not None
 
     @property
-    def input_tokens(self) -> int:
-        return sum(a.input_tokens for a in self.attempts)
-
-    @property
-    def output_tokens(self) -> int:
-        return sum(a.output_tokens for a in self.attempts)
-
-    @property
     def cost_usd(self) -> float:
         return sum(a.cost_usd for a in self.attempts)
 
@@ -116,6 +108,36 @@ def check_answer(response: ChatResponse, request: TaskRequest, *, provider: str,
             ) from None
 
 
+@dataclass
+class _Walk:
+    """One walk of a chain: what it has found so far, and what it learnt about the links left."""
+
+    request: TaskRequest
+    chat: ChatRequest
+    deadline: float | None
+    corrections: list[tuple[Bucket, float]] | None
+    outcome: ChainOutcome = field(default_factory=ChainOutcome)
+    #: Providers that refused our credentials: every later link of theirs is skipped.
+    skipped_providers: set[str] = field(default_factory=set)
+    #: After a context-length error, only links with a larger window are tried.
+    min_context: int = 0
+    #: The shortest wait until a throttled link has a token again.
+    throttled_wait: float | None = None
+
+    def stop(self, reason: str) -> ChainOutcome:
+        self.outcome.reason = reason
+        return self.outcome
+
+    def throttled(self, wait: float) -> None:
+        self.throttled_wait = wait if self.throttled_wait is None else min(self.throttled_wait, wait)
+
+    def exhausted(self) -> ChainOutcome:
+        if self.throttled_wait is not None:
+            # A link that was only busy may answer later: the job waits in its queue, not in a slot.
+            self.outcome.reason, self.outcome.retry_after = THROTTLED, self.throttled_wait
+        return self.outcome
+
+
 class Chain:
     """Runs tiers' chains for one worker process: one shared httpx client, providers built once."""
 
@@ -125,8 +147,8 @@ class Chain:
         *,
         client: httpx.Client | None = None,
         providers: dict[str, Provider] | None = None,
-        breaker: CircuitBreaker | None = None,
-        limiter: RateLimiter | None = None,
+        breaker: Breaker | None = None,
+        limiter: Limiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
@@ -177,11 +199,6 @@ class Chain:
         ``first`` is the first link's admission when the caller already asked :meth:`first_gate`
         (with the job's start, in the same round trip).
         """
-        outcome = ChainOutcome()
-        retry = self.settings.retry
-        skipped_providers: set[str] = set()
-        min_context = 0
-        deadline = time.monotonic() + timeout_s if timeout_s else None
         chat = ChatRequest(
             model="",
             prompt=request.prompt,
@@ -190,75 +207,103 @@ class Chain:
             temperature=request.temperature,
             response_schema=request.response_schema,
         )
-        throttled_wait: float | None = None
-        for index, (provider_name, model) in enumerate(links):
-            if provider_name in skipped_providers:
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        walk = _Walk(request, chat, deadline, corrections)
+        for index, (provider, model) in enumerate(links):
+            if provider in walk.skipped_providers:
                 continue
-            model_settings = self.settings.model(provider_name, model)
-            if model_settings.context_window <= min_context:
+            if self.settings.model(provider, model).context_window <= walk.min_context:
                 continue
-            if request.max_cost_usd is not None and outcome.cost_usd >= request.max_cost_usd:
-                outcome.reason = "cost_ceiling"
-                return outcome
-            waited = 0.0
-            buckets = self._buckets(provider_name, model, request)
-            for try_no in range(1, retry.max_attempts_per_link + 1):
-                if deadline is not None and time.monotonic() >= deadline:
-                    outcome.reason = "timeout"
-                    return outcome
-                asked = first if index == 0 and try_no == 1 else None
-                permit, skipped, wait = self._admit(provider_name, model, buckets, asked)
-                if skipped is not None:
-                    outcome.attempts.append(skipped)
-                    outcome.reason = skipped.outcome
-                    if skipped.outcome == THROTTLED:
-                        throttled_wait = wait if throttled_wait is None else min(throttled_wait, wait)
-                        if self.settings.limits.provider_limit == "wait":
-                            outcome.retry_after = throttled_wait
-                            return outcome
-                    break
-                with telemetry.chat_span(
-                    provider_name, model, index, prompt=chat.prompt, system=chat.system,
-                    max_tokens=chat.max_tokens, temperature=chat.temperature,
-                ) as span:  # fmt: skip
-                    attempt, error, answer = self._call(provider_name, model, chat, request)
-                    telemetry.end_attempt(span, attempt, error.code if error is not None else None)
-                outcome.attempts.append(attempt)
-                self._correct_tpm(buckets, attempt, corrections)
-                if permit is not None and self.breaker is not None:
-                    self.breaker.record(provider_name, permit, attempt.outcome)
-                if error is None:
-                    outcome.answer = answer
-                    outcome.provider, outcome.model, outcome.link_index = provider_name, model, index
-                    outcome.reason = None
-                    return outcome
-                outcome.reason = error.code
-                action = retry.action(error.code)
-                if action == "skip_provider":
-                    log.error(
-                        "provider %s refused our credentials (%s): skipping it; fix its api_key_env",
-                        provider_name,
-                        error.status,
-                    )
-                    skipped_providers.add(provider_name)
-                    break
-                if error.code == "context_length_exceeded":
-                    min_context = model_settings.context_window
-                    break
-                if action != "retry" or try_no == retry.max_attempts_per_link:
-                    break
-                delay = min(retry.backoff_max_s, retry.backoff_base_s * 2 ** (try_no - 1))
-                delay = random.uniform(delay / 2, delay)
-                if error.retry_after is not None:
-                    delay = error.retry_after
-                if waited + delay > retry.max_wait_s:
-                    break  # waiting that long would hold the worker slot: next link instead
-                waited += delay
-                self._sleep(delay)
-        if throttled_wait is not None:
-            # A link that was only busy may answer later: the job waits in its queue, not in a slot.
-            outcome.reason, outcome.retry_after = THROTTLED, throttled_wait
-        return outcome
+            if request.max_cost_usd is not None and walk.outcome.cost_usd >= request.max_cost_usd:
+                return walk.stop("cost_ceiling")
+            if self._link(walk, index, provider, model, first if index == 0 else None):
+                return walk.outcome
+        return walk.exhausted()
+
+    def _link(self, walk: _Walk, index: int, provider: str, model: str, first: GateAnswer | None) -> bool:
+        """Try one link, retrying it as the policy says; True when the walk ends here."""
+        retry = self.settings.retry
+        waited = 0.0
+        buckets = self._buckets(provider, model, walk.request)
+        for try_no in range(1, retry.max_attempts_per_link + 1):
+            if walk.deadline is not None and time.monotonic() >= walk.deadline:
+                walk.stop("timeout")
+                return True
+            permit, skipped, wait = self._admit(provider, model, buckets, first if try_no == 1 else None)
+            if skipped is not None:
+                return self._not_called(walk, skipped, wait)
+            error = self._attempt(walk, index, provider, model, buckets, permit)
+            if error is None:
+                return True
+            delay = self._next_try(walk, error, provider, model, try_no)
+            if delay is None or waited + delay > retry.max_wait_s:
+                return False  # next link (waiting that long would hold the worker slot)
+            waited += delay
+            self._sleep(delay)
+        return False
+
+    def _not_called(self, walk: _Walk, skipped: Attempt, wait: float) -> bool:
+        """A link skipped without a call (throttled, or its breaker is open); True: the walk ends."""
+        walk.outcome.attempts.append(skipped)
+        walk.outcome.reason = skipped.outcome
+        if skipped.outcome == THROTTLED:
+            walk.throttled(wait)
+            if self.settings.limits.provider_limit == "wait":
+                walk.outcome.retry_after = walk.throttled_wait
+                return True
+        return False
+
+    def _attempt(
+        self, walk: _Walk, index: int, provider: str, model: str, buckets: list[Bucket], permit: Permit | None
+    ) -> ProviderError | None:
+        """One call on the link, recorded on the walk; None when it answered acceptably."""
+        chat = walk.chat
+        with telemetry.chat_span(
+            provider, model, index, prompt=chat.prompt, system=chat.system,
+            max_tokens=chat.max_tokens, temperature=chat.temperature,
+        ) as span:  # fmt: skip
+            attempt, error, answer = self._call(provider, model, chat, walk.request)
+            telemetry.end_attempt(span, attempt, error.code if error is not None else None)
+        walk.outcome.attempts.append(attempt)
+        self._correct_tpm(buckets, attempt, walk.corrections)
+        if permit is not None and self.breaker is not None:
+            self.breaker.record(provider, permit, attempt.outcome)
+        if error is None:
+            out = walk.outcome
+            out.answer, out.provider, out.model, out.link_index, out.reason = (
+                answer,
+                provider,
+                model,
+                index,
+                None,
+            )
+            return None
+        walk.outcome.reason = error.code
+        return error
+
+    def _next_try(
+        self, walk: _Walk, error: ProviderError, provider: str, model: str, try_no: int
+    ) -> float | None:
+        """The delay before trying the same link again, or None to move on (the policy's answer)."""
+        retry = self.settings.retry
+        action = retry.action(error.code)
+        if action == "skip_provider":
+            log.error(
+                "provider %s refused our credentials (%s): skipping it; fix its api_key_env",
+                provider,
+                error.status,
+            )
+            walk.skipped_providers.add(provider)
+            return None
+        if error.code == "context_length_exceeded":
+            walk.min_context = self.settings.model(provider, model).context_window
+            return None
+        if action != "retry" or try_no == retry.max_attempts_per_link:
+            return None
+        if error.retry_after is not None:
+            return error.retry_after
+        delay = min(retry.backoff_max_s, retry.backoff_base_s * 2 ** (try_no - 1))
+        return random.uniform(delay / 2, delay)
 
     def first_gate(self, links: Sequence[tuple[str, str]], request: TaskRequest) -> Gate | None:
         """The first link's admission, for a caller that asks it in a round trip of its own and

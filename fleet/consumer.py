@@ -1,4 +1,4 @@
-"""A Celery consumer that dead-letters poison messages instead of dropping them.
+"""A Celery consumer that hands poison messages to people instead of dropping them.
 
 Celery on Redis deletes a message it cannot decode, whose task it does not know, or whose
 content type it refuses (pickle). Here each of them is first persisted as an escalation with its
@@ -23,8 +23,9 @@ from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
 
 from fleet.app import FleetCelery
-from fleet.discovery import redis_client
-from fleet.escalations import EscalationStore, NewEscalation
+from fleet.errors import Reason
+from fleet.escalations import NewEscalation
+from fleet.runtime import get_runtime
 from fleet.settings import Settings
 
 __all__ = ["FleetConsumer"]
@@ -87,11 +88,11 @@ class FleetConsumer(Consumer):
             log.debug("could not flush task events at shutdown", exc_info=True)
         super().shutdown()
 
-    def _dead_letter(self, message: Any, reason: str, detail: str) -> None:
+    def _dead_letter(self, message: Any, reason: Reason, detail: str) -> None:
         try:
             queue = (getattr(message, "delivery_info", None) or {}).get("routing_key")
             body = getattr(message, "body", None)
-            EscalationStore(redis_client(self.fleet_settings)).create(
+            get_runtime().handoff.escalate(
                 NewEscalation(
                     task_id=_task_id(message),
                     reason=reason,
@@ -105,21 +106,21 @@ class FleetConsumer(Consumer):
             log.exception("could not dead-letter a poison message (%s)", reason)
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, "invalid_message", f"cannot decode the message body: {exc}")
+        self._dead_letter(message, Reason.INVALID_MESSAGE, f"cannot decode the message body: {exc}")
         super().on_decode_error(message, exc)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        self._dead_letter(message, "invalid_message", "not a Celery task message")
+        self._dead_letter(message, Reason.INVALID_MESSAGE, "not a Celery task message")
         super().on_unknown_message(body, message)
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         headers = getattr(message, "headers", None) or {}
         name = headers.get("task") if isinstance(headers, dict) else None
-        self._dead_letter(message, "unknown_task", f"unknown task name {name!r}")
+        self._dead_letter(message, Reason.UNKNOWN_TASK, f"unknown task name {name!r}")
         super().on_unknown_task(body, message, exc)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, "invalid_message", f"invalid task message: {exc}")
+        self._dead_letter(message, Reason.INVALID_MESSAGE, f"invalid task message: {exc}")
         super().on_invalid_task(body, message, exc)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:

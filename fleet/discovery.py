@@ -17,6 +17,7 @@ import redis
 
 from fleet.boundary import BoundaryRedis
 from fleet.errors import FleetNotRunning
+from fleet.procs import pid_alive
 from fleet.settings import Settings
 
 __all__ = ["broker_url", "clear_state", "read_state", "redis_client", "state_file", "write_state"]
@@ -26,16 +27,6 @@ def state_file(settings: Settings) -> Path:
     return Path(settings.state_dir) / "fleet.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_state(settings: Settings) -> dict[str, Any] | None:
     """The running fleet's state file, or None when there is none or its writer has died."""
     path = state_file(settings)
@@ -43,7 +34,7 @@ def read_state(settings: Settings) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or not _alive(int(data.get("pid", 0))):
+    if not isinstance(data, dict) or not pid_alive(int(data.get("pid", 0))):
         return None
     return data
 

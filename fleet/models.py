@@ -59,6 +59,14 @@ class Tier(StrEnum):
     FULL = "full"
     FAST = "fast"
 
+    @classmethod
+    def of(cls, value: object) -> Tier | None:
+        """The tier named ``value`` (a queue name, say), or None when it names none."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            return None
+
 
 class Complexity(StrEnum):
     LOW = "low"

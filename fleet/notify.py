@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from celery.signals import worker_ready
 
-from fleet.app import ESCALATE_TASK
+from fleet.app import NOTIFY_TASK
 from fleet.discovery import redis_client
 from fleet.escalations import EscalationStore
 from fleet.settings import EscalationSettings, Settings
@@ -101,7 +101,7 @@ def resend_unnotified(app: Any, settings: Settings, store: EscalationStore) -> i
     for state in ("open", "claimed"):
         for record in store.list(state=state):
             if record.get("notified_at") is None:
-                app.send_task(ESCALATE_TASK, args=[record["id"]], queue="escalations")
+                app.send_task(NOTIFY_TASK, args=[record["id"]], queue="escalations")
                 sent += 1
     return sent
 

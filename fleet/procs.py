@@ -12,9 +12,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Child", "child_preexec", "children_of"]
+__all__ = ["Child", "child_preexec", "children_of", "pid_alive"]
 
 _PR_SET_PDEATHSIG = 1
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (one we may not signal counts as running;
+    a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    try:
+        return ") Z" not in Path(f"/proc/{pid}/stat").read_text(errors="replace")
+    except OSError:
+        return not Path("/proc").is_dir()  # no /proc to ask: kill(0) said it runs
 
 
 def children_of(pid: int | None) -> list[int]:

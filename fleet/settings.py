@@ -36,6 +36,7 @@ from pydantic import (
 
 from fleet.errors import ConfigError
 from fleet.keys import QUEUES, TIER_QUEUES
+from fleet.middleware.chaos import ChaosSettings
 from fleet.models import DEFAULT_MAX_PROMPT_BYTES, Tier
 
 __all__ = [
@@ -553,13 +554,6 @@ class FlowerSettings(_Section):
     #: them as one message; Flower sees a task at most this much later. 0: one publish per event
     #: loop pass, as Celery does (about three per task).
     events_flush_ms: int = Field(default=100, ge=0, le=10_000)
-
-
-class ChaosSettings(_Section):
-    """Fault injection for drills and the chaos tests; off unless set."""
-
-    #: A worker that runs a job whose prompt holds this marker exits at once (a crash every time).
-    crash_marker: str = ""
 
 
 class MockSettings(_Section):

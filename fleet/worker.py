@@ -1,15 +1,19 @@
-"""What a worker process imports: the app with its tasks registered (``celery -A fleet.worker``)."""
+"""What a worker process imports: the app with its tasks registered (``celery -A fleet.worker``), the
+fleet's pool and transport, and Celery's worker signals wired to the middlewares' lifecycle hooks."""
 
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import celery.concurrency
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready
 from kombu.transport import TRANSPORT_ALIASES as _TRANSPORT_ALIASES
 
 from fleet import tasks as _tasks  # noqa: F401 - registers the tasks on the app
 from fleet.app import app
 from fleet.errors import ConfigError
+from fleet.runtime import get_runtime, reset_runtime
 
 __all__ = ["app", "worker_argv"]
 
@@ -18,6 +22,29 @@ _POOL_ALIASES: dict[str, str] = celery.concurrency.ALIASES  # type: ignore[attr-
 _POOL_ALIASES["threads"] = "fleet.pool:ResizableThreadPool"
 # One Redis client per connection pool for kombu's commands, not one per ack and publish.
 _TRANSPORT_ALIASES["redis"] = _TRANSPORT_ALIASES["rediss"] = "fleet.transport:Transport"
+
+
+@worker_init.connect
+def _before_worker_boot(sender: Any = None, **_: Any) -> None:
+    get_runtime().emit("before_worker_boot", sender)
+
+
+@worker_ready.connect
+def _after_worker_boot(**_: Any) -> None:
+    get_runtime().emit("after_worker_boot")
+
+
+@worker_process_init.connect
+def _after_process_boot(**_: Any) -> None:
+    reset_runtime()  # a prefork child: the parent's clients must not cross the fork
+    get_runtime().emit("after_process_boot")
+
+
+@worker_process_shutdown.connect
+def _before_process_shutdown(**_: Any) -> None:
+    runtime = get_runtime()
+    runtime.emit("before_process_shutdown")
+    runtime.close()
 
 
 def worker_argv(

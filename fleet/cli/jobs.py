@@ -21,6 +21,38 @@ def _read_text(source: str) -> str:
     return sys.stdin.read() if source == "-" else Path(source).read_text()
 
 
+def _request_file(source: str) -> dict[str, Any]:
+    """A whole TaskRequest from a JSON file (``-``: stdin). Raises InvalidRequest: not JSON."""
+    try:
+        request: dict[str, Any] = json.loads(_read_text(source))
+    except ValueError as exc:
+        raise InvalidRequest([f"--request is not JSON: {exc}"]) from None
+    return request
+
+
+def _prompt(prompt: str | None) -> str:
+    """The prompt argument, or stdin for '-' or none. Raises InvalidRequest: no prompt anywhere."""
+    if prompt is None or prompt == "-":
+        if sys.stdin.isatty() and prompt is None:
+            raise InvalidRequest(["prompt: give it as an argument or on stdin"])
+        return sys.stdin.read()
+    return prompt
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    """The options that were given (not None)."""
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    """``--meta KEY=VALUE`` options. Raises InvalidRequest: one is not KEY=VALUE."""
+    pairs = [m.partition("=") for m in items]
+    bad = [m for m, (_, sep, _) in zip(items, pairs, strict=True) if not sep]
+    if bad:
+        raise InvalidRequest([f"--meta {b!r}: expected KEY=VALUE" for b in bad])
+    return {k: v for k, _, v in pairs}
+
+
 @handle_errors
 def submit(
     prompt: Annotated[
@@ -54,40 +86,27 @@ def submit(
     from fleet.producer import Client
 
     if request_file is not None:
-        try:
-            request: dict[str, Any] = json.loads(_read_text(request_file))
-        except ValueError as exc:
-            raise InvalidRequest([f"--request is not JSON: {exc}"]) from None
+        request = _request_file(request_file)
     else:
-        if prompt is None or prompt == "-":
-            if sys.stdin.isatty() and prompt is None:
-                raise InvalidRequest(["prompt: give it as an argument or on stdin"])
-            prompt = sys.stdin.read()
-        hints: dict[str, Any] = {"files": files or []}
-        if complexity:
-            hints["complexity"] = complexity.value
-        if requires_reasoning:
-            hints["requires_reasoning"] = True
-        if safety_critical:
-            hints["safety_critical"] = True
-        if latency_budget_ms is not None:
-            hints["latency_budget_ms"] = latency_budget_ms
-        request = {"prompt": prompt, "hints": hints}
-        for key, value in (
-            ("tier", tier.value if tier else None),
-            ("kind", kind),
-            ("system", system),
-            ("max_tokens", max_tokens),
-            ("idempotency_key", idempotency_key),
-        ):
-            if value is not None:
-                request[key] = value
+        hints = {
+            "files": files or [],
+            **_given(
+                complexity=complexity.value if complexity else None,
+                requires_reasoning=requires_reasoning or None,
+                safety_critical=safety_critical or None,
+                latency_budget_ms=latency_budget_ms,
+            ),
+        }
+        request = {
+            "prompt": _prompt(prompt),
+            "hints": hints,
+            **_given(
+                tier=tier.value if tier else None, kind=kind, system=system, max_tokens=max_tokens,
+                idempotency_key=idempotency_key,
+            ),
+        }  # fmt: skip
         if metadata:
-            pairs = [m.partition("=") for m in metadata]
-            bad = [m for m, (_, sep, _) in zip(metadata, pairs, strict=True) if not sep]
-            if bad:
-                raise InvalidRequest([f"--meta {b!r}: expected KEY=VALUE" for b in bad])
-            request["metadata"] = {k: v for k, _, v in pairs}
+            request["metadata"] = _pairs(metadata)
     client = Client(settings_for())
     task_id = client.submit(request)
     if wait is None:

@@ -214,6 +214,8 @@ def demo(
                 timeout_s=timeout,
                 on_progress=lambda p: live.update(_render(p, bar, bar_task)),
             )
+        if not console.is_terminal:
+            console.line()  # off a terminal, Live leaves its last row unterminated
         summary = summarise(settings, sup.redis_url, task_ids, results)
         client.close()
     except (KeyboardInterrupt, _Stop):

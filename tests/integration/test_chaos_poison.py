@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kombu import Connection
 
-from fleet.app import ESCALATE_TASK, EXECUTE_TASK, ROUTE_TASK
+from fleet.app import EXECUTE_TASK, NOTIFY_TASK, ROUTE_TASK
 from fleet.consumer import MAX_BODY_SLACK
 from fleet.escalations import EscalationStore
 from fleet.keys import QUEUES
@@ -20,7 +20,7 @@ from .conftest import RunningFleet, wait_escalation
 
 pytestmark = pytest.mark.integration
 
-TASK_OF = {"router": ROUTE_TASK, "escalations": ESCALATE_TASK}
+TASK_OF = {"router": ROUTE_TASK, "escalations": NOTIFY_TASK}
 
 
 def _raw(fleet: RunningFleet, queue: str, body: bytes, task: str, task_id: str) -> None:

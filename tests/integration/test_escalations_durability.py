@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from fleet.app import ESCALATE_TASK, create_app
+from fleet.app import NOTIFY_TASK, create_app
 from fleet.escalations import EscalationStore, NewEscalation
 from fleet.settings import load_settings
 from fleet.supervisor import FleetOptions, Supervisor
@@ -112,7 +112,7 @@ def test_a_killed_escalations_worker_loses_no_escalation_and_no_notification(
             )
         )
         assert created
-        app.send_task(ESCALATE_TASK, args=[record["id"]], queue="escalations")
+        app.send_task(NOTIFY_TASK, args=[record["id"]], queue="escalations")
         _wait(lambda: hook.started, 20, "the webhook call")
 
         # And the pool is killed while the webhook is still answering

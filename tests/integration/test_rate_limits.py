@@ -35,9 +35,9 @@ limiter = RateLimiter(redis.Redis.from_url(sys.argv[1]))
 bucket = Bucket("fleet:tb:queue:hammer", rate_per_s=20.0, burst=2.0)
 grants, end = [], time.time() + 2.0
 while time.time() < end:
-    ok, wait = limiter.acquire([bucket], max_wait_s=0.05, counter="fleet:rate:hammer:0")
-    if ok:
-        time.sleep(wait)
+    got = limiter.acquire([bucket], max_wait_s=0.05, counter="fleet:rate:hammer:0")
+    if got.reserved:
+        time.sleep(got.wait_s)
         grants.append(time.time())
 print(json.dumps(grants))
 """
@@ -103,7 +103,7 @@ def test_a_model_at_its_rpm_is_skipped_or_waited_for_by_policy(
 def test_tpm_is_charged_the_estimate_and_corrected_with_usage(clean_redis: redis.Redis) -> None:
     limiter = RateLimiter(clean_redis)
     bucket = Bucket(keys.bucket("tpm", "x:y"), rate_per_s=100.0, burst=1000.0, cost=600.0)
-    assert limiter.acquire([bucket], max_wait_s=0, counter="fleet:rate:x:0")[0]
+    assert limiter.acquire([bucket], max_wait_s=0, counter="fleet:rate:x:0").reserved
     assert limiter.fill(bucket) == pytest.approx(400, abs=5)
     limiter.adjust(bucket, -500)  # the call used 100 tokens, not 600
     assert limiter.fill(bucket) == pytest.approx(900, abs=5)

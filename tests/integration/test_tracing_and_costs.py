@@ -272,7 +272,7 @@ def test_an_escalation_is_traced_and_its_resolution_links_back(clean: TracedFlee
     assert res.status == "escalated" and res.escalation_id
     deadline = time.monotonic() + 15
     spans = clean.traces_of([res])[res.task_id]
-    while not any(s["name"] == "escalate" for s in spans) and time.monotonic() < deadline:
+    while not any(s["name"] == "notify" for s in spans) and time.monotonic() < deadline:
         time.sleep(0.1)
         spans = clean.traces_of([res])[res.task_id]
     inbox = Inbox(clean.settings, redis_url=clean.redis_url)
@@ -280,10 +280,10 @@ def test_an_escalation_is_traced_and_its_resolution_links_back(clean: TracedFlee
         record = inbox.resolve(res.escalation_id, "total = y", "alice")
     finally:
         inbox.close()
-    # Then escalate is a child of execute, the record keeps the execute span's context,
-    execute, escalate = _one(spans, "execute"), _one(spans, "escalate")
-    assert escalate["parent_id"] == execute["span_id"]
-    assert escalate["service"] == "fleet-escalations"
+    # Then notify is a child of execute, the record keeps the execute span's context,
+    execute, notify = _one(spans, "execute"), _one(spans, "notify")
+    assert notify["parent_id"] == execute["span_id"]
+    assert notify["service"] == "fleet-escalations"
     assert record["trace_id"].startswith(f"00-{execute['trace_id']}-{execute['span_id']}-")  # traceparent
     # and the person's resolution is a span of its own with a link to that execute span
     resolved = [s for s in clean.spans() if s["name"] == "escalation.resolve"]

@@ -1,0 +1,97 @@
+"""What the limits speak: buckets, a link's gate and the answers of a reservation or a breaker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from fleet.settings import BreakerSettings
+
+__all__ = [
+    "BREAKER_FAILURES",
+    "BreakerState",
+    "Bucket",
+    "Gate",
+    "GateAnswer",
+    "Permit",
+    "Reservation",
+    "changes_breaker",
+]
+
+#: Outcomes that count against a provider's availability (quality failures do not).
+BREAKER_FAILURES = frozenset({"server_error", "overloaded", "timeout", "connection"})
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A token bucket: ``rate_per_s`` units a second, up to ``burst`` at once; this acquire's ``cost``."""
+
+    key: str
+    rate_per_s: float
+    burst: float
+    cost: float = 1.0
+
+    @property
+    def emission_ms(self) -> float:
+        return 1000.0 / self.rate_per_s
+
+    @property
+    def tolerance_ms(self) -> float:
+        """How far ahead of now the bucket may be booked and still grant at once (its burst)."""
+        return max(0.0, self.burst - 1) * self.emission_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A rate-limit acquire's answer: ``reserved`` (then sleep ``wait_s`` and go), or not (come back
+    in about ``wait_s``; nothing was booked)."""
+
+    reserved: bool
+    wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """The breaker's answer for one call: whether to make it, and the token to report back with."""
+
+    allowed: bool
+    state: BreakerState
+    token: str
+
+
+def changes_breaker(permit: Permit, outcome: str) -> bool:
+    """Whether a call's outcome can change its provider's breaker (a success while closed cannot,
+    so it costs no round trip)."""
+    return outcome in BREAKER_FAILURES or permit.state != "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class GateAnswer:
+    """A link's admission: ``reserved`` its rpm/tpm tokens (``wait_s`` until they are due, or until
+    a token is free when not reserved), and the breaker's ``permit`` (None: no breaker asked)."""
+
+    reserved: bool
+    wait_s: float
+    permit: Permit | None
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """A chain link's admission, asked in one round trip: its rpm/tpm buckets, then its provider's
+    breaker. A limiter asks it alone; a job's start asks the first link's with the job's lock."""
+
+    buckets: Sequence[Bucket]
+    counter: str
+    provider: str
+    max_wait_s: float
+    breaker: BreakerSettings | None
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def asks_breaker(self) -> bool:
+        return self.breaker is not None and self.breaker.enabled

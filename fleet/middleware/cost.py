@@ -1,0 +1,18 @@
+"""One cost line per finished job (completed or escalated), written with the job's last round trip."""
+
+from __future__ import annotations
+
+from fleet.costs import job_fields
+from fleet.middleware.base import Job, Middleware
+from fleet.models import TaskResult
+from fleet.settings import Settings
+
+__all__ = ["CostRecord"]
+
+
+class CostRecord(Middleware):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def before_finish(self, job: Job, result: TaskResult) -> None:
+        job.tail.append_cost(job_fields(self.settings, result, job.charged(result)))

@@ -1,0 +1,177 @@
+"""Runs one delivery of a tier job: its middlewares around the tier's chain.
+
+    plan   <- every middleware's part (lock, delivery count, queue token) + the chain's first link
+    answer <- the start, in one round trip
+    result <- after_start hooks -> before_call hooks -> the chain -> after_call hooks
+    tail   <- before_finish hooks (cost line, metrics) + the result, then after_job hooks (lock
+              release), sent in one round trip
+
+Requeue and Skip leave :meth:`JobRunner.run` for the Celery task to act on; whatever the delivery
+holds is released on the way out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from fleet.chain import THROTTLED, Chain
+from fleet.errors import BrokerError, Reason
+from fleet.limits import Bucket
+from fleet.middleware.base import Finish, Job, Middleware, Requeue, Restart
+from fleet.middleware.start import JobStarter, StartPlan
+from fleet.models import TaskResult
+from fleet.settings import LimitsSettings
+
+__all__ = ["MAX_REQUEUES", "HandOver", "JobRunner", "Ran"]
+
+#: Times a job may go back to its queue for rate limits before it is escalated as "throttled".
+MAX_REQUEUES = 50
+
+#: Hands a job to people with a reason and a detail; returns its escalated result.
+HandOver = Callable[[Job, Reason, str], TaskResult]
+
+#: What the Celery task gets back from a run: the summary shown in events and Flower.
+SUMMARY_FIELDS = ("task_id", "status", "tier", "model", "cost_usd", "escalation_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """A delivery that ended with a result; ``written``: the result went out with the job's tail."""
+
+    result: TaskResult
+    written: bool
+
+    def summary(self) -> dict[str, object]:
+        data = self.result.model_dump(mode="json", include=set(SUMMARY_FIELDS))
+        return {key: data.get(key) for key in SUMMARY_FIELDS}
+
+
+class JobRunner:
+    """One per worker process; thread-safe (each delivery has its own :class:`Job`)."""
+
+    def __init__(
+        self,
+        middlewares: Sequence[Middleware],
+        starter: JobStarter,
+        chain: Chain,
+        hand_over: HandOver,
+        limits: LimitsSettings,
+    ) -> None:
+        self.middlewares = list(middlewares)
+        self.starter = starter
+        self.chain = chain
+        self.hand_over = hand_over
+        self.limits = limits
+
+    def run(self, job: Job) -> Ran:
+        """Run one delivery.
+
+        Raises:
+            Skip: the job already has its final result: ack the message, run nothing.
+            Requeue: send the delivery back to its queue (``job.envelope`` is what goes with it).
+        """
+        result: TaskResult | None = None
+        try:
+            result = self._through(job)
+            job.tail.store_result(job.id, result.model_dump(mode="json"))
+        finally:
+            for m in self.middlewares:
+                m.after_job(job)
+            written = self._flush(job)
+        return Ran(result, written)
+
+    def _plan(self, job: Job) -> StartPlan:
+        plan = StartPlan(job.id)
+        for m in self.middlewares:
+            m.before_start(job, plan)
+        if plan.queue is not None:
+            # The first link's admission rides with the queue's token, asked when that is due at once.
+            plan.link = self.chain.first_gate(job.queue.links(), job.request)
+            plan.link_within_s = self.limits.max_slot_wait_s
+        return plan
+
+    def _start(self, job: Job) -> None:
+        """The job's start (one round trip) and every middleware's reading of it; asked once more
+        when a middleware cleared what stood in its way."""
+        for restart in range(2):
+            answer = self.starter.start(self._plan(job))
+            job.first_link = answer.link
+            try:
+                for m in self.middlewares:
+                    m.after_start(job, answer)
+                return
+            except Restart:
+                if restart:
+                    raise Requeue(1.0, "its start was in the way twice") from None
+
+    def _through(self, job: Job) -> TaskResult:
+        try:
+            self._start(job)
+            for m in self.middlewares:
+                m.before_call(job)
+            result = self.call(job)
+            for m in self.middlewares:
+                result = m.after_call(job, result)
+        except Finish as done:
+            result = done.result
+        except Requeue as again:
+            job.envelope.requeues += 1
+            for m in self.middlewares:
+                m.on_requeue(job, again)
+            raise
+        result = result.model_copy(update={"kind": job.request.kind})
+        for m in self.middlewares:
+            m.before_finish(job, result)
+        return result
+
+    def _flush(self, job: Job) -> bool:
+        try:
+            written = job.tail.flush()
+        except BrokerError as exc:
+            for m in self.middlewares:
+                m.on_flush_failed(job, exc)
+            return False
+        for m in self.middlewares:
+            m.after_flush(job, written)
+        return written
+
+    def call(self, job: Job) -> TaskResult:
+        """The tier's chain for the job: a model's answer, or the job handed to people.
+
+        Raises:
+            Requeue: every link was only busy (rate limits): the job waits in its queue.
+        """
+        corrections: list[tuple[Bucket, float]] = []
+        try:
+            outcome = self.chain.run(
+                job.queue.links(), job.request, timeout_s=job.queue.timeout_s,
+                corrections=corrections, first=job.first_link,
+            )  # fmt: skip
+        finally:
+            for bucket, delta in corrections:
+                job.tail.adjust(bucket, delta)
+        job.outcome = outcome
+        attempts = [*job.envelope.attempts, *outcome.attempts]
+        if outcome.reason == THROTTLED and job.envelope.requeues < MAX_REQUEUES:
+            job.envelope.attempts = attempts
+            raise Requeue(outcome.retry_after or 1.0, "every link is at its rate limit")
+        if not outcome.ok:
+            detail = f"no link of the {job.routing.tier} chain gave an acceptable answer"
+            return self.hand_over(job, Reason.of(outcome.reason), detail)
+        return TaskResult.from_attempts(
+            job.id,
+            "completed",
+            attempts,
+            answer=outcome.answer,
+            tier=job.routing.tier,
+            provider=outcome.provider,
+            model=outcome.model,
+            kind=job.request.kind,
+            routing=job.routing,
+            fallback_index=outcome.link_index,
+            resolved_by="model",
+            submitted_at=job.envelope.submitted_at,
+            finished_at=time.time(),
+        )

@@ -1,0 +1,205 @@
+"""What one worker process builds once: its Redis client, the tier chain, the limits, the escalation
+store, the job's middlewares and the runner; and how a message becomes a :class:`Job`.
+
+Built on first use in each process (:func:`get_runtime`) and again after a fork: an httpx client, a
+Redis connection pool and a thread pool must not cross one.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from fleet import telemetry
+from fleet.app import EXECUTE_TASK, NOTIFY_TASK, ROUTE_TASK, FleetCelery, queue_result
+from fleet.boundary import BoundaryRedis
+from fleet.chain import Chain
+from fleet.discovery import redis_client
+from fleet.errors import InvalidRequest, ProviderError, Reason
+from fleet.escalations import EscalationStore, NewEscalation
+from fleet.handoff import Handoff
+from fleet.limits import CircuitBreaker, RateLimiter
+from fleet.middleware.base import Job, Middleware
+from fleet.middleware.chaos import ChaosHook
+from fleet.middleware.cost import CostRecord
+from fleet.middleware.lifecycle import WorkerLifecycle
+from fleet.middleware.lock import JobLock, redis_drop
+from fleet.middleware.poison import PoisonGuard
+from fleet.middleware.queue_limit import QueueRateLimit
+from fleet.middleware.start import RedisJobStarter
+from fleet.middleware.tail import RedisTail
+from fleet.middleware.telemetry import Telemetry
+from fleet.models import JobEnvelope, RoutingDecision, TaskRequest, TaskResult, Tier, validate_request
+from fleet.router.llm import VERDICT_SCHEMA
+from fleet.runner import JobRunner
+from fleet.settings import Settings
+
+__all__ = ["Runtime", "get_runtime", "reset_runtime"]
+
+#: The span name of each task's run (see fleet.telemetry.spans).
+_SPAN_NAMES = {ROUTE_TASK: "route", EXECUTE_TASK: "execute", NOTIFY_TASK: "notify"}
+
+
+class Runtime:
+    """One worker process's machinery, built once."""
+
+    def __init__(self, app: FleetCelery, client: BoundaryRedis | None = None) -> None:
+        self.app = app
+        self.settings: Settings = app.fleet_settings
+        self.client = client or redis_client(self.settings)
+        self.chain = Chain(
+            self.settings,
+            breaker=CircuitBreaker(self.client, self.settings.breaker),
+            limiter=RateLimiter(self.client),
+        )
+        self.store = EscalationStore(self.client, retention_days=self.settings.escalation.retention_days)
+        self.handoff = Handoff(self.store, announce=self._announce)
+        self.middlewares: Sequence[Middleware] = self._middlewares()
+        self.runner = JobRunner(
+            self.middlewares, RedisJobStarter(self.client), self.chain, self.hand_over, self.settings.limits
+        )
+
+    def _middlewares(self) -> list[Middleware]:
+        """The tier job's middlewares, in the order their hooks run."""
+        settings = self.settings
+        return [
+            Telemetry(),
+            WorkerLifecycle(),
+            JobLock(redis_drop(self.client)),
+            PoisonGuard(settings.limits.max_deliveries, self.hand_over),
+            QueueRateLimit(settings.limits),
+            ChaosHook(settings.chaos),
+            CostRecord(settings),
+        ]
+
+    # -- the worker --------------------------------------------------------------------------------
+
+    def role(self) -> str:
+        """The queue this worker consumes (the telemetry resource's role; "worker" when several)."""
+        consumed = sorted(self.app.amqp.queues.consume_from or ())
+        return consumed[0] if len(consumed) == 1 else "worker"
+
+    def emit(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` (a worker lifecycle hook of :class:`Middleware`) on every middleware."""
+        for middleware in self.middlewares:
+            getattr(middleware, hook)(self, *args)
+
+    def close(self) -> None:
+        self.chain.close()
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def new_tail(self) -> RedisTail:
+        return RedisTail(self.client, functools.partial(queue_result, self.app))
+
+    def _announce(self, escalation_id: str) -> None:
+        self.app.send_task(NOTIFY_TASK, args=[escalation_id], queue="escalations")
+
+    def hand_over(self, job: Job, reason: Reason, detail: str) -> TaskResult:
+        """Hand ``job`` to people (the middlewares' and the runner's way to escalate)."""
+        attempts = [*job.envelope.attempts, *(job.outcome.attempts if job.outcome else [])]
+        new = NewEscalation(
+            task_id=job.id,
+            reason=reason,
+            detail=detail,
+            tier=str(job.routing.tier),
+            queue=job.consumed_from,
+            request=job.payload,
+            routing=job.routing.model_dump(mode="json"),
+            attempts=[a.model_dump(mode="json") for a in attempts],
+            submitted_at=job.envelope.submitted_at,
+            retry_of=job.envelope.retry_of,
+        )
+        return self.handoff.escalate(new, kind=job.request.kind)
+
+    def validate(self, task: Any, request: Any, job: Any) -> tuple[TaskRequest, JobEnvelope] | TaskResult:
+        """The request and envelope of a message, or the escalated result of one that does not validate
+        (a message can come from anywhere: reason ``invalid_message``, never an exception)."""
+        # Every task starts here: name its consumer span (the Celery instrumentation's run/<task>).
+        span_name = _SPAN_NAMES.get(task.name, task.name)
+        telemetry.task_span(span_name, {"fleet.task_id": task.request.id})
+        queue = (task.request.delivery_info or {}).get("routing_key")
+        try:
+            envelope = JobEnvelope.model_validate(job)
+            req = validate_request(request, max_prompt_bytes=self.settings.limits.max_prompt_bytes)
+        except (ValidationError, InvalidRequest) as exc:
+            detail = "; ".join(exc.errors) if isinstance(exc, InvalidRequest) else str(exc).splitlines()[0]
+            tier = Tier.of(queue)
+            return self.handoff.escalate(
+                NewEscalation(
+                    task_id=str(task.request.id),
+                    reason=Reason.INVALID_MESSAGE,
+                    detail=f"{task.name}: {detail}",
+                    request=request if isinstance(request, dict | str) else repr(request)[:2000],
+                    tier=str(tier) if tier else None,
+                    queue=queue,
+                    retry_of=job.get("retry_of") if isinstance(job, dict) else None,
+                )
+            )
+        if envelope.routing is not None:  # every delivery's span says where the job runs
+            telemetry.set_routing(telemetry.task_span(span_name), envelope.routing)
+        return req, envelope
+
+    def accept(self, task: Any, request: Any, job: Any) -> Job | TaskResult:
+        """A tier job's delivery as a :class:`Job`, or the escalated result of an invalid message."""
+        checked = self.validate(task, request, job)
+        if isinstance(checked, TaskResult):
+            return checked
+        req, envelope = checked
+        info = task.request.delivery_info or {}
+        queue = info.get("routing_key")
+        routing = envelope.routing or RoutingDecision(
+            tier=Tier.of(queue) or Tier.STANDARD,
+            reasons=[f"no routing decision on the message: ran on queue {queue}"],
+            classifier="queue",
+        )
+        return Job(
+            request=req,
+            payload=request,
+            envelope=envelope,
+            routing=routing,
+            queue=self.settings.tier(routing.tier),
+            consumed_from=queue,
+            redelivered=bool(info.get("redelivered")),
+            tail=self.new_tail(),
+        )
+
+    def ask_mini(self, prompt: str, timeout_s: float) -> str:
+        """The LLM classifier's model call: the mini tier's chain, bounded by ``timeout_s``.
+
+        Raises:
+            ProviderError: no link answered in time.
+        """
+        request = TaskRequest(prompt=prompt, max_tokens=200, temperature=0.0, response_schema=VERDICT_SCHEMA)
+        outcome = self.chain.run(self.settings.tier("mini").links(), request, timeout_s=timeout_s)
+        if outcome.answer is None:
+            raise ProviderError(f"the mini tier gave no verdict ({outcome.reason})")
+        return outcome.answer
+
+
+_runtime: Runtime | None = None
+_runtime_pid = -1
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, built on first use (and again in a new process after a fork)."""
+    global _runtime, _runtime_pid
+    if _runtime is None or _runtime_pid != os.getpid():
+        with _runtime_lock:
+            if _runtime is None or _runtime_pid != os.getpid():
+                from fleet.app import app
+
+                _runtime, _runtime_pid = Runtime(app), os.getpid()
+    return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget this process's runtime (after a fork: its clients must not be shared)."""
+    global _runtime
+    _runtime = None
