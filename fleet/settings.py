@@ -37,9 +37,9 @@ from pydantic import (
 from fleet.errors import ConfigError
 from fleet.keys import QUEUES, TIER_QUEUES
 from fleet.models import DEFAULT_MAX_PROMPT_BYTES, Tier
+from fleet.retry import RetrySettings
 
 __all__ = [
-    "DEFAULT_POLICY",
     "BreakerSettings",
     "BrokerSettings",
     "ChaosSettings",
@@ -50,7 +50,6 @@ __all__ = [
     "ModelSettings",
     "ProviderSettings",
     "QueueSettings",
-    "RetrySettings",
     "RouterKeywords",
     "RouterSettings",
     "RouterThresholds",
@@ -190,49 +189,6 @@ class ProviderSettings(_Section):
         if urlsplit(value).scheme not in ("http", "https"):
             raise ValueError("expected an http:// or https:// URL")
         return value.rstrip("/")
-
-
-Action = Literal["retry", "next_link", "skip_provider"]
-
-#: What the chain does after each outcome; ``[retry.policy]`` in fleet.toml overrides entries.
-DEFAULT_POLICY: dict[str, Action] = {
-    "rate_limited": "retry",
-    "overloaded": "retry",
-    "server_error": "retry",
-    "timeout": "retry",
-    "connection": "retry",
-    "context_length_exceeded": "next_link",  # to the next link with a larger context window
-    "content_filtered": "next_link",
-    "bad_request": "next_link",
-    "malformed_response": "next_link",
-    "empty_answer": "next_link",
-    "truncated": "next_link",
-    "schema_mismatch": "next_link",
-    "auth": "skip_provider",  # a configuration fault: no link of that provider can work
-}
-
-
-class RetrySettings(_Section):
-    """How the chain retries the same link on a retryable outcome."""
-
-    max_attempts_per_link: int = Field(default=2, ge=1, le=10)
-    backoff_base_s: float = Field(default=0.2, ge=0)
-    backoff_max_s: float = Field(default=2.0, ge=0)
-    #: A Retry-After longer than this moves to the next link instead of holding the worker slot.
-    max_wait_s: float = Field(default=5.0, ge=0)
-    #: Outcome code -> "retry" (same link, with backoff), "next_link" or "skip_provider".
-    policy: dict[str, Action] = Field(default_factory=dict)
-
-    @field_validator("policy")
-    @classmethod
-    def _known_codes(cls, value: dict[str, Action]) -> dict[str, Action]:
-        unknown = sorted(set(value) - set(DEFAULT_POLICY))
-        if unknown:
-            raise ValueError(f"unknown outcome codes {unknown}; known: {sorted(DEFAULT_POLICY)}")
-        return {**DEFAULT_POLICY, **value}
-
-    def action(self, code: str) -> Action:
-        return self.policy.get(code) or DEFAULT_POLICY.get(code, "next_link")
 
 
 class BreakerSettings(_Section):
