@@ -37,6 +37,7 @@ from pydantic import (
 from fleet.errors import ConfigError
 from fleet.keys import QUEUES, TIER_QUEUES
 from fleet.models import DEFAULT_MAX_PROMPT_BYTES, Tier
+from fleet.providers.config import MockSettings, ModelSettings, ProviderSettings, resolve_api_keys
 from fleet.retry import RetrySettings
 
 __all__ = [
@@ -46,9 +47,6 @@ __all__ = [
     "EscalationSettings",
     "FlowerSettings",
     "HeuristicSettings",
-    "MockSettings",
-    "ModelSettings",
-    "ProviderSettings",
     "QueueSettings",
     "RouterKeywords",
     "RouterSettings",
@@ -154,41 +152,6 @@ class LimitsSettings(_Section):
     provider_limit: Literal["next_link", "wait"] = "next_link"
     #: Output tokens assumed for tpm when a request sets no max_tokens (corrected after the call).
     default_output_tokens: int = Field(default=512, gt=0)
-
-
-class ModelSettings(_Section):
-    #: USD per million input tokens.
-    input_per_mtok: float = Field(ge=0)
-    #: USD per million output tokens.
-    output_per_mtok: float = Field(ge=0)
-    #: Context window, in tokens.
-    context_window: int = Field(default=128_000, gt=0)
-    #: Requests per minute the account may send this model (None: no limit).
-    rpm: int | None = Field(default=None, gt=0)
-    #: Tokens per minute the account may send this model (None: no limit).
-    tpm: int | None = Field(default=None, gt=0)
-
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1_000_000
-
-
-class ProviderSettings(_Section):
-    kind: Literal["openai-compatible", "anthropic"]
-    base_url: str
-    #: Name of the environment variable holding the API key (the key itself is never in a file).
-    api_key_env: str | None = None
-    connect_timeout_s: float = Field(default=5.0, gt=0)
-    read_timeout_s: float = Field(default=60.0, gt=0)
-    models: dict[str, ModelSettings] = Field(default_factory=dict)
-    #: Resolved from ``api_key_env`` at load time; never printed, logged or traced.
-    api_key: SecretStr | None = Field(default=None, exclude=True)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError("expected an http:// or https:// URL")
-        return value.rstrip("/")
 
 
 class BreakerSettings(_Section):
@@ -518,30 +481,6 @@ class ChaosSettings(_Section):
     crash_marker: str = ""
 
 
-class MockSettings(_Section):
-    """The mock provider: when enabled, every provider points at it."""
-
-    enabled: bool = False
-    #: URL of a running mock provider; set by the supervisor when it starts one.
-    url: str = ""
-    port: int = Field(default=0, ge=0, le=65535)
-    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    latency_ms: float = Field(default=20.0, ge=0.0)
-    #: How long the mock's "timeout" fault holds a call before answering.
-    timeout_sleep_s: float = Field(default=30.0, ge=0.0)
-    seed: int = 0
-    #: "http": calls go to the mock server over HTTP. "inline": the worker answers them itself, with
-    #: the same answers and no network, latency or faults: what the fleet costs with a provider that
-    #: costs nothing (bench/throughput.py, bench/latency.py). failure_rate and latency_ms need "http".
-    transport: Literal["http", "inline"] = "http"
-
-    @model_validator(mode="after")
-    def _inline_has_no_faults(self) -> MockSettings:
-        if self.transport == "inline" and self.failure_rate > 0:
-            raise ValueError('failure_rate needs transport = "http": the inline mock injects no faults')
-        return self
-
-
 class Settings(_Section):
     config_dir: str = ""
     state_dir: str = ".fleet"
@@ -584,14 +523,6 @@ class Settings(_Section):
 
     def model(self, provider: str, model: str) -> ModelSettings:
         return self.providers[provider].models[model]
-
-    def base_url(self, provider: str) -> str:
-        """The provider's base URL, or the mock provider's when the mock is on."""
-        settings = self.providers[provider]
-        if self.mock.enabled and self.mock.url:
-            root = self.mock.url.rstrip("/")
-            return f"{root}/v1" if settings.kind == "openai-compatible" else root
-        return settings.base_url
 
     def visibility_timeout(self) -> int:
         """Seconds before Redis redelivers an unacked message: above the longest task timeout."""
@@ -728,12 +659,7 @@ def load_settings(
     except ValidationError as exc:
         raise _config_error(exc, sources) from None
 
-    for name, provider in settings.providers.items():
-        if provider.api_key_env:
-            key = environ.get(provider.api_key_env)
-            provider.api_key = SecretStr(key) if key else None
-        if settings.mock.enabled and provider.api_key is None:
-            provider.api_key = SecretStr(f"mock-key-{name}")
+    resolve_api_keys(settings.providers, settings.mock, environ)
     auth = environ.get("FLEET_FLOWER_BASIC_AUTH")
     if auth:
         settings.flower.basic_auth = SecretStr(auth)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import ConfigError
+from fleet.providers.config import effective_base_url
 from fleet.settings import default_config_dir, load_settings, mask_url, parse_rate
 
 
@@ -30,8 +31,8 @@ def test_defaults_load_with_every_queue_and_a_chain_per_tier() -> None:
 def test_demo_profile_points_providers_at_the_mock() -> None:
     settings = load_settings(profile="demo", env={"FLEET_MOCK__URL": "http://127.0.0.1:9"})
     assert settings.mock.enabled
-    assert settings.base_url("openai") == "http://127.0.0.1:9/v1"
-    assert settings.base_url("anthropic") == "http://127.0.0.1:9"
+    assert effective_base_url(settings.providers["openai"], settings.mock) == "http://127.0.0.1:9/v1"
+    assert effective_base_url(settings.providers["anthropic"], settings.mock) == "http://127.0.0.1:9"
     assert settings.providers["openai"].api_key is not None
 
 
