@@ -614,39 +614,9 @@ def load_settings(
     """
     environ = dict(os.environ if env is None else env)
     root = Path(config_dir or environ.get("FLEET_CONFIG_DIR") or default_config_dir())
-    fleet_file = root / "config" / "fleet.toml"
-    data = _read_toml(fleet_file)
-    sources: dict[tuple[str, ...], str] = {(): str(fleet_file)}
-
-    profiles = data.pop("profiles", {})
     profile = profile or environ.get("FLEET_PROFILE") or None
-    if profile:
-        if profile not in profiles:
-            known = ", ".join(sorted(profiles)) or "none"
-            raise ConfigError(f"unknown profile {profile!r} (defined: {known})", file=str(fleet_file))
-        data = _merge(data, profiles[profile])
-        for key in profiles[profile]:
-            sources[(key,)] = f"{fleet_file} [profiles.{profile}]"
-
-    queues: dict[str, Any] = {}
-    for name in QUEUES:
-        qfile = root / "queues" / f"{name}.toml"
-        if qfile.is_file():
-            queues[name] = {"name": name, **_read_toml(qfile)}
-            sources[("queues", name)] = str(qfile)
-    data["queues"] = _merge(queues, data.get("queues", {}))
-
-    if environ.get("FLEET_REDIS_URL"):
-        data.setdefault("broker", {})["url"] = environ["FLEET_REDIS_URL"]
-        sources[("broker", "url")] = "environment variable FLEET_REDIS_URL"
-    for var, raw in sorted(environ.items()):
-        if not var.startswith("FLEET_") or var in _RESERVED_ENV or var.startswith("FLEET_TEST_"):
-            continue
-        path = [p.lower() for p in var[len("FLEET_") :].split("__") if p]
-        if not path:
-            continue
-        _set_path(data, path, _env_value(raw))
-        sources[tuple(path)] = f"environment variable {var}"
+    data, sources = _read_files(root, profile)
+    _apply_env(data, environ, sources)
     for dotted, value in (overrides or {}).items():
         _set_path(data, dotted.split("."), value)
         sources[tuple(dotted.split("."))] = "command line"
@@ -666,7 +636,51 @@ def load_settings(
     return settings
 
 
-def _config_error(exc: ValidationError, sources: dict[tuple[str, ...], str]) -> ConfigError:
+#: Where each key came from: a key path (its longest known prefix) -> file, profile or variable.
+_Sources = dict[tuple[str, ...], str]
+
+
+def _read_files(root: Path, profile: str | None) -> tuple[dict[str, Any], _Sources]:
+    """The config directory's files as one table, with the profile applied, and their sources."""
+    fleet_file = root / "config" / "fleet.toml"
+    data = _read_toml(fleet_file)
+    sources: _Sources = {(): str(fleet_file)}
+
+    profiles = data.pop("profiles", {})
+    if profile:
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise ConfigError(f"unknown profile {profile!r} (defined: {known})", file=str(fleet_file))
+        data = _merge(data, profiles[profile])
+        for key in profiles[profile]:
+            sources[(key,)] = f"{fleet_file} [profiles.{profile}]"
+
+    queues: dict[str, Any] = {}
+    for name in QUEUES:
+        qfile = root / "queues" / f"{name}.toml"
+        if qfile.is_file():
+            queues[name] = {"name": name, **_read_toml(qfile)}
+            sources[("queues", name)] = str(qfile)
+    data["queues"] = _merge(queues, data.get("queues", {}))
+    return data, sources
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str], sources: _Sources) -> None:
+    """``FLEET_REDIS_URL``, then every ``FLEET_<SECTION>__<KEY>`` variable, over ``data``."""
+    if environ.get("FLEET_REDIS_URL"):
+        data.setdefault("broker", {})["url"] = environ["FLEET_REDIS_URL"]
+        sources[("broker", "url")] = "environment variable FLEET_REDIS_URL"
+    for var, raw in sorted(environ.items()):
+        if not var.startswith("FLEET_") or var in _RESERVED_ENV or var.startswith("FLEET_TEST_"):
+            continue
+        path = [p.lower() for p in var[len("FLEET_") :].split("__") if p]
+        if not path:
+            continue
+        _set_path(data, path, _env_value(raw))
+        sources[tuple(path)] = f"environment variable {var}"
+
+
+def _config_error(exc: ValidationError, sources: _Sources) -> ConfigError:
     err = exc.errors(include_url=False)[0]
     loc = tuple(str(p) for p in err["loc"])
     source = sources[()]
