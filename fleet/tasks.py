@@ -36,7 +36,7 @@ from fleet.app import (
 from fleet.boundary import BROKER_ERRORS
 from fleet.chain import THROTTLED, Chain
 from fleet.discovery import redis_client
-from fleet.errors import InvalidRequest
+from fleet.errors import InvalidRequest, ProviderError
 from fleet.escalations import EscalationStore, NewEscalation
 from fleet.limits import (
     GATE_LUA,
@@ -59,7 +59,7 @@ from fleet.models import (
 )
 from fleet.notify import backoff_s, post_webhook, slack_message
 from fleet.router import decide
-from fleet.router.llm import chain_ask
+from fleet.router.llm import VERDICT_SCHEMA
 from fleet.settings import QueueSettings, Settings, parse_rate
 
 __all__ = ["dead_letter", "escalate", "execute", "route"]
@@ -436,7 +436,11 @@ def _ask_mini_tier(prompt: str, timeout_s: float) -> str:
     Raises:
         ProviderError: no link answered in time.
     """
-    return chain_ask(_get_chain(), _settings().tier("mini").links())(prompt, timeout_s)
+    request = TaskRequest(prompt=prompt, max_tokens=200, temperature=0.0, response_schema=VERDICT_SCHEMA)
+    outcome = _get_chain().run(_settings().tier("mini").links(), request, timeout_s=timeout_s)
+    if outcome.answer is None:
+        raise ProviderError(f"the mini tier gave no verdict ({outcome.reason})")
+    return outcome.answer
 
 
 #: The span name of each task's run (see fleet.telemetry.spans).
