@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, m
 
 from fleet.models import RoutingDecision, TaskRequest, Tier
 from fleet.router import heuristic
-from fleet.settings import RouterSettings
+from fleet.router.config import RouterSettings
 
 __all__ = [
     "CLASSIFIER",
