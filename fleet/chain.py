@@ -1,7 +1,7 @@
 """The fallback chain: each link of a tier's chain in turn, until one gives an acceptable answer.
 
 An outcome decides what happens next; the policy is data (``[retry.policy]`` in fleet.toml,
-defaults in :data:`fleet.settings.DEFAULT_POLICY`), not exceptions swallowed:
+defaults in :data:`fleet.retry.DEFAULT_POLICY`), not exceptions swallowed:
 
 - ``ok`` and the answer passes the quality checks (not empty, not truncated, valid against
   ``response_schema``): done.

@@ -1,11 +1,17 @@
-"""Typed settings: ``config/fleet.toml`` and ``queues/*.toml``, then a profile, then ``FLEET_*`` variables.
+"""Typed settings: ``config/*.toml`` and ``queues/*.toml``, then a profile, then ``FLEET_*`` variables.
 
 The order of precedence, lowest first:
 
-1. the files in the config directory (``FLEET_CONFIG_DIR``; else the defaults shipped with the package),
+1. the files in the config directory (``FLEET_CONFIG_DIR``; else the defaults shipped with the package):
+   ``config/fleet.toml``, ``config/router.toml`` (over the shipped one, key by key) and ``queues/*.toml``,
 2. the profile named by ``FLEET_PROFILE`` or ``--profile`` (``[profiles.<name>]`` in ``fleet.toml``),
 3. ``FLEET_<SECTION>__<KEY>=value`` variables (``FLEET_QUEUES__FULL__CONCURRENCY=8``), values in TOML
    syntax where they parse as TOML, else taken as strings; ``FLEET_REDIS_URL`` sets ``broker.url``.
+
+Each owner declares its own section in a leaf module: the router's in :mod:`fleet.router.config`, the
+retry policy in :mod:`fleet.retry`, the providers' and the mock's in :mod:`fleet.providers.config`,
+the chaos hook's in :mod:`fleet.middleware.chaos`.
+This module declares the rest, composes them into :class:`Settings` and loads it.
 
 A bad value fails at start with the file, the key and what was expected (:class:`ConfigError`).
 Build the object once with :func:`get_settings` and pass it in; only this module and the CLI read
@@ -38,24 +44,22 @@ from fleet.errors import ConfigError
 from fleet.keys import QUEUES, TIER_QUEUES
 from fleet.middleware.chaos import ChaosSettings
 from fleet.models import DEFAULT_MAX_PROMPT_BYTES, Tier
+from fleet.providers.config import MockSettings, ModelSettings, ProviderSettings, resolve_api_keys
+from fleet.retry import RetrySettings
+from fleet.router.config import (
+    ROUTER_FILE,
+    RouterSettings,
+    default_router_settings,
+    router_table,
+    shipped_router_file,
+)
 
 __all__ = [
-    "DEFAULT_POLICY",
     "BreakerSettings",
     "BrokerSettings",
-    "ChaosSettings",
     "EscalationSettings",
     "FlowerSettings",
-    "HeuristicSettings",
-    "MockSettings",
-    "ModelSettings",
-    "ProviderSettings",
     "QueueSettings",
-    "RetrySettings",
-    "RouterKeywords",
-    "RouterSettings",
-    "RouterThresholds",
-    "RouterWeights",
     "Settings",
     "TelemetrySettings",
     "default_config_dir",
@@ -158,84 +162,6 @@ class LimitsSettings(_Section):
     default_output_tokens: int = Field(default=512, gt=0)
 
 
-class ModelSettings(_Section):
-    #: USD per million input tokens.
-    input_per_mtok: float = Field(ge=0)
-    #: USD per million output tokens.
-    output_per_mtok: float = Field(ge=0)
-    #: Context window, in tokens.
-    context_window: int = Field(default=128_000, gt=0)
-    #: Requests per minute the account may send this model (None: no limit).
-    rpm: int | None = Field(default=None, gt=0)
-    #: Tokens per minute the account may send this model (None: no limit).
-    tpm: int | None = Field(default=None, gt=0)
-
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1_000_000
-
-
-class ProviderSettings(_Section):
-    kind: Literal["openai-compatible", "anthropic"]
-    base_url: str
-    #: Name of the environment variable holding the API key (the key itself is never in a file).
-    api_key_env: str | None = None
-    connect_timeout_s: float = Field(default=5.0, gt=0)
-    read_timeout_s: float = Field(default=60.0, gt=0)
-    models: dict[str, ModelSettings] = Field(default_factory=dict)
-    #: Resolved from ``api_key_env`` at load time; never printed, logged or traced.
-    api_key: SecretStr | None = Field(default=None, exclude=True)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError("expected an http:// or https:// URL")
-        return value.rstrip("/")
-
-
-Action = Literal["retry", "next_link", "skip_provider"]
-
-#: What the chain does after each outcome; ``[retry.policy]`` in fleet.toml overrides entries.
-DEFAULT_POLICY: dict[str, Action] = {
-    "rate_limited": "retry",
-    "overloaded": "retry",
-    "server_error": "retry",
-    "timeout": "retry",
-    "connection": "retry",
-    "context_length_exceeded": "next_link",  # to the next link with a larger context window
-    "content_filtered": "next_link",
-    "bad_request": "next_link",
-    "malformed_response": "next_link",
-    "empty_answer": "next_link",
-    "truncated": "next_link",
-    "schema_mismatch": "next_link",
-    "auth": "skip_provider",  # a configuration fault: no link of that provider can work
-}
-
-
-class RetrySettings(_Section):
-    """How the chain retries the same link on a retryable outcome."""
-
-    max_attempts_per_link: int = Field(default=2, ge=1, le=10)
-    backoff_base_s: float = Field(default=0.2, ge=0)
-    backoff_max_s: float = Field(default=2.0, ge=0)
-    #: A Retry-After longer than this moves to the next link instead of holding the worker slot.
-    max_wait_s: float = Field(default=5.0, ge=0)
-    #: Outcome code -> "retry" (same link, with backoff), "next_link" or "skip_provider".
-    policy: dict[str, Action] = Field(default_factory=dict)
-
-    @field_validator("policy")
-    @classmethod
-    def _known_codes(cls, value: dict[str, Action]) -> dict[str, Action]:
-        unknown = sorted(set(value) - set(DEFAULT_POLICY))
-        if unknown:
-            raise ValueError(f"unknown outcome codes {unknown}; known: {sorted(DEFAULT_POLICY)}")
-        return {**DEFAULT_POLICY, **value}
-
-    def action(self, code: str) -> Action:
-        return self.policy.get(code) or DEFAULT_POLICY.get(code, "next_link")
-
-
 class BreakerSettings(_Section):
     """A circuit breaker per provider, shared by every worker through Redis."""
 
@@ -296,212 +222,6 @@ class QueueSettings(_Section):
         return [(p, m) for p, _, m in (link.partition(":") for link in self.chain)]
 
 
-# --- router settings: the router issue owns this class and the [router] table of fleet.toml ---
-class RouterKeywords(_Section):
-    """Phrases the heuristic looks for in the ask (never in pasted code, logs or documents).
-
-    Matching is case-insensitive on whole words; a space also matches ``-`` or ``_``, and a
-    trailing ``*`` matches any word ending (``architect*`` matches "architecture").
-    """
-
-    # Word lists read better packed than one phrase per line.
-    # fmt: off
-    #: Work that needs a frontier model: design, architecture, trade-offs, security, proofs, algorithms.
-    hard: list[str] = Field(
-        default_factory=lambda: [
-            "design a", "design an", "design the", "design our", "design for", "system design", "architect*",
-            "trade off*", "tradeoff*", "pros and cons", "security review", "secur* audit", "threat model*",
-            "vulnerab*", "exploit*", "attack surface", "privilege escalation", "sql injection", "xss", "csrf",
-            "ssrf", "root cause*", "post mortem", "postmortem", "race condition*", "deadlock*", "prove",
-            "proof", "formally verify", "invariant*", "algorithm for", "design an algorithm",
-            "complexity analysis", "big o", "consistency model", "distributed", "consensus", "migration plan",
-            "migration strategy", "zero downtime", "capacity plan*", "scalab*", "strategy for", "roadmap",
-            "evaluate whether", "decide between", "choose between", "which approach", "should we",
-            "build vs buy", "rfc", "capacity", "devise", "come up with", "propose a", "pick between",
-            "weigh*", "alternatives", "formally", "formal proof", "formal argument", "formal verification",
-            "lock free", "linearizab*", "concurren*", "thread safe*", "show that", "lower bound",
-            "upper bound", "correctness", "theorem", "lemma", "decid*", "build or buy", "build our own",
-        ]
-    )
-    #: An open or ambiguous goal the model must interpret.
-    ambiguous: list[str] = Field(
-        default_factory=lambda: [
-            "not sure", "figure out", "somehow", "something is off", "something is wrong", "best way",
-            "best approach", "what would you", "what should", "how should", "any ideas", "how would you",
-            "would you use", "how we should", "we should", "what could", "going on", "estimat*",
-            "assumption*", "open ended", "unclear", "ambiguous", "vague", "make it better", "rethink",
-        ]
-    )
-    #: High stakes: money, law, health, personal data, production safety.
-    stakes: list[str] = Field(
-        default_factory=lambda: [
-            "security", "authentication", "authorization", "auth", "credential*", "layoff*", "severance",
-            "secret*", "pii", "gdpr", "hipaa", "soc 2", "pci", "compliance", "regulat*", "legal*",
-            "liability", "contract clause*", "medical", "diagnos*", "dosage", "financial advice", "data loss",
-            "corrupt*", "outage*", "incident*", "production database", "downtime", "breach*", "exposure",
-            "penalt*", "lawsuit*", "hospital*", "patient*", "medication*", "clinical", "investor*", "expose*",
-            "iam", "permission*", "least privilege", "access control", "public access", "publicly", "privacy",
-            "data residency", "dpa",
-        ]
-    )
-    #: Debugging; across several components it counts as hard.
-    debugging: list[str] = Field(
-        default_factory=lambda: [
-            "debug*", "why does", "why do", "why is", "why are", "why did", "intermittent*", "flaky",
-            "sometimes", "occasionally", "stale", "wrong", "broken", "fail*", "error*", "bug*", "disappear*",
-            "lost", "missing", "degrad*", "worse", "sometimes fail*", "randomly", "memory leak", "leak*",
-            "regression", "hangs", "stall*", "crash*", "slow down", "latency spike*", "timeout*",
-            "inconsistent", "investigat*", "lag", "lagging",
-        ]
-    )
-    #: Components of a system, counted to tell cross-component work from local work.
-    components: list[str] = Field(
-        default_factory=lambda: [
-            "service", "services", "microservice*", "api gateway", "gateway", "load balancer", "database",
-            "db", "postgres*", "mysql", "redis", "cache", "kafka", "queue", "broker", "worker*", "frontend",
-            "backend", "cdn", "dns", "kubernetes", "k8s", "ingress", "replica*", "shard*", "cluster",
-            "client", "server", "proxy", "scheduler", "webhook*", "elasticsearch", "indexer", "producer*",
-            "consumer*", "sqlite", "mobile", "device*", "sync service", "search", "cdn",
-        ]
-    )
-    #: Mechanical, bounded transformations a small model does well.
-    mechanical: list[str] = Field(
-        default_factory=lambda: [
-            "format the", "format this", "format these", "format it", "reformat", "pretty print", "extract",
-            "pull out", "parse", "translate", "find and replace", "replace all", "bump", "copyright",
-            "rename", "docstring*", "boilerplate", "scaffold*", "stub out", "skeleton", "classify",
-            "categori*", "tag", "label", "lint", "linter", "flake8", "eslint", "pylint", "typo*", "spelling",
-            "grammar", "proofread", "convert", "alphabeti*", "mask", "transform", "sort", "dedupe",
-            "deduplicate", "normalize", "capitali*", "uppercase", "lowercase", "fill in", "fill out",
-            "transcribe", "redact", "add type hints", "type annotations", "comment each", "commit message",
-            "changelog entry", "alt text", "sentiment",
-        ]
-    )
-    #: Light generative asks: summaries, short replies, simple explanations.
-    light: list[str] = Field(
-        default_factory=lambda: [
-            "summar*", "tl dr", "tldr", "sentence", "one line", "one liner", "short", "brief", "a few words",
-            "subject line", "title*", "headline*", "tagline*", "slogan*", "rephrase", "reword", "paraphrase",
-            "shorten", "thank you note", "word for", "acknowledg*", "define", "list the", "count*",
-            "calculate", "sum of", "sum up", "tally",
-        ]
-    )
-    #: Precise output specifications: the job is well specified.
-    precise: list[str] = Field(
-        default_factory=lambda: [
-            "as json", "in json", "json object", "json array", "json with", "as csv", "as yaml", "as a table",
-            "markdown table", "one per line", "return only", "output only", "only the", "exactly",
-            "with keys", "fields", "columns", "following schema", "in the format", "iso 8601", "snake case",
-            "camel case", "unchanged", "untouched", "do not change", "don't change", "without changing",
-        ]
-    )
-    #: A small, bounded piece of code asked for.
-    bounded_code: list[str] = Field(
-        default_factory=lambda: [
-            "write a function", "function that", "function to", "helper function", "regex",
-            "regular expression", "bash one liner", "shell command", "cron expression", "getter*", "setter*",
-            "dataclass", "enum", "dockerfile", "gitignore",
-        ]
-    )
-    #: Words that point at pasted material ("this article", "the log below"): after the first paragraph
-    #: that has one, the rest of the prompt is pasted, except a closing question or instruction.
-    pasted_pointers: list[str] = Field(
-        default_factory=lambda: [
-            "this", "these", "the following", "following", "below", "above", "attached", "pasted", "here is",
-            "here are", "here's",
-        ]
-    )
-    #: Asks that need judgement about the given input (review, explain, refactor): they keep a job
-    #: that works on pasted input from counting as bounded by it.
-    judgement: list[str] = Field(
-        default_factory=lambda: [
-            "refactor*", "review*", "explain*", "analy*", "interpret*", "improv*", "optimi*", "rewrite",
-            "edit", "tighten", "port", "reply", "respond", "response", "draft*", "suggest*", "recommend*",
-            "assess*", "evaluat*", "critique", "why", "whether", "cause*", "what's wrong", "what is wrong",
-            "fix", "describe", "implement*", "design*", "plan*", "trend*", "insight*", "anomal*", "unhealthy",
-            "advice", "advise", "faq", "article", "guide", "blog*", "post", "essay", "story", "speech",
-            "proposal",
-        ]
-    )
-    #: Nouns that introduce pasted material in a line ending with ':' ("Customer email:").
-    pasted_cues: list[str] = Field(
-        default_factory=lambda: [
-            "following", "below", "here is", "here's", "here are", "attached", "pasted", "text", "email",
-            "message", "ticket", "log", "logs", "trace", "traceback", "stack trace", "output", "diff",
-            "patch", "code", "file", "snippet", "document", "doc", "article", "transcript", "review",
-            "reviews", "comment", "comments", "json", "csv", "yaml", "data", "table", "report", "notes",
-            "input", "content", "conversation", "chat",
-        ]
-    )
-    # fmt: on
-
-
-class RouterWeights(_Section):
-    """Points each feature adds to (or takes from) the base score; counted once per feature."""
-
-    hard: float = 2.0
-    ambiguous: float = 1.0
-    stakes: float = 1.0
-    #: Debugging that names at least ``thresholds.components`` distinct components.
-    cross_component: float = 1.0
-    #: At least ``thresholds.many_files`` files in ``hints.files`` and paths in the ask.
-    many_files: float = 1.0
-    mechanical: float = -2.0
-    light: float = -1.0
-    precise: float = -1.0
-    bounded_code: float = -1.0
-    #: Asks for judgement; 0 by default: it only stops ``input_bound`` from applying.
-    judgement: float = 0.0
-    #: The job works only on pasted input (extract, list, change) with no judgement asked.
-    input_bound: float = -1.0
-    #: ``response_schema`` set: the output is specified exactly.
-    response_schema: float = -1.0
-    #: A one-line question of at most ``thresholds.short_question_chars`` with no hard feature.
-    short_question: float = -1.0
-
-
-class RouterThresholds(_Section):
-    """Limits that turn counts and lengths into features."""
-
-    #: Score of an ask with no deciding feature (3: standard, the safe middle).
-    base_score: float = Field(default=3.0, ge=1, le=5)
-    #: Files touched (hints.files plus distinct paths in the ask) that count as a wide change.
-    many_files: int = Field(default=4, ge=1)
-    #: Distinct components named by a debugging ask that make it cross-component.
-    components: int = Field(default=2, ge=1)
-    #: Length of a quick question ("What is the capital of Australia?").
-    short_question_chars: int = Field(default=80, ge=0)
-    #: Pasted input at or over this many characters makes a job without judgement ``input_bound``.
-    input_bound_chars: int = Field(default=150, ge=0)
-    #: Pasted input at or over this many characters is noted in the reasons.
-    pasted_note_chars: int = Field(default=400, ge=0)
-    #: Characters of the ask read from its start and its end; the middle of a longer ask is skipped.
-    ask_head_chars: int = Field(default=2000, ge=100)
-    ask_tail_chars: int = Field(default=600, ge=0)
-
-
-class HeuristicSettings(_Section):
-    """The content classifier's keyword sets, weights and thresholds (``[router.heuristic.*]``)."""
-
-    keywords: RouterKeywords = Field(default_factory=RouterKeywords)
-    weights: RouterWeights = Field(default_factory=RouterWeights)
-    thresholds: RouterThresholds = Field(default_factory=RouterThresholds)
-
-
-class RouterSettings(_Section):
-    #: A latency budget at or under this many milliseconds routes to the fast tier.
-    fast_threshold_ms: int = Field(default=2000, gt=0)
-    #: Which content classifier scores jobs without a deciding hint: "heuristic" or "llm".
-    classifier: Literal["heuristic", "llm"] = "heuristic"
-    #: Timeout of the LLM classifier's call, in seconds.
-    llm_timeout_s: float = Field(default=2.0, gt=0)
-    #: The heuristic classifier's keyword sets, weights and thresholds.
-    heuristic: HeuristicSettings = Field(default_factory=HeuristicSettings)
-
-
-# --- end of router settings ---
-
-
 class EscalationSettings(_Section):
     #: Days a resolved, retried or discarded escalation is kept.
     retention_days: float = Field(default=30.0, gt=0)
@@ -556,31 +276,10 @@ class FlowerSettings(_Section):
     events_flush_ms: int = Field(default=100, ge=0, le=10_000)
 
 
-class MockSettings(_Section):
-    """The mock provider: when enabled, every provider points at it."""
-
-    enabled: bool = False
-    #: URL of a running mock provider; set by the supervisor when it starts one.
-    url: str = ""
-    port: int = Field(default=0, ge=0, le=65535)
-    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    latency_ms: float = Field(default=20.0, ge=0.0)
-    #: How long the mock's "timeout" fault holds a call before answering.
-    timeout_sleep_s: float = Field(default=30.0, ge=0.0)
-    seed: int = 0
-    #: "http": calls go to the mock server over HTTP. "inline": the worker answers them itself, with
-    #: the same answers and no network, latency or faults: what the fleet costs with a provider that
-    #: costs nothing (bench/throughput.py, bench/latency.py). failure_rate and latency_ms need "http".
-    transport: Literal["http", "inline"] = "http"
-
-    @model_validator(mode="after")
-    def _inline_has_no_faults(self) -> MockSettings:
-        if self.transport == "inline" and self.failure_rate > 0:
-            raise ValueError('failure_rate needs transport = "http": the inline mock injects no faults')
-        return self
-
-
 class Settings(_Section):
+    """Every section of the fleet's configuration; ``retry``, ``providers``, ``router`` and ``mock``
+    are declared by their owners (see the module docstring)."""
+
     config_dir: str = ""
     state_dir: str = ".fleet"
     profile: str | None = None
@@ -591,7 +290,8 @@ class Settings(_Section):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     queues: dict[str, QueueSettings] = Field(default_factory=dict)
-    router: RouterSettings = Field(default_factory=RouterSettings)
+    #: Without a router table: the one the package ships (``config/router.toml``).
+    router: RouterSettings = Field(default_factory=default_router_settings)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
@@ -622,14 +322,6 @@ class Settings(_Section):
 
     def model(self, provider: str, model: str) -> ModelSettings:
         return self.providers[provider].models[model]
-
-    def base_url(self, provider: str) -> str:
-        """The provider's base URL, or the mock provider's when the mock is on."""
-        settings = self.providers[provider]
-        if self.mock.enabled and self.mock.url:
-            root = self.mock.url.rstrip("/")
-            return f"{root}/v1" if settings.kind == "openai-compatible" else root
-        return settings.base_url
 
     def visibility_timeout(self) -> int:
         """Seconds before Redis redelivers an unacked message: above the longest task timeout."""
@@ -721,12 +413,40 @@ def load_settings(
     """
     environ = dict(os.environ if env is None else env)
     root = Path(config_dir or environ.get("FLEET_CONFIG_DIR") or default_config_dir())
+    profile = profile or environ.get("FLEET_PROFILE") or None
+    data, sources = _read_files(root, profile)
+    _apply_env(data, environ, sources)
+    for dotted, value in (overrides or {}).items():
+        _set_path(data, dotted.split("."), value)
+        sources[tuple(dotted.split("."))] = "command line"
+
+    data["config_dir"] = str(root)
+    data["profile"] = profile
+    data["state_dir"] = environ.get("FLEET_STATE_DIR", data.get("state_dir", ".fleet"))
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, sources) from None
+
+    resolve_api_keys(settings.providers, settings.mock, environ)
+    auth = environ.get("FLEET_FLOWER_BASIC_AUTH")
+    if auth:
+        settings.flower.basic_auth = SecretStr(auth)
+    return settings
+
+
+#: Where each key came from: a key path (its longest known prefix) -> file, profile or variable.
+_Sources = dict[tuple[str, ...], str]
+
+
+def _read_files(root: Path, profile: str | None) -> tuple[dict[str, Any], _Sources]:
+    """The config directory's files as one table, with the profile applied, and their sources."""
     fleet_file = root / "config" / "fleet.toml"
     data = _read_toml(fleet_file)
-    sources: dict[tuple[str, ...], str] = {(): str(fleet_file)}
+    sources: _Sources = {(): str(fleet_file)}
+    data["router"] = _router_table(root, data, sources)
 
     profiles = data.pop("profiles", {})
-    profile = profile or environ.get("FLEET_PROFILE") or None
     if profile:
         if profile not in profiles:
             known = ", ".join(sorted(profiles)) or "none"
@@ -742,7 +462,33 @@ def load_settings(
             queues[name] = {"name": name, **_read_toml(qfile)}
             sources[("queues", name)] = str(qfile)
     data["queues"] = _merge(queues, data.get("queues", {}))
+    return data, sources
 
+
+def _router_table(root: Path, fleet_data: dict[str, Any], sources: _Sources) -> dict[str, Any]:
+    """The ``[router]`` table: the shipped ``config/router.toml``, under the config directory's own,
+    under a ``[router]`` table left in ``fleet.toml`` (its home before router.toml).
+
+    The shipped file is the base because the keyword sets have no defaults in code: a config
+    directory without router.toml, or with a partial one, routes as before.
+    """
+    shipped = shipped_router_file()
+    table = router_table(_read_toml(shipped), shipped)
+    sources[("router",)] = str(shipped)
+    own = root / ROUTER_FILE
+    if own.is_file() and own.resolve() != shipped.resolve():
+        table = _merge(table, router_table(_read_toml(own), own))
+        sources[("router",)] = str(own)
+    if "router" in fleet_data:
+        fleet_file = sources[()]
+        legacy = router_table({"router": fleet_data["router"]}, fleet_file)
+        table = _merge(table, legacy)
+        sources.update({("router", key): fleet_file for key in legacy})
+    return table
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str], sources: _Sources) -> None:
+    """``FLEET_REDIS_URL``, then every ``FLEET_<SECTION>__<KEY>`` variable, over ``data``."""
     if environ.get("FLEET_REDIS_URL"):
         data.setdefault("broker", {})["url"] = environ["FLEET_REDIS_URL"]
         sources[("broker", "url")] = "environment variable FLEET_REDIS_URL"
@@ -754,31 +500,9 @@ def load_settings(
             continue
         _set_path(data, path, _env_value(raw))
         sources[tuple(path)] = f"environment variable {var}"
-    for dotted, value in (overrides or {}).items():
-        _set_path(data, dotted.split("."), value)
-        sources[tuple(dotted.split("."))] = "command line"
-
-    data["config_dir"] = str(root)
-    data["profile"] = profile
-    data["state_dir"] = environ.get("FLEET_STATE_DIR", data.get("state_dir", ".fleet"))
-    try:
-        settings = Settings.model_validate(data)
-    except ValidationError as exc:
-        raise _config_error(exc, sources) from None
-
-    for name, provider in settings.providers.items():
-        if provider.api_key_env:
-            key = environ.get(provider.api_key_env)
-            provider.api_key = SecretStr(key) if key else None
-        if settings.mock.enabled and provider.api_key is None:
-            provider.api_key = SecretStr(f"mock-key-{name}")
-    auth = environ.get("FLEET_FLOWER_BASIC_AUTH")
-    if auth:
-        settings.flower.basic_auth = SecretStr(auth)
-    return settings
 
 
-def _config_error(exc: ValidationError, sources: dict[tuple[str, ...], str]) -> ConfigError:
+def _config_error(exc: ValidationError, sources: _Sources) -> ConfigError:
     err = exc.errors(include_url=False)[0]
     loc = tuple(str(p) for p in err["loc"])
     source = sources[()]

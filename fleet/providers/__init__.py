@@ -15,6 +15,7 @@ import httpx
 
 from fleet.providers.anthropic import AnthropicProvider
 from fleet.providers.base import ChatRequest, ChatResponse, Provider
+from fleet.providers.config import effective_base_url
 from fleet.providers.mock_answers import InlineMockProvider
 from fleet.providers.openai_compat import OpenAICompatProvider
 
@@ -69,7 +70,7 @@ def build_provider(name: str, settings: Settings, client: httpx.Client) -> Provi
     cls = OpenAICompatProvider if cfg.kind == "openai-compatible" else AnthropicProvider
     return cls(
         name,
-        settings.base_url(name),
+        effective_base_url(cfg, settings.mock),
         cfg.api_key,
         client,
         connect_timeout_s=cfg.connect_timeout_s,

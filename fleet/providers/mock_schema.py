@@ -59,44 +59,65 @@ def schema_instance(schema: Any, root: Any = None, _depth: int = 0) -> Any:
     if schema.get("enum"):
         return schema["enum"][0]
     if isinstance(schema.get("allOf"), list):
-        merged = {k: v for k, v in schema.items() if k != "allOf"}
-        for sub in schema["allOf"]:
-            sub = _resolve(root, sub["$ref"]) if isinstance(sub, dict) and "$ref" in sub else sub
-            if isinstance(sub, dict):
-                merged["properties"] = {**merged.get("properties", {}), **sub.get("properties", {})}
-                merged["required"] = [*merged.get("required", []), *sub.get("required", [])]
-                merged.update({k: v for k, v in sub.items() if k not in ("properties", "required")})
-        return schema_instance(merged, root, _depth + 1)
+        return schema_instance(_merge_all_of(schema, root), root, _depth + 1)
     for key in ("anyOf", "oneOf"):
         if isinstance(schema.get(key), list) and schema[key]:
             return schema_instance(schema[key][0], root, _depth + 1)
+    kind = _type(schema)
+    if kind == "object":
+        return _object(schema, root, _depth)
+    if kind == "array":
+        return _array(schema, root, _depth)
+    return _scalar(schema, kind)
+
+
+def _merge_all_of(schema: dict[str, Any], root: Any) -> dict[str, Any]:
+    """One schema with the properties, required names and other keys of every ``allOf`` part."""
+    merged = {k: v for k, v in schema.items() if k != "allOf"}
+    for sub in schema["allOf"]:
+        sub = _resolve(root, sub["$ref"]) if isinstance(sub, dict) and "$ref" in sub else sub
+        if isinstance(sub, dict):
+            merged["properties"] = {**merged.get("properties", {}), **sub.get("properties", {})}
+            merged["required"] = [*merged.get("required", []), *sub.get("required", [])]
+            merged.update({k: v for k, v in sub.items() if k not in ("properties", "required")})
+    return merged
+
+
+def _type(schema: dict[str, Any]) -> Any:
+    """The schema's type: the first that is not "null" of a list, else guessed from its keywords."""
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind is None:
         kind = "object" if "properties" in schema or "required" in schema else "string"
         kind = "array" if "items" in schema or "prefixItems" in schema else kind
-    if kind == "object":
-        props = schema.get("properties") or {}
-        out = {name: schema_instance(sub, root, _depth + 1) for name, sub in props.items()}
-        extra = schema.get("additionalProperties")
-        for name in schema.get("required") or []:
-            if name not in out:
-                out[name] = schema_instance(extra, root, _depth + 1) if isinstance(extra, dict) else "mock"
-        return out
-    if kind == "array":
-        prefix = [schema_instance(s, root, _depth + 1) for s in schema.get("prefixItems") or []]
-        count = max(int(schema.get("minItems", 1)), len(prefix))
-        count = min(count, int(schema.get("maxItems", count)))
-        item = schema.get("items") if isinstance(schema.get("items"), dict) else {}
-        items = prefix[:count]
-        for i in range(len(items), count):
-            value = schema_instance(item, root, _depth + 1)
-            # uniqueItems: vary scalars so that copies differ.
-            items.append(
-                f"{value}-{i}" if isinstance(value, str) and i else value + i if _num(value) else value
-            )
-        return items
+    return kind
+
+
+def _object(schema: dict[str, Any], root: Any, depth: int) -> dict[str, Any]:
+    props = schema.get("properties") or {}
+    out = {name: schema_instance(sub, root, depth + 1) for name, sub in props.items()}
+    extra = schema.get("additionalProperties")
+    for name in schema.get("required") or []:
+        if name not in out:
+            out[name] = schema_instance(extra, root, depth + 1) if isinstance(extra, dict) else "mock"
+    return out
+
+
+def _array(schema: dict[str, Any], root: Any, depth: int) -> list[Any]:
+    prefix = [schema_instance(s, root, depth + 1) for s in schema.get("prefixItems") or []]
+    count = max(int(schema.get("minItems", 1)), len(prefix))
+    count = min(count, int(schema.get("maxItems", count)))
+    item = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+    items = prefix[:count]
+    for i in range(len(items), count):
+        value = schema_instance(item, root, depth + 1)
+        # uniqueItems: vary scalars so that copies differ.
+        items.append(f"{value}-{i}" if isinstance(value, str) and i else value + i if _num(value) else value)
+    return items
+
+
+def _scalar(schema: dict[str, Any], kind: Any) -> Any:
     if kind in ("integer", "number"):
         return _number(schema, kind == "integer")
     if kind == "boolean":
@@ -106,13 +127,6 @@ def schema_instance(schema: Any, root: Any = None, _depth: int = 0) -> Any:
     text = _FORMATS.get(str(schema.get("format")), "mock answer")
     text = text.ljust(int(schema.get("minLength", 0)), "x")
     return text[: int(schema["maxLength"])] if "maxLength" in schema else text
-
-
-def _vary(value: Any, i: int) -> Any:
-    """The i-th copy of an array item, different from the others where it is a string or number."""
-    if isinstance(value, str) and i:
-        return f"{value}-{i}"
-    return value + i if _num(value) else value
 
 
 def _num(value: Any) -> bool:

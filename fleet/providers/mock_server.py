@@ -11,6 +11,7 @@
 Answers are deterministic text built from the prompt. A JSON schema is honoured when asked through
 OpenAI's ``response_format`` (``json_schema``) or through :data:`fleet.providers._http.SCHEMA_MARKER`
 followed by the schema as JSON in any message or the system prompt (what the Anthropic adapter sends).
+Requests are read and answers written by :mod:`fleet.providers.mock_wire`; this module decides.
 
 Faults (:data:`FAULT_KINDS`) are decided per call from a hash of (seed, model, messages, n), where n
 counts earlier calls with the same model and messages: one workload under one seed meets the same
@@ -44,9 +45,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fleet.providers._http import SCHEMA_MARKER
 from fleet.providers.mock_answers import MockCall as _Call
-from fleet.providers.mock_answers import Wire, answer_text, answer_usage
+from fleet.providers.mock_answers import Wire
+from fleet.providers.mock_wire import (
+    HTTP_FAULTS,
+    MALFORMED,
+    answer_response,
+    error_response,
+    fault_response,
+    json_response,
+    model_not_found,
+    parse_call,
+)
 
 __all__ = [
     "FAULT_KINDS",
@@ -74,23 +84,6 @@ FaultKind = Literal[
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 
-# (openai status, openai type, openai code, anthropic status, anthropic type, message)
-_HTTP_FAULTS: dict[str, tuple[int, str, str | None, int, str, str]] = {
-    "rate_limited": (429, "requests", "rate_limit_exceeded", 429, "rate_limit_error", "Rate limit reached."),
-    "overloaded": (503, "server_error", None, 529, "overloaded_error", "The server is overloaded."),
-    "server_error": (500, "server_error", None, 500, "api_error", "The server had an error."),
-    "auth": (401, "invalid_request_error", "invalid_api_key", 401, "authentication_error", "Bad API key."),
-    "bad_request": (
-        400,
-        "invalid_request_error",
-        "invalid_value",
-        400,
-        "invalid_request_error",
-        "Bad request",
-    ),
-    # The message is built per call: the real ones name the token counts.
-    "context_length_exceeded": (400, "invalid_request_error", "context_length_exceeded", 400, "", ""),
-}
 _TRANSPORT_KEY = "fleet.mock.transport"
 #: Distinct (model, messages) pairs remembered for the occurrence count (about 100 bytes each).
 _MAX_SEEN = 1_000_000
@@ -139,63 +132,6 @@ class MockConfig(BaseModel):
         if any(w < 0 for w in value.values()):
             raise ValueError("weights must be >= 0")
         return value
-
-
-# --- the call -------------------------------------------------------------------------------------
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
-def _marker_schema(texts: Sequence[str]) -> dict[str, Any] | None:
-    for text in texts:
-        at = text.find(SCHEMA_MARKER)
-        if at >= 0:
-            try:
-                found, _ = json.JSONDecoder().raw_decode(text[at + len(SCHEMA_MARKER) :].lstrip())
-            except ValueError:
-                return None
-            return found if isinstance(found, dict) else None
-    return None
-
-
-def _parse_call(wire: Wire, body: Any) -> _Call | str:
-    """The call described by a request body, or the reason it is invalid."""
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        return "model: a string is required"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        return "messages: a non-empty list of objects is required"
-    if body.get("stream"):
-        return "stream: the mock provider does not stream"
-    system = _text(body.get("system")) if wire == "anthropic" else ""
-    if wire == "anthropic" and not isinstance(body.get("max_tokens"), int):
-        return "max_tokens: Field required"
-    texts = [system, *(_text(m.get("content")) for m in messages)]
-    users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
-    fmt = body.get("response_format") if wire == "openai" else None
-    schema = None
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        spec = fmt.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-    schema = schema if isinstance(schema, dict) else _marker_schema(texts)
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    canonical = json.dumps([body["model"], system, messages], sort_keys=True, separators=(",", ":"))
-    return _Call(
-        wire=wire,
-        model=body["model"],
-        canonical=canonical.encode(),
-        last_user=users[-1] if users else texts[-1],
-        prompt_chars=sum(len(t) for t in texts),
-        schema=schema,
-        json_mode=isinstance(fmt, dict) and fmt.get("type") == "json_object",
-        max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
-    )
 
 
 # --- state: config, fates, stats ------------------------------------------------------------------
@@ -282,92 +218,7 @@ class _State:
         return mean * math.exp(sigma * z - sigma * sigma / 2)
 
 
-# --- responses ------------------------------------------------------------------------------------
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(data, separators=(",", ":")).encode()
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
-
-
-def _error(
-    wire: Wire, status: int, etype: str, message: str, code: str | None = None, **hdr: str
-) -> Response:
-    if wire == "openai":
-        body: dict[str, Any] = {"error": {"message": message, "type": etype, "param": None, "code": code}}
-    else:
-        body = {"type": "error", "error": {"type": etype, "message": message}}
-    return _json(body, status, hdr or None)
-
-
-def _fault_response(state: _State, call: _Call, kind: str, down: bool) -> Response:
-    o_status, o_type, o_code, a_status, a_type, message = _HTTP_FAULTS[kind]
-    a_type = a_type or o_type
-    headers: dict[str, str] = {}
-    if kind == "rate_limited":
-        after = state.config.retry_after_s
-        headers["retry-after"] = str(int(after)) if after == int(after) else f"{after:g}"
-        headers["retry-after-ms"] = str(round(after * 1000))
-    if kind == "context_length_exceeded":
-        tokens = max(state.config.context_window + 1, call.prompt_chars // 4)
-        message = (
-            f"This model's maximum context length is {state.config.context_window} tokens. However, your "
-            f"messages resulted in {tokens} tokens. Please reduce the length of the messages."
-            if call.wire == "openai"
-            else f"prompt is too long: {tokens} tokens > {state.config.context_window} maximum"
-        )
-    if call.wire == "openai":
-        return _error("openai", 503 if down else o_status, o_type, message, o_code, **headers)
-    return _error("anthropic", 503 if down else a_status, a_type, message, **headers)
-
-
-def _answer(state: _State, call: _Call, kind: str, base: bytes) -> Response:
-    ref = base.hex()
-    text, finish = answer_text(call, kind, ref)
-    tokens_in, tokens_out = answer_usage(call, text)
-    if call.wire == "openai":
-        content = None if finish == "content_filter" else text
-        return _json(
-            {
-                "id": f"chatcmpl-mock{ref[:24]}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": call.model,
-                "system_fingerprint": "fp_mock",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content, "refusal": None},
-                        "logprobs": None,
-                        "finish_reason": finish,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": tokens_in,
-                    "completion_tokens": tokens_out,
-                    "total_tokens": tokens_in + tokens_out,
-                },
-            }
-        )
-    stop = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}[finish]
-    return _json(
-        {
-            "id": f"msg_mock{ref[:24]}",
-            "type": "message",
-            "role": "assistant",
-            "model": call.model,
-            # Anthropic sends no block for an empty answer or a refusal.
-            "content": [{"type": "text", "text": text}] if text else [],
-            "stop_reason": stop,
-            "stop_sequence": None,
-            "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out},
-        }
-    )
-
-
 # --- the app --------------------------------------------------------------------------------------
-
-_MALFORMED = b'{"id": "mock", "object": "chat.completion", "choices": [{"message": {"content": "cut'
 
 
 async def _drop(request: Request) -> Response:
@@ -396,91 +247,115 @@ class _CaptureTransport:
 
 def create_app(config: MockConfig) -> ASGIApp:
     """The mock provider as an ASGI app (its Starlette app's ``state.mock`` holds config and stats)."""
-    state = _State(config)
-
-    async def call(request: Request, wire: Wire) -> Response:
-        try:
-            parsed = _parse_call(wire, json.loads(await request.body()))
-        except ValueError:
-            parsed = "the body is not valid JSON"
-        if isinstance(parsed, str):
-            state.record("", "bad_request")
-            return _error(wire, 400, "invalid_request_error", parsed)
-        models = state.config.models
-        if models is not None and parsed.model not in models:
-            state.record(parsed.model, "bad_request")
-            if wire == "openai":
-                text = f"The model `{parsed.model}` does not exist or you do not have access to it."
-                return _error(wire, 404, "invalid_request_error", text, "model_not_found")
-            return _error(wire, 404, "not_found_error", f"model: {parsed.model}")
-        kind, latency, base = state.decide(parsed)
-        forced = request.headers.get("x-mock-fault")
-        if forced is not None:
-            if forced != "ok" and forced not in FAULT_KINDS:
-                return _error(wire, 400, "invalid_request_error", f"unknown x-mock-fault {forced!r}")
-            kind = forced
-        state.record(parsed.model, kind)
-        if kind == "connection":
-            return await _drop(request)
-        if kind in _HTTP_FAULTS:
-            down = parsed.model in state.config.down_models and forced is None
-            return _fault_response(state, parsed, kind, down)
-        await asyncio.sleep(state.config.timeout_sleep_s if kind == "timeout" else latency)
-        if kind == "malformed_response":
-            return Response(_MALFORMED, media_type="application/json")
-        return _answer(state, parsed, kind, base)
-
-    async def chat_completions(request: Request) -> Response:
-        return await call(request, "openai")
-
-    async def messages(request: Request) -> Response:
-        return await call(request, "anthropic")
-
-    async def list_models(request: Request) -> Response:
-        names = state.config.models or sorted({"mock-small", "mock-large", *state.by_model} - {""})
-        data = [
-            {"id": n, "object": "model", "created": 0, "owned_by": "mock", "type": "model"}
-            | {"display_name": n, "created_at": "2024-01-01T00:00:00Z"}
-            for n in names
-        ]
-        first, last = (names[0], names[-1]) if names else (None, None)
-        return _json({"object": "list", "data": data, "has_more": False, "first_id": first, "last_id": last})
-
-    async def stats(request: Request) -> Response:
-        return _json(state.stats())
-
-    async def reset(request: Request) -> Response:
-        state.reset()
-        return _json({"reset": True})
-
-    async def config_endpoint(request: Request) -> Response:
-        if request.method == "POST":
-            try:
-                patch = json.loads(await request.body() or b"{}")
-                if not isinstance(patch, dict):
-                    raise ValueError("expected a JSON object")
-                state.config = MockConfig.model_validate({**state.config.model_dump(), **patch})
-            except (ValueError, ValidationError) as exc:
-                return JSONResponse({"error": str(exc)}, status_code=422)
-        return _json(state.config.model_dump(mode="json"))
-
-    async def healthz(request: Request) -> Response:
-        return _json({"status": "ok"})
-
     app = Starlette(
         routes=[
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/chat/completions", chat_completions, methods=["POST"]),
-            Route("/v1/messages", messages, methods=["POST"]),
-            Route("/v1/models", list_models, methods=["GET"]),
-            Route("/stats", stats, methods=["GET"]),
-            Route("/_mock/reset", reset, methods=["POST"]),
-            Route("/_mock/config", config_endpoint, methods=["GET", "POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
+            Route("/v1/chat/completions", _chat_completions, methods=["POST"]),
+            Route("/chat/completions", _chat_completions, methods=["POST"]),
+            Route("/v1/messages", _messages, methods=["POST"]),
+            Route("/v1/models", _list_models, methods=["GET"]),
+            Route("/stats", _stats, methods=["GET"]),
+            Route("/_mock/reset", _reset, methods=["POST"]),
+            Route("/_mock/config", _config_endpoint, methods=["GET", "POST"]),
+            Route("/healthz", _healthz, methods=["GET"]),
         ]
     )
-    app.state.mock = state
+    app.state.mock = _State(config)
     return _CaptureTransport(app)
+
+
+def _state(request: Request) -> _State:
+    state: _State = request.app.state.mock
+    return state
+
+
+async def _call(request: Request, wire: Wire) -> Response:
+    """One model call: its fate decided by the hash (or ``x-mock-fault``), then answered."""
+    state = _state(request)
+    parsed = await _read_call(request, state, wire)
+    if isinstance(parsed, Response):
+        return parsed
+    kind, latency, base = state.decide(parsed)
+    forced = request.headers.get("x-mock-fault")
+    if forced is not None:
+        if forced != "ok" and forced not in FAULT_KINDS:
+            return error_response(wire, 400, "invalid_request_error", f"unknown x-mock-fault {forced!r}")
+        kind = forced
+    state.record(parsed.model, kind)
+    if kind == "connection":
+        return await _drop(request)
+    if kind in HTTP_FAULTS:
+        cfg = state.config
+        down = parsed.model in cfg.down_models and forced is None
+        return fault_response(
+            parsed, kind, down=down, retry_after_s=cfg.retry_after_s, context_window=cfg.context_window
+        )
+    await asyncio.sleep(state.config.timeout_sleep_s if kind == "timeout" else latency)
+    if kind == "malformed_response":
+        return Response(MALFORMED, media_type="application/json")
+    return answer_response(parsed, kind, base)
+
+
+async def _read_call(request: Request, state: _State, wire: Wire) -> _Call | Response:
+    """The call in the request, or the 400/404 a provider answers to a bad body or an unknown model."""
+    try:
+        parsed = parse_call(wire, json.loads(await request.body()))
+    except ValueError:
+        parsed = "the body is not valid JSON"
+    if isinstance(parsed, str):
+        state.record("", "bad_request")
+        return error_response(wire, 400, "invalid_request_error", parsed)
+    models = state.config.models
+    if models is not None and parsed.model not in models:
+        state.record(parsed.model, "bad_request")
+        return model_not_found(wire, parsed.model)
+    return parsed
+
+
+async def _chat_completions(request: Request) -> Response:
+    return await _call(request, "openai")
+
+
+async def _messages(request: Request) -> Response:
+    return await _call(request, "anthropic")
+
+
+async def _list_models(request: Request) -> Response:
+    state = _state(request)
+    names = state.config.models or sorted({"mock-small", "mock-large", *state.by_model} - {""})
+    data = [
+        {"id": n, "object": "model", "created": 0, "owned_by": "mock", "type": "model"}
+        | {"display_name": n, "created_at": "2024-01-01T00:00:00Z"}
+        for n in names
+    ]
+    first, last = (names[0], names[-1]) if names else (None, None)
+    page = {"object": "list", "data": data, "has_more": False, "first_id": first, "last_id": last}
+    return json_response(page)
+
+
+async def _stats(request: Request) -> Response:
+    return json_response(_state(request).stats())
+
+
+async def _reset(request: Request) -> Response:
+    _state(request).reset()
+    return json_response({"reset": True})
+
+
+async def _config_endpoint(request: Request) -> Response:
+    state = _state(request)
+    if request.method == "POST":
+        try:
+            patch = json.loads(await request.body() or b"{}")
+            if not isinstance(patch, dict):
+                raise ValueError("expected a JSON object")
+            state.config = MockConfig.model_validate({**state.config.model_dump(), **patch})
+        except (ValueError, ValidationError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+    return json_response(state.config.model_dump(mode="json"))
+
+
+async def _healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
 
 
 # --- serving --------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from fleet.models import RoutingDecision, TaskRequest
 from fleet.router import heuristic, llm, rules
+from fleet.router.config import RouterSettings
 from fleet.router.heuristic import tier_for_score
 from fleet.router.llm import Ask
 from fleet.router.rules import apply_rules
-from fleet.settings import RouterSettings
 
 __all__ = ["Ask", "apply_rules", "decide", "heuristic", "llm", "rules", "tier_for_score"]
 

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 
 from fleet.models import RoutingDecision, TaskRequest, Tier
-from fleet.settings import HeuristicSettings, RouterSettings
+from fleet.router.config import HeuristicSettings, RouterSettings
 
 __all__ = ["CLASSIFIER", "AskText", "classify", "score_request", "split_ask", "tier_for_score"]
 

@@ -1,7 +1,8 @@
 """The LLM classifier: asks the mini tier's model for a JSON verdict, falls back to the heuristic.
 
-Opt-in with ``[router] classifier = "llm"``. The caller passes ``ask(prompt, timeout_s) -> text``,
-which runs the mini tier's provider chain and raises on any failure. The verdict
+Opt-in with ``[router] classifier = "llm"``. The caller passes ``ask(prompt, timeout_s) -> text``
+(:data:`Ask`), which runs the mini tier's provider chain and raises on any failure: the worker builds
+it (fleet.tasks), so this module knows nothing of the chain or the providers. The verdict
 ``{"score": 1-5, "tier": "mini"|"standard"|"full", "reason": "..."}`` is validated by pydantic;
 an exception, a timeout, invalid JSON, wrong fields, an out-of-range score or a tier that does not
 match the score all fall back to the heuristic, and the decision's ``reasons`` say so.
@@ -16,19 +17,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
-from fleet.chain import Chain
-from fleet.errors import ProviderError
 from fleet.models import RoutingDecision, TaskRequest, Tier
 from fleet.router import heuristic
-from fleet.settings import RouterSettings
+from fleet.router.config import RouterSettings
 
 __all__ = [
     "CLASSIFIER",
+    "FALLBACK",
     "VERDICT_SCHEMA",
     "Ask",
     "Verdict",
     "build_prompt",
-    "chain_ask",
     "classify",
     "parse_verdict",
 ]
@@ -88,22 +87,6 @@ VERDICT_SCHEMA: dict[str, object] = {
         "reason": {"type": "string", "minLength": 1, "maxLength": 500},
     },
 }
-
-
-def chain_ask(chain: Chain, links: list[tuple[str, str]]) -> Ask:
-    """An ``ask`` that runs ``links`` (the mini tier's chain) for the verdict, within the timeout.
-
-    The callable raises ProviderError when no link answers in time.
-    """
-
-    def ask(prompt: str, timeout_s: float) -> str:
-        request = TaskRequest(prompt=prompt, max_tokens=200, temperature=0.0, response_schema=VERDICT_SCHEMA)
-        outcome = chain.run(links, request, timeout_s=timeout_s)
-        if outcome.answer is None:
-            raise ProviderError(f"the mini tier gave no verdict ({outcome.reason})")
-        return outcome.answer
-
-    return ask
 
 
 def build_prompt(request: TaskRequest) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fleet.models import Complexity, RoutingDecision, TaskRequest, Tier
-from fleet.settings import RouterSettings
+from fleet.router.config import RouterSettings
 
 __all__ = ["CLASSIFIER", "PINNED", "RULES", "apply_rules", "complexity", "latency", "pinned", "safety"]
 

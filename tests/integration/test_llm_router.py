@@ -8,10 +8,11 @@ import httpx
 import pytest
 
 from fleet.chain import Chain
+from fleet.errors import ProviderError
 from fleet.models import TaskRequest
 from fleet.providers.mock_server import MockConfig, MockServerThread
 from fleet.router import decide
-from fleet.router.llm import CLASSIFIER, FALLBACK, chain_ask
+from fleet.router.llm import CLASSIFIER, FALLBACK, VERDICT_SCHEMA, Ask
 from fleet.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -31,11 +32,24 @@ def _settings(url: str) -> Settings:
     return settings
 
 
+def _mini_tier_ask(chain: Chain, settings: Settings) -> Ask:
+    """What the route task asks with: the mini tier's chain, for a schema-valid verdict."""
+
+    def ask(prompt: str, timeout_s: float) -> str:
+        request = TaskRequest(prompt=prompt, max_tokens=200, temperature=0.0, response_schema=VERDICT_SCHEMA)
+        outcome = chain.run(settings.tier("mini").links(), request, timeout_s=timeout_s)
+        if outcome.answer is None:
+            raise ProviderError(f"the mini tier gave no verdict ({outcome.reason})")
+        return outcome.answer
+
+    return ask
+
+
 def test_the_verdict_comes_from_the_mini_tiers_model(mock: MockServerThread) -> None:
     # Given the LLM classifier asking the mini tier's chain of the mock provider
     settings = _settings(mock.url)
     chain = Chain(settings)
-    ask = chain_ask(chain, settings.tier("mini").links())
+    ask = _mini_tier_ask(chain, settings)
 
     # When a job without hints is routed
     decision = decide(
@@ -54,7 +68,7 @@ def test_a_failing_model_falls_back_to_the_heuristic_and_says_so(mock: MockServe
     down = [m for _, m in settings.tier("mini").links()]
     httpx.post(f"{mock.url}/_mock/config", json={"down_models": down}).raise_for_status()
     chain = Chain(settings)
-    ask = chain_ask(chain, settings.tier("mini").links())
+    ask = _mini_tier_ask(chain, settings)
     decision = decide(TaskRequest(prompt="Design a multi-region failover plan"), settings.router, ask=ask)
     assert decision.classifier == FALLBACK
     assert "llm classifier failed" in decision.reasons[0]
@@ -64,7 +78,7 @@ def test_a_failing_model_falls_back_to_the_heuristic_and_says_so(mock: MockServe
 def test_precedence_rules_never_ask_the_model(mock: MockServerThread) -> None:
     settings = _settings(mock.url)
     chain = Chain(settings)
-    ask = chain_ask(chain, settings.tier("mini").links())
+    ask = _mini_tier_ask(chain, settings)
     decision = decide(
         TaskRequest(prompt="Anything", hints={"safety_critical": True}), settings.router, ask=ask
     )

@@ -1,13 +1,19 @@
-"""Settings: defaults load; profiles and FLEET_* overrides apply; bad values name file and key."""
+"""Settings: defaults load; router.toml, profiles and FLEET_* apply in turn; bad values name file and key."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import fleet
 from fleet.errors import ConfigError
+from fleet.providers.config import effective_base_url
+from fleet.router.config import default_router_settings
 from fleet.settings import default_config_dir, load_settings, mask_url, parse_rate
 
 
@@ -30,8 +36,8 @@ def test_defaults_load_with_every_queue_and_a_chain_per_tier() -> None:
 def test_demo_profile_points_providers_at_the_mock() -> None:
     settings = load_settings(profile="demo", env={"FLEET_MOCK__URL": "http://127.0.0.1:9"})
     assert settings.mock.enabled
-    assert settings.base_url("openai") == "http://127.0.0.1:9/v1"
-    assert settings.base_url("anthropic") == "http://127.0.0.1:9"
+    assert effective_base_url(settings.providers["openai"], settings.mock) == "http://127.0.0.1:9/v1"
+    assert effective_base_url(settings.providers["anthropic"], settings.mock) == "http://127.0.0.1:9"
     assert settings.providers["openai"].api_key is not None
 
 
@@ -60,11 +66,20 @@ def test_api_keys_come_from_the_named_variable_and_are_masked() -> None:
         ("queues/fast.toml", 'rate_limit = "3000/m"', 'rate_limit = "0/m"', "rate_limit"),
         ("queues/standard.toml", "timeout_s = 180", 'timeout_s = "long"', "timeout_s"),
         (
-            "config/fleet.toml",
+            "config/router.toml",
             "fast_threshold_ms = 2000",
             "fast_threshold_ms = -1",
             "router.fast_threshold_ms",
         ),
+        (
+            "config/router.toml",
+            "many_files = 4",
+            'many_files = "four"',
+            "router.heuristic.thresholds.many_files",
+        ),
+        ("config/router.toml", "\nhard = 2.0", "\nhard = 2.0\nsoft = 1.0", "router.heuristic.weights.soft"),
+        ("config/router.toml", "\nhard = [", "\nhard = 3\nnot_hard = [", "router.heuristic.keywords.hard"),
+        ("config/fleet.toml", "max_deliveries = 5", "max_deliveries = 0", "limits.max_deliveries"),
     ],
 )
 def test_bad_values_name_the_file_and_key(tmp_path: Path, file: str, old: str, new: str, key: str) -> None:
@@ -75,7 +90,7 @@ def test_bad_values_name_the_file_and_key(tmp_path: Path, file: str, old: str, n
     path.write_text(text.replace(old, new))
     with pytest.raises(ConfigError) as info:
         load_settings(config_dir=root, env={})
-    assert Path(file).name in str(info.value)
+    assert info.value.file == str(path)
     assert key in str(info.value)
 
 
@@ -118,3 +133,71 @@ def test_outcome_policy_is_data_with_defaults() -> None:
     assert settings.retry.action("server_error") == "retry"
     with pytest.raises(ConfigError, match="unknown outcome codes"):
         load_settings(env={"FLEET_RETRY__POLICY__TEAPOT": '"retry"'})
+
+
+def test_the_router_table_comes_from_router_toml_under_profile_and_env(tmp_path: Path) -> None:
+    # Given a config directory whose router.toml sets the threshold, and a profile that sets it again
+    root = _copy_config(tmp_path)
+    router_file = root / "config" / "router.toml"
+    router_file.write_text(
+        router_file.read_text().replace("fast_threshold_ms = 2000", "fast_threshold_ms = 1500")
+    )
+    fleet_file = root / "config" / "fleet.toml"
+    fleet_file.write_text(fleet_file.read_text() + "\n[profiles.snappy.router]\nfast_threshold_ms = 900\n")
+    # Then the file, the profile and a variable each win over the one before
+    assert load_settings(config_dir=root, env={}).router.fast_threshold_ms == 1500
+    assert load_settings(config_dir=root, profile="snappy", env={}).router.fast_threshold_ms == 900
+    env = {"FLEET_ROUTER__FAST_THRESHOLD_MS": "700"}
+    assert load_settings(config_dir=root, profile="snappy", env=env).router.fast_threshold_ms == 700
+
+
+def test_a_partial_or_missing_router_toml_keeps_the_shipped_tables(tmp_path: Path) -> None:
+    # Given a config directory without router.toml: the shipped table routes
+    root = _copy_config(tmp_path)
+    router_file = root / "config" / "router.toml"
+    router_file.unlink()
+    assert load_settings(config_dir=root, env={}).router == default_router_settings()
+    # When its router.toml sets one key and one list, Then only those change
+    router_file.write_text(
+        '[router]\nclassifier = "llm"\n[router.heuristic.keywords]\nstakes = ["invoice*"]\n'
+    )
+    router = load_settings(config_dir=root, env={}).router
+    shipped = default_router_settings()
+    assert router.classifier == "llm" and router.heuristic.keywords.stakes == ["invoice*"]
+    assert router.heuristic.keywords.hard == shipped.heuristic.keywords.hard
+    assert router.heuristic.weights == shipped.heuristic.weights
+    assert router.fast_threshold_ms == shipped.fast_threshold_ms
+
+
+def test_a_router_table_left_in_fleet_toml_still_applies(tmp_path: Path) -> None:
+    # Given a config directory from before router.toml: its [router] table lives in fleet.toml
+    root = _copy_config(tmp_path)
+    (root / "config" / "router.toml").unlink()
+    fleet_file = root / "config" / "fleet.toml"
+    fleet_file.write_text(fleet_file.read_text() + "\n[router]\nfast_threshold_ms = 1200\n")
+    assert load_settings(config_dir=root, env={}).router.fast_threshold_ms == 1200
+    # And a bad value there names fleet.toml, not router.toml
+    fleet_file.write_text(fleet_file.read_text().replace("fast_threshold_ms = 1200", "fast_threshold_ms = 0"))
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_dir=root, env={})
+    assert info.value.file.endswith("fleet.toml") and info.value.key == "router.fast_threshold_ms"
+
+
+def test_router_toml_with_another_table_is_refused(tmp_path: Path) -> None:
+    root = _copy_config(tmp_path)
+    router_file = root / "config" / "router.toml"
+    router_file.write_text(router_file.read_text() + "\n[broker]\nurl = 'redis://h'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_dir=root, env={})
+    assert info.value.file == str(router_file) and info.value.key == "broker"
+
+
+@pytest.mark.parametrize(
+    "module", ["fleet.router", "fleet.router.config", "fleet.retry", "fleet.providers.config"]
+)
+def test_each_owners_settings_load_without_fleet_settings(module: str) -> None:
+    # The owners' modules sit below fleet.settings, which imports them: importing one of them must
+    # not load fleet.settings (that would be a cycle waiting to happen).
+    code = f"import sys, {module}; assert 'fleet.settings' not in sys.modules, sorted(sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(Path(fleet.__file__).resolve().parents[1])}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)

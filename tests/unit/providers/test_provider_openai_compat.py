@@ -21,7 +21,8 @@ from fleet.providers import (
     make_http_client,
 )
 from fleet.providers.base import estimate_tokens
-from fleet.settings import MockSettings, ProviderSettings, Settings
+from fleet.providers.config import MockSettings, ProviderSettings
+from fleet.settings import Settings
 
 KEY = "sk-test-SECRETKEY-0123456789abcdef"
 URL = "https://llm.example/v1"

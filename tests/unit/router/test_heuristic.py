@@ -1,8 +1,7 @@
-"""The heuristic content classifier: features, reasons, pasted input, config defaults, caching."""
+"""The heuristic content classifier: features, reasons, pasted input, tuning by config, caching."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +9,11 @@ import pytest
 
 from fleet.models import RoutingDecision, Tier, validate_request
 from fleet.router import heuristic
-from fleet.settings import HeuristicSettings, RouterSettings, load_settings
+from fleet.router.config import RouterSettings, default_router_settings
+from fleet.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[3]
-SETTINGS = RouterSettings()
+SETTINGS = default_router_settings()
 
 PASTED_CODE = "\n".join(
     f"def handler_{i}(request):\n    # security review: architecture trade-offs, root cause\n    return {i};"
@@ -23,17 +23,6 @@ PASTED_CODE = "\n".join(
 
 def classify(prompt: str, settings: RouterSettings = SETTINGS, **fields: Any) -> RoutingDecision:
     return heuristic.classify(validate_request({"prompt": prompt, **fields}), settings)
-
-
-def test_package_defaults_equal_what_config_ships() -> None:
-    # Given the [router] table of config/fleet.toml
-    with (REPO / "config" / "fleet.toml").open("rb") as fh:
-        shipped = tomllib.load(fh)["router"]
-    # Then it equals the defaults carried by the package, key by key
-    assert RouterSettings.model_validate(shipped) == RouterSettings()
-    assert set(shipped["heuristic"]["keywords"]) == set(HeuristicSettings().keywords.model_dump())
-    assert set(shipped["heuristic"]["weights"]) == set(HeuristicSettings().weights.model_dump())
-    assert set(shipped["heuristic"]["thresholds"]) == set(HeuristicSettings().thresholds.model_dump())
 
 
 @pytest.mark.parametrize(
@@ -150,15 +139,15 @@ def test_operators_tune_keywords_and_weights_without_code() -> None:
     # Then the same prompt scores higher with the tuned settings
     assert classify(prompt, tuned).score == (classify(prompt).score or 0) + 1
     # And a weight of 0 switches a feature off
-    quiet = RouterSettings.model_validate({"heuristic": {"weights": {"hard": 0}}})
+    quiet = load_settings(config_dir=REPO, env={"FLEET_ROUTER__HEURISTIC__WEIGHTS__HARD": "0"}).router
     assert classify("Do a security review of the login flow.", quiet).score == 4
 
 
 def test_compiled_patterns_are_cached_per_settings_object() -> None:
-    settings = HeuristicSettings()
+    settings = SETTINGS.heuristic
     first = heuristic._compiled(settings)
     assert heuristic._compiled(settings) is first
-    assert heuristic._compiled(HeuristicSettings()) is not first
+    assert heuristic._compiled(settings.model_copy(deep=True)) is not first
 
 
 def test_split_ask_reports_pasted_characters() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from fleet.models import Tier, validate_request
 from fleet.router import decide
-from fleet.settings import RouterSettings
+from fleet.router.config import default_router_settings
 
 LABELED = Path(__file__).resolve().parents[2] / "data" / "router_labeled.jsonl"
 
@@ -33,7 +33,7 @@ def test_the_labeled_set_is_large_and_labeled() -> None:
 
 def test_accuracy_and_no_under_routing() -> None:
     # Given the default router settings and every labeled request
-    settings = RouterSettings()
+    settings = default_router_settings()
     misses: list[str] = []
     under: list[str] = []
     for number, row in enumerate(ROWS, start=1):
@@ -54,5 +54,5 @@ def test_accuracy_and_no_under_routing() -> None:
 @pytest.mark.parametrize("row", [r for r in ROWS if r["expected_tier"] == "full"][:5])
 def test_a_full_job_carries_its_reasons(row: dict[str, object]) -> None:
     data = {k: v for k, v in row.items() if k not in ("expected_tier", "why")}
-    decision = decide(validate_request(data), RouterSettings())
+    decision = decide(validate_request(data), default_router_settings())
     assert decision.reasons

@@ -10,9 +10,9 @@ import pytest
 from fleet.errors import ProviderTimeout
 from fleet.models import Tier, validate_request
 from fleet.router import decide, llm
-from fleet.settings import RouterSettings
+from fleet.router.config import default_router_settings
 
-SETTINGS = RouterSettings(classifier="llm", llm_timeout_s=1.5)
+SETTINGS = default_router_settings().model_copy(update={"classifier": "llm", "llm_timeout_s": 1.5})
 REQUEST = validate_request({"prompt": "Add docstrings to billing/invoice.py.", "kind": "docstring"})
 
 
@@ -72,7 +72,7 @@ def test_a_verdict_inside_a_code_fence_is_accepted() -> None:
 )
 def test_a_bad_answer_falls_back_to_the_heuristic(answer: str, why: str) -> None:
     decision = decide(REQUEST, SETTINGS, ask=answering(answer))
-    heuristic_only = decide(REQUEST, RouterSettings())
+    heuristic_only = decide(REQUEST, default_router_settings())
     assert decision.tier is heuristic_only.tier
     assert decision.score == heuristic_only.score
     assert decision.classifier == llm.FALLBACK

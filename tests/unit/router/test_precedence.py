@@ -8,10 +8,10 @@ import pytest
 
 from fleet.models import Tier, validate_request
 from fleet.router import decide
+from fleet.router.config import RouterSettings, default_router_settings
 from fleet.router.rules import apply_rules
-from fleet.settings import RouterSettings
 
-SETTINGS = RouterSettings()
+SETTINGS = default_router_settings()
 HARD_PROMPT = "Design the architecture of our payments platform and weigh the trade-offs."
 EASY_PROMPT = "Translate 'good morning' into French."
 
@@ -59,7 +59,7 @@ def test_latency_above_the_threshold_does_not_decide() -> None:
 
 
 def test_fast_threshold_comes_from_settings() -> None:
-    tight = RouterSettings(fast_threshold_ms=500)
+    tight = SETTINGS.model_copy(update={"fast_threshold_ms": 500})
     assert route(settings=tight, hints={"latency_budget_ms": 800}).tier is not Tier.FAST
     assert route(settings=tight, hints={"latency_budget_ms": 500}).tier is Tier.FAST
 
@@ -84,7 +84,7 @@ def test_without_a_deciding_hint_the_content_decides() -> None:
 
 
 def test_llm_classifier_configured_without_a_model_uses_the_heuristic() -> None:
-    settings = RouterSettings(classifier="llm")
+    settings = SETTINGS.model_copy(update={"classifier": "llm"})
     decision = route(EASY_PROMPT, settings=settings)
     assert decision.classifier == "heuristic"
     assert "no model is available" in decision.reasons[0]
@@ -94,6 +94,6 @@ def test_llm_classifier_is_not_asked_when_a_rule_decides() -> None:
     def ask(prompt: str, timeout_s: float) -> str:
         raise AssertionError("the model must not be asked")
 
-    settings = RouterSettings(classifier="llm")
+    settings = SETTINGS.model_copy(update={"classifier": "llm"})
     request = validate_request({"prompt": EASY_PROMPT, "hints": {"complexity": "low"}})
     assert decide(request, settings, ask=ask).tier is Tier.MINI
