@@ -24,7 +24,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 
 from fleet.app import FleetCelery
 from fleet.discovery import redis_client
-from fleet.escalations import EscalationStore, NewEscalation
+from fleet.escalations import NewEscalation, RedisEscalationStore
 from fleet.settings import Settings
 
 __all__ = ["FleetConsumer"]
@@ -91,7 +91,7 @@ class FleetConsumer(Consumer):
         try:
             queue = (getattr(message, "delivery_info", None) or {}).get("routing_key")
             body = getattr(message, "body", None)
-            EscalationStore(redis_client(self.fleet_settings)).create(
+            RedisEscalationStore(redis_client(self.fleet_settings)).create(
                 NewEscalation(
                     task_id=_task_id(message),
                     reason=reason,

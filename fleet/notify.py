@@ -19,7 +19,7 @@ from celery.signals import worker_ready
 
 from fleet.app import ESCALATE_TASK
 from fleet.discovery import redis_client
-from fleet.escalations import EscalationStore
+from fleet.escalations import EscalationRecord, EscalationStore, RedisEscalationStore, State
 from fleet.settings import EscalationSettings, Settings
 
 __all__ = ["backoff_s", "post_webhook", "resend_unnotified", "slack_message"]
@@ -35,32 +35,30 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def slack_message(record: dict[str, Any], settings: EscalationSettings) -> dict[str, Any]:
+def slack_message(record: EscalationRecord, settings: EscalationSettings) -> dict[str, Any]:
     """The Slack-compatible JSON for a new escalation: ``text`` (fallback) and ``blocks``."""
-    esc_id, tier, reason = record["id"], record.get("tier") or "no tier", record.get("reason") or "unknown"
-    kind = record.get("kind") or "job"
-    attempts = record.get("attempts") or []
+    esc_id, tier, reason = record.id, record.tier or "no tier", str(record.reason)
+    kind = record.kind or "job"
+    attempts = record.attempts
     text = f"Escalation {esc_id}: a {kind} on tier {tier} needs a person ({reason})"
     fields = [
         f"*Tier*\n{_esc(str(tier))}",
         f"*Reason*\n`{_esc(reason)}`",
         f"*Kind*\n{_esc(kind)}",
-        f"*Task*\n`{_esc(record['task_id'])}`",
+        f"*Task*\n`{_esc(record.task_id)}`",
     ]
     if attempts:
         last = attempts[-1]
-        fields.append(
-            f"*Attempts*\n{len(attempts)}, last: {_esc(str(last.get('link')))} -> {last.get('outcome')}"
-        )
-    if record.get("retry_of"):
-        fields.append(f"*Retry of*\n`{_esc(record['retry_of'])}`")
+        fields.append(f"*Attempts*\n{len(attempts)}, last: {_esc(last.link)} -> {last.outcome}")
+    if record.retry_of:
+        fields.append(f"*Retry of*\n`{_esc(record.retry_of)}`")
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": f"Escalation {esc_id} needs a person"}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
     ]
-    if record.get("detail"):
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _esc(record["detail"][:1000])}})
-    request = record.get("request")
+    if record.detail:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _esc(record.detail[:1000])}})
+    request = record.request
     if (
         settings.webhook_include_prompt
         and isinstance(request, dict)
@@ -98,10 +96,11 @@ def resend_unnotified(app: Any, settings: Settings, store: EscalationStore) -> i
     if not settings.escalation.webhook_url:
         return 0
     sent = 0
-    for state in ("open", "claimed"):
+    waiting: tuple[State, ...] = ("open", "claimed")
+    for state in waiting:
         for record in store.list(state=state):
-            if record.get("notified_at") is None:
-                app.send_task(ESCALATE_TASK, args=[record["id"]], queue="escalations")
+            if record.notified_at is None:
+                app.send_task(ESCALATE_TASK, args=[record.id], queue="escalations")
                 sent += 1
     return sent
 
@@ -116,7 +115,7 @@ def _catch_up(sender: Any = None, **_: Any) -> None:
         return
     app = sender.app
     settings: Settings = app.fleet_settings
-    store = EscalationStore(redis_client(settings), retention_days=settings.escalation.retention_days)
+    store = RedisEscalationStore(redis_client(settings), retention_days=settings.escalation.retention_days)
     try:
         sent = resend_unnotified(app, settings, store)
     except Exception:  # a start-up hook must not stop the worker; the next start tries again

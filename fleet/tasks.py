@@ -37,7 +37,7 @@ from fleet.boundary import BROKER_ERRORS
 from fleet.chain import THROTTLED, Chain
 from fleet.discovery import redis_client
 from fleet.errors import InvalidRequest
-from fleet.escalations import EscalationStore, NewEscalation
+from fleet.escalations import EscalationStore, NewEscalation, RedisEscalationStore
 from fleet.limits import (
     GATE_LUA,
     GCRA_LUA,
@@ -160,7 +160,7 @@ def _get_limiter() -> RateLimiter:
 
 def _store() -> EscalationStore:
     settings = _settings()
-    return EscalationStore(redis_client(settings), retention_days=settings.escalation.retention_days)
+    return RedisEscalationStore(redis_client(settings), retention_days=settings.escalation.retention_days)
 
 
 def _retry_of_current_job() -> str | None:
@@ -176,13 +176,13 @@ def dead_letter(new: NewEscalation) -> TaskResult:
     """Persist an escalation (before the message is acked), notify the escalations queue, and
     return the task's final result."""
     if new.retry_of is None:
-        new = dataclasses.replace(new, retry_of=_retry_of_current_job())
+        new = new.model_copy(update={"retry_of": _retry_of_current_job()})
     if new.trace_id is None:
-        new = dataclasses.replace(new, trace_id=telemetry.current_traceparent())
+        new = new.model_copy(update={"trace_id": telemetry.current_traceparent()})
     record, created = _store().create(new)
     if created:
         telemetry.record_escalation(new.reason, new.tier)
-        app.send_task(ESCALATE_TASK, args=[record["id"]], queue="escalations")
+        app.send_task(ESCALATE_TASK, args=[record.id], queue="escalations")
     log.warning("task %s escalated: %s %s", new.task_id, new.reason, new.detail[:200])
     return TaskResult(
         task_id=new.task_id,
@@ -190,9 +190,9 @@ def dead_letter(new: NewEscalation) -> TaskResult:
         tier=_tier_or_none(new.tier),
         routing=RoutingDecision.model_validate(new.routing) if new.routing else None,
         attempts=[Attempt.model_validate(a) for a in new.attempts or []],
-        cost_usd=sum(float(a.get("cost_usd", 0.0)) for a in new.attempts or []),
-        escalation_id=record["id"],
-        reason=record["reason"],
+        cost_usd=sum(a.cost_usd for a in new.attempts),
+        escalation_id=record.id,
+        reason=record.reason,
         submitted_at=new.submitted_at,
         finished_at=time.time(),
     )
@@ -696,24 +696,20 @@ def escalate(self: Task[Any, Any], escalation_id: Any = None) -> None:
         log.error("escalation %r announced but not found", escalation_id)
         return
     log.info(
-        "escalation %s open: task %s, tier %s, reason %s", record["id"], record["task_id"], record["tier"],
-        record["reason"],
+        "escalation %s open: task %s, tier %s, reason %s", record.id, record.task_id, record.tier,
+        record.reason,
     )  # fmt: skip
     cfg = settings.escalation
-    if (
-        not cfg.webhook_url
-        or record.get("notified_at") is not None
-        or record["state"] not in ("open", "claimed")
-    ):
+    if not cfg.webhook_url or record.notified_at is not None or record.state not in ("open", "claimed"):
         return
     failure = post_webhook(cfg.webhook_url, slack_message(record, cfg), timeout_s=cfg.webhook_timeout_s)
     if failure is None:
-        store.mark_notified(record["id"])
+        store.mark_notified(record.id)
         return
     retries = int(self.request.retries or 0)
     if retries >= cfg.webhook_max_retries:
-        log.error("escalation %s: webhook failed %d times, giving up: %s", record["id"], retries + 1, failure)
+        log.error("escalation %s: webhook failed %d times, giving up: %s", record.id, retries + 1, failure)
         return
     delay = backoff_s(retries, cfg)
-    log.warning("escalation %s: webhook failed (%s); retry in %.1f s", record["id"], failure, delay)
+    log.warning("escalation %s: webhook failed (%s); retry in %.1f s", record.id, failure, delay)
     raise self.retry(countdown=delay, max_retries=cfg.webhook_max_retries)

@@ -199,41 +199,42 @@ def create_api(settings: Settings, redis_url: str | None = None, *, token: str |
         tier: Annotated[Tier | None, Query()] = None,
     ) -> list[dict[str, Any]]:
         """Escalations, oldest first, filtered by state and tier."""
-        return fleet.inbox().list(state=state, tier=str(tier) if tier else None)
+        return [record.model_dump(mode="json") for record in fleet.inbox().list(state=state, tier=tier)]
 
     @api.get("/v1/escalations/stats", tags=["escalations"])
     def escalation_stats() -> dict[str, Any]:
         """Counts by state, by tier and by reason (each split by state); age of the oldest open one."""
-        return fleet.inbox().stats()
+        return fleet.inbox().stats().model_dump(mode="json")
 
     @api.get("/v1/escalations/{esc_id}", tags=["escalations"])
     def get_escalation(esc_id: str) -> dict[str, Any]:
         """One escalation: request, routing, attempts, history, resolution."""
-        return fleet.inbox().get(esc_id)
+        return fleet.inbox().get(esc_id).model_dump(mode="json")
 
     @api.post("/v1/escalations/{esc_id}/claim", tags=["escalations"])
     def claim(esc_id: str, body: ClaimBody) -> dict[str, Any]:
         """Take an open escalation: only you can act on it until you release it. 409 if someone holds it."""
-        return fleet.inbox().claim(esc_id, body.by)
+        return fleet.inbox().claim(esc_id, body.by).model_dump(mode="json")
 
     @api.post("/v1/escalations/{esc_id}/release", tags=["escalations"])
     def release(esc_id: str, body: ReleaseBody) -> dict[str, Any]:
         """Give a claimed escalation back to the open pile (``force``: someone else's claim)."""
-        return fleet.inbox().release(esc_id, body.by, force=body.force)
+        return fleet.inbox().release(esc_id, body.by, force=body.force).model_dump(mode="json")
 
     @api.post("/v1/escalations/{esc_id}/resolve", tags=["escalations"])
     def resolve(esc_id: str, body: ResolveBody) -> dict[str, Any]:
         """Answer it: the answer becomes the task's result (``resolved_by: human``)."""
-        return fleet.inbox().resolve(esc_id, body.answer, body.by)
+        return fleet.inbox().resolve(esc_id, body.answer, body.by).model_dump(mode="json")
 
     @api.post("/v1/escalations/{esc_id}/retry", tags=["escalations"])
     def retry(esc_id: str, body: RetryBody) -> dict[str, Any]:
         """Enqueue the original request again under the same task id (pinned to ``tier`` if given)."""
-        return fleet.inbox().retry(esc_id, body.by, tier=str(body.tier) if body.tier else None)
+        record = fleet.inbox().retry(esc_id, body.by, tier=str(body.tier) if body.tier else None)
+        return record.model_dump(mode="json")
 
     @api.post("/v1/escalations/{esc_id}/discard", tags=["escalations"])
     def discard(esc_id: str, body: DiscardBody) -> dict[str, Any]:
         """Close it without an answer; the task's result says discarded, with the reason."""
-        return fleet.inbox().discard(esc_id, body.reason, body.by)
+        return fleet.inbox().discard(esc_id, body.reason, body.by).model_dump(mode="json")
 
     return api
