@@ -45,7 +45,7 @@ from fleet.app import EXECUTE_TASK, NOTIFY_TASK, ROUTE_TASK
 from fleet.consumer import MAX_BODY_SLACK
 from fleet.embedded import EmbeddedBroker
 from fleet.errors import BrokerError
-from fleet.escalations import EscalationStore
+from fleet.escalations import RedisEscalationStore
 from fleet.keys import QUEUES
 from fleet.procs import children_of
 from fleet.producer import Client
@@ -312,7 +312,7 @@ def provider_faults(rig: Rig, n: int) -> None:
 def poison(rig: Rig, good: int) -> None:
     started = time.monotonic()
     rig.mock.configure(latency_ms=20)
-    store = EscalationStore(rig.client.redis)
+    store = RedisEscalationStore(rig.client.redis)
     poisoned: list[str] = []
     what: dict[str, str] = {}
     big = "x" * (rig.settings.limits.max_prompt_bytes + MAX_BODY_SLACK)

@@ -25,6 +25,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from fleet.app import FleetCelery
 from fleet.errors import Reason
 from fleet.escalations import NewEscalation
+from fleet.models import Tier
 from fleet.runtime import get_runtime
 from fleet.settings import Settings
 
@@ -98,7 +99,7 @@ class FleetConsumer(Consumer):
                     reason=reason,
                     detail=detail,
                     request=body if isinstance(body, bytes | str) else repr(body),
-                    tier=queue if queue in ("mini", "standard", "full", "fast") else None,
+                    tier=Tier.of(queue),
                     queue=queue,
                 )
             )

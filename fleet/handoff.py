@@ -9,14 +9,15 @@ attempt, never lose the record.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
 
 from fleet import telemetry
+from fleet.errors import Reason
 from fleet.escalations import EscalationStore, NewEscalation
-from fleet.models import Attempt, RoutingDecision, TaskResult, Tier
+from fleet.middleware.base import Job
+from fleet.models import TaskResult
 
 __all__ = ["Handoff"]
 
@@ -33,6 +34,28 @@ class Handoff:
         self.store = store
         self.announce = announce
 
+    def job(self, job: Job, reason: Reason, detail: str) -> TaskResult:
+        """Hand a tier job to people, with every attempt it made so far (the middlewares' and the
+        runner's way to escalate: a :data:`fleet.runner.HandOver`).
+
+        Raises:
+            BrokerError: the broker is down.
+        """
+        attempts = [*job.envelope.attempts, *(job.outcome.attempts if job.outcome else [])]
+        new = NewEscalation(
+            task_id=job.id,
+            reason=reason,
+            detail=detail,
+            tier=job.routing.tier,
+            queue=job.consumed_from,
+            request=job.payload,
+            routing=job.routing,
+            attempts=attempts,
+            submitted_at=job.envelope.submitted_at,
+            retry_of=job.envelope.retry_of,
+        )
+        return self.escalate(new, kind=job.request.kind)
+
     def escalate(self, new: NewEscalation, *, kind: str | None = None) -> TaskResult:
         """Persist the escalation (once per task id), announce a new one, and return the job's final
         result.
@@ -41,22 +64,21 @@ class Handoff:
             BrokerError: the broker is down (nothing was recorded; the message is not acked).
         """
         if new.trace_id is None:
-            new = dataclasses.replace(new, trace_id=telemetry.current_traceparent())
+            new = new.model_copy(update={"trace_id": telemetry.current_traceparent()})
         record, created = self.store.create(new)
         if created:
             telemetry.record_escalation(new.reason, new.tier)
-            self.announce(record["id"])
+            self.announce(record.id)
         log.warning("task %s escalated: %s %s", new.task_id, new.reason, new.detail[:200])
-        attempts = [Attempt.model_validate(a) for a in new.attempts or []]
         return TaskResult.from_attempts(
             new.task_id,
             "escalated",
-            attempts,
-            tier=Tier.of(new.tier),
+            new.attempts,
+            tier=new.tier,
             kind=kind,
-            routing=RoutingDecision.model_validate(new.routing) if new.routing else None,
-            escalation_id=record["id"],
-            reason=record["reason"],
+            routing=new.routing,
+            escalation_id=record.id,
+            reason=str(record.reason),
             submitted_at=new.submitted_at,
             finished_at=time.time(),
         )

@@ -1,7 +1,7 @@
 """The escalation verbs with their effects, shared by the CLI and the HTTP API.
 
-:class:`fleet.escalations.EscalationStore` keeps the records and their state machine; this layer adds
-what a transition does to the job:
+:class:`fleet.escalations.EscalationStore` keeps the records and their state machine (in Redis;
+a test may pass the in-memory store); this layer adds what a transition does to the job:
 
 - resolve / discard write the task's final result (``resolved_by="human"``) into the Celery result
   backend in the same MULTI block as the transition, and publish it to waiting producers. Celery's
@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
-
-from redis.client import Pipeline
 
 from fleet import keys, telemetry
 from fleet.app import FleetCelery, create_app, queue_result
 from fleet.discovery import broker_url, redis_client
 from fleet.errors import BrokerError, EscalationError, IllegalTransition, InvalidRequest
-from fleet.escalations import EscalationStore, result_for
-from fleet.models import Attempt, JobEnvelope, RoutingDecision, TaskRequest, Tier, validate_request
+from fleet.escalations import (
+    CommitSink,
+    EscalationRecord,
+    EscalationStats,
+    EscalationStore,
+    RedisEscalationStore,
+    State,
+    result_for,
+)
+from fleet.models import JobEnvelope, RoutingDecision, TaskRequest, Tier, validate_request
 from fleet.producer import enqueue
 from fleet.settings import Settings
 
@@ -37,14 +42,23 @@ class Inbox:
     """Handle escalations of one fleet. Thread-safe; build one and keep it."""
 
     def __init__(
-        self, settings: Settings, *, redis_url: str | None = None, app: FleetCelery | None = None
+        self,
+        settings: Settings,
+        *,
+        redis_url: str | None = None,
+        app: FleetCelery | None = None,
+        store: EscalationStore | None = None,
     ) -> None:
         self.settings = settings
         self.redis_url = redis_url or broker_url(settings)
         self.redis = redis_client(settings, self.redis_url)
         self._own_app = app is None
         self.app = app or create_app(settings, self.redis_url)
-        self.store = EscalationStore(self.redis, retention_days=settings.escalation.retention_days)
+        self.store = (
+            store
+            if store is not None
+            else RedisEscalationStore(self.redis, retention_days=settings.escalation.retention_days)
+        )
         telemetry.setup(settings, role="inbox")  # a no-op unless OTEL_* or a trace file asks
 
     def close(self) -> None:
@@ -53,27 +67,27 @@ class Inbox:
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def list(self, *, state: str | None = None, tier: str | None = None) -> list[dict[str, Any]]:
+    def list(self, *, state: State | None = None, tier: Tier | None = None) -> list[EscalationRecord]:
         return self.store.list(state=state, tier=tier)
 
-    def get(self, esc_id: str) -> dict[str, Any]:
+    def get(self, esc_id: str) -> EscalationRecord:
         """Raises EscalationNotFound."""
         return self.store.get(esc_id)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> EscalationStats:
         return self.store.stats()
 
     # -- verbs -------------------------------------------------------------------------------------
 
-    def claim(self, esc_id: str, by: str) -> dict[str, Any]:
+    def claim(self, esc_id: str, by: str) -> EscalationRecord:
         """Raises EscalationNotFound, IllegalTransition (someone else holds it, or it is closed)."""
         return self.store.transition(esc_id, "claim", by)
 
-    def release(self, esc_id: str, by: str, *, force: bool = False) -> dict[str, Any]:
+    def release(self, esc_id: str, by: str, *, force: bool = False) -> EscalationRecord:
         """Raises EscalationNotFound, IllegalTransition (not claimed, or claimed by someone else)."""
         return self.store.transition(esc_id, "release", by, force=force)
 
-    def resolve(self, esc_id: str, answer: str, by: str) -> dict[str, Any]:
+    def resolve(self, esc_id: str, answer: str, by: str) -> EscalationRecord:
         """Close the escalation with a person's answer, delivered as the task's result.
 
         Raises:
@@ -81,10 +95,10 @@ class Inbox:
         """
         with telemetry.span("escalation.resolve", attributes={"fleet.escalation.id": esc_id}) as span:
             record = self.store.transition(esc_id, "resolve", by, answer=answer, on_commit=self._deliver)
-            telemetry.link_back(span, record.get("trace_id"))
+            telemetry.link_back(span, record.trace_id)
             return record
 
-    def discard(self, esc_id: str, reason: str, by: str) -> dict[str, Any]:
+    def discard(self, esc_id: str, reason: str, by: str) -> EscalationRecord:
         """Close the escalation without an answer; the task's result says discarded, with the reason.
 
         Raises:
@@ -92,10 +106,10 @@ class Inbox:
         """
         with telemetry.span("escalation.discard", attributes={"fleet.escalation.id": esc_id}) as span:
             record = self.store.transition(esc_id, "discard", by, reason=reason, on_commit=self._deliver)
-            telemetry.link_back(span, record.get("trace_id"))
+            telemetry.link_back(span, record.trace_id)
             return record
 
-    def retry(self, esc_id: str, by: str, *, tier: str | None = None) -> dict[str, Any]:
+    def retry(self, esc_id: str, by: str, *, tier: str | None = None) -> EscalationRecord:
         """Enqueue the original request again under the same task id (pinned to ``tier`` if given).
 
         Raises:
@@ -112,7 +126,7 @@ class Inbox:
                 raise EscalationError(f"unknown tier {tier!r}: expected one of {known}") from None
         request: list[TaskRequest] = []
 
-        def check(record: dict[str, Any]) -> None:
+        def check(record: EscalationRecord) -> None:
             request[:] = [self._retryable(record)]
 
         # The retried run continues this span's trace, which links back to the job's first trace.
@@ -121,11 +135,11 @@ class Inbox:
                 esc_id,
                 "retry",
                 by,
-                tier=str(pinned) if pinned else None,
+                tier=pinned,
                 check=check,
                 on_commit=self._forget_result,
             )
-            telemetry.link_back(span, record.get("trace_id"))
+            telemetry.link_back(span, record.trace_id)
             try:
                 self._enqueue(record, request[0], by, pinned)
             except BrokerError as exc:
@@ -135,45 +149,36 @@ class Inbox:
 
     # -- effects -----------------------------------------------------------------------------------
 
-    def _deliver(self, pipe: Pipeline, record: dict[str, Any]) -> None:
+    def _deliver(self, pipe: CommitSink, record: EscalationRecord) -> None:
         """Write the task's final result as Celery's backend would, and publish it to waiters."""
         res = result_for(record)
         queue_result(self.app, pipe, res.task_id, res.model_dump(mode="json"))
 
-    def _forget_result(self, pipe: Pipeline, record: dict[str, Any]) -> None:
-        pipe.delete(keys.result(record["task_id"]))
+    def _forget_result(self, pipe: CommitSink, record: EscalationRecord) -> None:
+        pipe.delete(keys.result(record.task_id))
 
-    def _retryable(self, record: dict[str, Any]) -> TaskRequest:
+    def _retryable(self, record: EscalationRecord) -> TaskRequest:
         try:
-            return validate_request(
-                record.get("request"), max_prompt_bytes=self.settings.limits.max_prompt_bytes
-            )
+            return validate_request(record.request, max_prompt_bytes=self.settings.limits.max_prompt_bytes)
         except InvalidRequest as exc:
             problems = "; ".join(exc.errors)[:500]
             raise IllegalTransition(
-                f"cannot retry escalation {record['id']}: its request is not a valid task request "
+                f"cannot retry escalation {record.id}: its request is not a valid task request "
                 f"({problems}); resolve or discard it instead"
             ) from None
 
-    def _enqueue(self, record: dict[str, Any], req: TaskRequest, by: str, tier: Tier | None) -> None:
-        attempts = []
-        for raw in record.get("attempts") or []:
-            try:
-                attempts.append(Attempt.model_validate(raw))
-            except ValueError:
-                continue
-        task_id = record["task_id"]
+    def _enqueue(self, record: EscalationRecord, req: TaskRequest, by: str, tier: Tier | None) -> None:
         envelope = JobEnvelope(
-            id=task_id,
-            submitted_at=record.get("submitted_at") or time.time(),
-            attempts=attempts,
-            retry_of=record["id"],
+            id=record.task_id,
+            submitted_at=record.submitted_at or time.time(),
+            attempts=record.attempts,  # what no longer validates was dropped when the record was read
+            retry_of=record.id,
         )
         payload = req.model_dump(mode="json", exclude_defaults=True)
         if tier is not None:
             envelope.routing = RoutingDecision(
                 tier=tier,
-                reasons=[f"retried on tier {tier} by {by} from escalation {record['id']}"],
+                reasons=[f"retried on tier {tier} by {by} from escalation {record.id}"],
                 classifier="human",
             )
         enqueue(self.app, self.settings, payload, envelope, self.redis)

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from fleet import keys
-from fleet.escalations import EscalationStore
+from fleet.escalations import RedisEscalationStore
 from fleet.limits import Bucket, CircuitBreaker, RateLimiter
 from fleet.settings import Settings, mask_url, parse_rate
 
@@ -95,7 +95,7 @@ def collect(
                 entry["workers"] += 1
                 entry["concurrency"] += int(pool.get("max-concurrency", 0) or 0)
                 entry["in_flight"] += len(active.get(node, []))
-    store = EscalationStore(client)
+    store = RedisEscalationStore(client)
     return {
         "broker": mask_url(url),
         "queues": queues,

@@ -1,11 +1,12 @@
 """Tell people about new escalations: a Slack-compatible webhook, at least once, never in the way.
 
 The record is stored before any message about it exists, so a webhook that is slow, down or wrong
-never blocks or loses an escalation. The ``escalate`` task posts, retries with capped exponential
-backoff (``[escalation] webhook_*``), and marks the record ``notified_at`` on success. When an
-escalations worker starts, it re-announces every open or claimed record not yet notified, so a pool
-killed in the middle of a notification catches up at once instead of after the broker's visibility
-timeout. Delivery is at least once: a receiver can deduplicate on the escalation id in the message.
+never blocks or loses an escalation. The notify task (:func:`notify_people`) posts, retries with
+capped exponential backoff (``[escalation] webhook_*``), and marks the record ``notified_at`` on
+success. When an escalations worker starts, it re-announces every open or claimed record not yet
+notified, so a pool killed in the middle of a notification catches up at once instead of after the
+broker's visibility timeout. Delivery is at least once: a receiver can deduplicate on the
+escalation id in the message.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from celery.signals import worker_ready
 
 from fleet.app import NOTIFY_TASK
 from fleet.discovery import redis_client
-from fleet.escalations import EscalationStore
+from fleet.escalations import EscalationRecord, EscalationStore, RedisEscalationStore, State
 from fleet.settings import EscalationSettings, Settings
 
-__all__ = ["backoff_s", "post_webhook", "resend_unnotified", "slack_message"]
+__all__ = ["backoff_s", "notify_people", "post_webhook", "resend_unnotified", "slack_message"]
 
 log = logging.getLogger(__name__)
 
@@ -35,32 +36,30 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def slack_message(record: dict[str, Any], settings: EscalationSettings) -> dict[str, Any]:
+def slack_message(record: EscalationRecord, settings: EscalationSettings) -> dict[str, Any]:
     """The Slack-compatible JSON for a new escalation: ``text`` (fallback) and ``blocks``."""
-    esc_id, tier, reason = record["id"], record.get("tier") or "no tier", record.get("reason") or "unknown"
-    kind = record.get("kind") or "job"
-    attempts = record.get("attempts") or []
+    esc_id, tier, reason = record.id, record.tier or "no tier", str(record.reason)
+    kind = record.kind or "job"
+    attempts = record.attempts
     text = f"Escalation {esc_id}: a {kind} on tier {tier} needs a person ({reason})"
     fields = [
         f"*Tier*\n{_esc(str(tier))}",
         f"*Reason*\n`{_esc(reason)}`",
         f"*Kind*\n{_esc(kind)}",
-        f"*Task*\n`{_esc(record['task_id'])}`",
+        f"*Task*\n`{_esc(record.task_id)}`",
     ]
     if attempts:
         last = attempts[-1]
-        fields.append(
-            f"*Attempts*\n{len(attempts)}, last: {_esc(str(last.get('link')))} -> {last.get('outcome')}"
-        )
-    if record.get("retry_of"):
-        fields.append(f"*Retry of*\n`{_esc(record['retry_of'])}`")
+        fields.append(f"*Attempts*\n{len(attempts)}, last: {_esc(last.link)} -> {last.outcome}")
+    if record.retry_of:
+        fields.append(f"*Retry of*\n`{_esc(record.retry_of)}`")
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": f"Escalation {esc_id} needs a person"}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
     ]
-    if record.get("detail"):
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _esc(record["detail"][:1000])}})
-    request = record.get("request")
+    if record.detail:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _esc(record.detail[:1000])}})
+    request = record.request
     if (
         settings.webhook_include_prompt
         and isinstance(request, dict)
@@ -93,15 +92,49 @@ def backoff_s(retries: int, settings: EscalationSettings) -> float:
     return float(delay * (0.5 + random.random() / 2))
 
 
+def notify_people(
+    store: EscalationStore, settings: EscalationSettings, esc_id: str, *, retries: int
+) -> float | None:
+    """Post a new escalation to the webhook and mark it notified; the delay before the next try when
+    the post failed and tries are left, else None (a webhook that keeps failing is logged and given
+    up on: the record stays)."""
+    record = store.get_or_none(esc_id)
+    if record is None:
+        log.error("escalation %r announced but not found", esc_id)
+        return None
+    log.info(
+        "escalation %s open: task %s, tier %s, reason %s",
+        record.id,
+        record.task_id,
+        record.tier,
+        record.reason,
+    )
+    if not settings.webhook_url or record.notified_at is not None or record.state not in ("open", "claimed"):
+        return None
+    failure = post_webhook(
+        settings.webhook_url, slack_message(record, settings), timeout_s=settings.webhook_timeout_s
+    )
+    if failure is None:
+        store.mark_notified(record.id)
+        return None
+    if retries >= settings.webhook_max_retries:
+        log.error("escalation %s: webhook failed %d times, giving up: %s", record.id, retries + 1, failure)
+        return None
+    delay = backoff_s(retries, settings)
+    log.warning("escalation %s: webhook failed (%s); retry in %.1f s", record.id, failure, delay)
+    return delay
+
+
 def resend_unnotified(app: Any, settings: Settings, store: EscalationStore) -> int:
     """Announce again each open or claimed escalation that has no ``notified_at``; returns how many."""
     if not settings.escalation.webhook_url:
         return 0
     sent = 0
-    for state in ("open", "claimed"):
+    waiting: tuple[State, ...] = ("open", "claimed")
+    for state in waiting:
         for record in store.list(state=state):
-            if record.get("notified_at") is None:
-                app.send_task(NOTIFY_TASK, args=[record["id"]], queue="escalations")
+            if record.notified_at is None:
+                app.send_task(NOTIFY_TASK, args=[record.id], queue="escalations")
                 sent += 1
     return sent
 
@@ -116,7 +149,7 @@ def _catch_up(sender: Any = None, **_: Any) -> None:
         return
     app = sender.app
     settings: Settings = app.fleet_settings
-    store = EscalationStore(redis_client(settings), retention_days=settings.escalation.retention_days)
+    store = RedisEscalationStore(redis_client(settings), retention_days=settings.escalation.retention_days)
     try:
         sent = resend_unnotified(app, settings, store)
     except Exception:  # a start-up hook must not stop the worker; the next start tries again

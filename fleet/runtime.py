@@ -21,7 +21,7 @@ from fleet.boundary import BoundaryRedis
 from fleet.chain import Chain
 from fleet.discovery import redis_client
 from fleet.errors import InvalidRequest, ProviderError, Reason
-from fleet.escalations import EscalationStore, NewEscalation
+from fleet.escalations import NewEscalation, RedisEscalationStore
 from fleet.handoff import Handoff
 from fleet.limits import CircuitBreaker, RateLimiter
 from fleet.middleware.base import Job, Middleware
@@ -57,11 +57,11 @@ class Runtime:
             breaker=CircuitBreaker(self.client, self.settings.breaker),
             limiter=RateLimiter(self.client),
         )
-        self.store = EscalationStore(self.client, retention_days=self.settings.escalation.retention_days)
+        self.store = RedisEscalationStore(self.client, retention_days=self.settings.escalation.retention_days)
         self.handoff = Handoff(self.store, announce=self._announce)
         self.middlewares: Sequence[Middleware] = self._middlewares()
         self.runner = JobRunner(
-            self.middlewares, RedisJobStarter(self.client), self.chain, self.hand_over, self.settings.limits
+            self.middlewares, RedisJobStarter(self.client), self.chain, self.handoff.job, self.settings.limits
         )
 
     def _middlewares(self) -> list[Middleware]:
@@ -71,7 +71,7 @@ class Runtime:
             Telemetry(),
             WorkerLifecycle(),
             JobLock(redis_drop(self.client)),
-            PoisonGuard(settings.limits.max_deliveries, self.hand_over),
+            PoisonGuard(settings.limits.max_deliveries, self.handoff.job),
             QueueRateLimit(settings.limits),
             ChaosHook(settings.chaos),
             CostRecord(settings),
@@ -100,23 +100,6 @@ class Runtime:
     def _announce(self, escalation_id: str) -> None:
         self.app.send_task(NOTIFY_TASK, args=[escalation_id], queue="escalations")
 
-    def hand_over(self, job: Job, reason: Reason, detail: str) -> TaskResult:
-        """Hand ``job`` to people (the middlewares' and the runner's way to escalate)."""
-        attempts = [*job.envelope.attempts, *(job.outcome.attempts if job.outcome else [])]
-        new = NewEscalation(
-            task_id=job.id,
-            reason=reason,
-            detail=detail,
-            tier=str(job.routing.tier),
-            queue=job.consumed_from,
-            request=job.payload,
-            routing=job.routing.model_dump(mode="json"),
-            attempts=[a.model_dump(mode="json") for a in attempts],
-            submitted_at=job.envelope.submitted_at,
-            retry_of=job.envelope.retry_of,
-        )
-        return self.handoff.escalate(new, kind=job.request.kind)
-
     def validate(self, task: Any, request: Any, job: Any) -> tuple[TaskRequest, JobEnvelope] | TaskResult:
         """The request and envelope of a message, or the escalated result of one that does not validate
         (a message can come from anywhere: reason ``invalid_message``, never an exception)."""
@@ -129,14 +112,13 @@ class Runtime:
             req = validate_request(request, max_prompt_bytes=self.settings.limits.max_prompt_bytes)
         except (ValidationError, InvalidRequest) as exc:
             detail = "; ".join(exc.errors) if isinstance(exc, InvalidRequest) else str(exc).splitlines()[0]
-            tier = Tier.of(queue)
             return self.handoff.escalate(
                 NewEscalation(
                     task_id=str(task.request.id),
                     reason=Reason.INVALID_MESSAGE,
                     detail=f"{task.name}: {detail}",
                     request=request if isinstance(request, dict | str) else repr(request)[:2000],
-                    tier=str(tier) if tier else None,
+                    tier=Tier.of(queue),
                     queue=queue,
                     retry_of=job.get("retry_of") if isinstance(job, dict) else None,
                 )

@@ -27,7 +27,7 @@ from fleet.app import (
 from fleet.boundary import BROKER_ERRORS
 from fleet.middleware.base import Requeue, Skip
 from fleet.models import TaskResult
-from fleet.notify import backoff_s, post_webhook, slack_message
+from fleet.notify import notify_people
 from fleet.router import decide
 from fleet.runtime import get_runtime
 
@@ -97,39 +97,14 @@ def execute(self: Task[Any, Any], request: Any = None, job: Any = None) -> dict[
 
 
 def _notify(self: Task[Any, Any], escalation_id: Any = None) -> None:
-    """Tell people about a new escalation (the record itself is already stored).
-
-    Posts to ``escalation.webhook_url`` when set, retrying with capped backoff; on success marks the
-    record ``notified_at``. A webhook that keeps failing is logged and given up on: the record stays.
-    """
+    """Tell people about a new escalation (its record is already stored): the webhook, retried with
+    capped backoff, and the record marked ``notified_at`` (see :func:`fleet.notify.notify_people`)."""
     telemetry.task_span("notify", {"fleet.escalation.id": str(escalation_id)})
     runtime = get_runtime()
-    cfg = runtime.settings.escalation
-    record = runtime.store.get_or_none(str(escalation_id))
-    if record is None:
-        log.error("escalation %r announced but not found", escalation_id)
-        return
-    log.info(
-        "escalation %s open: task %s, tier %s, reason %s", record["id"], record["task_id"], record["tier"],
-        record["reason"],
-    )  # fmt: skip
-    if (
-        not cfg.webhook_url
-        or record.get("notified_at") is not None
-        or record["state"] not in ("open", "claimed")
-    ):
-        return
-    failure = post_webhook(cfg.webhook_url, slack_message(record, cfg), timeout_s=cfg.webhook_timeout_s)
-    if failure is None:
-        runtime.store.mark_notified(record["id"])
-        return
     retries = int(self.request.retries or 0)
-    if retries >= cfg.webhook_max_retries:
-        log.error("escalation %s: webhook failed %d times, giving up: %s", record["id"], retries + 1, failure)
-        return
-    delay = backoff_s(retries, cfg)
-    log.warning("escalation %s: webhook failed (%s); retry in %.1f s", record["id"], failure, delay)
-    raise self.retry(countdown=delay, max_retries=cfg.webhook_max_retries)
+    delay = notify_people(runtime.store, runtime.settings.escalation, str(escalation_id), retries=retries)
+    if delay is not None:
+        raise self.retry(countdown=delay, max_retries=runtime.settings.escalation.webhook_max_retries)
 
 
 notify = app.task(name=NOTIFY_TASK, bind=True, ignore_result=True)(_notify)

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query
+from fastapi import APIRouter, FastAPI, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -136,6 +136,14 @@ def create_api(settings: Settings, redis_url: str | None = None, *, token: str |
     api.state.fleet = fleet
     if token:
         api.add_middleware(BearerAuth, token=token)
+    _handle_errors(api, fleet)
+    api.include_router(_task_routes(settings, fleet))
+    api.include_router(_escalation_routes(fleet))
+    return api
+
+
+def _handle_errors(api: FastAPI, fleet: _Fleet) -> None:
+    """Every error in the fleet's JSON shape: ``{"error": {"code", "message"[, "errors"]}}``."""
 
     @api.exception_handler(FleetError)
     async def _fleet_error(request: Request, exc: Exception) -> JSONResponse:
@@ -158,6 +166,11 @@ def create_api(settings: Settings, redis_url: str | None = None, *, token: str |
             body = translate(exc, fleet.redis_url).to_dict()
             return JSONResponse({"error": body}, status_code=503)
         raise exc
+
+
+def _task_routes(settings: Settings, fleet: _Fleet) -> APIRouter:
+    """Liveness, the inbox page, and submitting and reading tasks."""
+    api = APIRouter()
 
     @api.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -193,47 +206,55 @@ def create_api(settings: Settings, redis_url: str | None = None, *, token: str |
         "submitted_at"}``; 404 for an id nobody submitted."""
         return fleet.task(task_id)
 
-    @api.get("/v1/escalations", tags=["escalations"])
+    return api
+
+
+def _escalation_routes(fleet: _Fleet) -> APIRouter:
+    """The inbox's verbs; each answers with the record as stored (``EscalationRecord``'s JSON)."""
+    api = APIRouter(tags=["escalations"])
+
+    @api.get("/v1/escalations")
     def list_escalations(
         state: Annotated[State | None, Query(description=f"One of {', '.join(STATES)}.")] = None,
         tier: Annotated[Tier | None, Query()] = None,
     ) -> list[dict[str, Any]]:
         """Escalations, oldest first, filtered by state and tier."""
-        return fleet.inbox().list(state=state, tier=str(tier) if tier else None)
+        return [record.model_dump(mode="json") for record in fleet.inbox().list(state=state, tier=tier)]
 
-    @api.get("/v1/escalations/stats", tags=["escalations"])
+    @api.get("/v1/escalations/stats")
     def escalation_stats() -> dict[str, Any]:
         """Counts by state, by tier and by reason (each split by state); age of the oldest open one."""
-        return fleet.inbox().stats()
+        return fleet.inbox().stats().model_dump(mode="json")
 
-    @api.get("/v1/escalations/{esc_id}", tags=["escalations"])
+    @api.get("/v1/escalations/{esc_id}")
     def get_escalation(esc_id: str) -> dict[str, Any]:
         """One escalation: request, routing, attempts, history, resolution."""
-        return fleet.inbox().get(esc_id)
+        return fleet.inbox().get(esc_id).model_dump(mode="json")
 
-    @api.post("/v1/escalations/{esc_id}/claim", tags=["escalations"])
+    @api.post("/v1/escalations/{esc_id}/claim")
     def claim(esc_id: str, body: ClaimBody) -> dict[str, Any]:
         """Take an open escalation: only you can act on it until you release it. 409 if someone holds it."""
-        return fleet.inbox().claim(esc_id, body.by)
+        return fleet.inbox().claim(esc_id, body.by).model_dump(mode="json")
 
-    @api.post("/v1/escalations/{esc_id}/release", tags=["escalations"])
+    @api.post("/v1/escalations/{esc_id}/release")
     def release(esc_id: str, body: ReleaseBody) -> dict[str, Any]:
         """Give a claimed escalation back to the open pile (``force``: someone else's claim)."""
-        return fleet.inbox().release(esc_id, body.by, force=body.force)
+        return fleet.inbox().release(esc_id, body.by, force=body.force).model_dump(mode="json")
 
-    @api.post("/v1/escalations/{esc_id}/resolve", tags=["escalations"])
+    @api.post("/v1/escalations/{esc_id}/resolve")
     def resolve(esc_id: str, body: ResolveBody) -> dict[str, Any]:
         """Answer it: the answer becomes the task's result (``resolved_by: human``)."""
-        return fleet.inbox().resolve(esc_id, body.answer, body.by)
+        return fleet.inbox().resolve(esc_id, body.answer, body.by).model_dump(mode="json")
 
-    @api.post("/v1/escalations/{esc_id}/retry", tags=["escalations"])
+    @api.post("/v1/escalations/{esc_id}/retry")
     def retry(esc_id: str, body: RetryBody) -> dict[str, Any]:
         """Enqueue the original request again under the same task id (pinned to ``tier`` if given)."""
-        return fleet.inbox().retry(esc_id, body.by, tier=str(body.tier) if body.tier else None)
+        record = fleet.inbox().retry(esc_id, body.by, tier=str(body.tier) if body.tier else None)
+        return record.model_dump(mode="json")
 
-    @api.post("/v1/escalations/{esc_id}/discard", tags=["escalations"])
+    @api.post("/v1/escalations/{esc_id}/discard")
     def discard(esc_id: str, body: DiscardBody) -> dict[str, Any]:
         """Close it without an answer; the task's result says discarded, with the reason."""
-        return fleet.inbox().discard(esc_id, body.reason, body.by)
+        return fleet.inbox().discard(esc_id, body.reason, body.by).model_dump(mode="json")
 
     return api

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from fleet.cli.common import err_console, handle_errors, out_console, print_json, settings_for
 from fleet.errors import EscalationError
-from fleet.escalations import STATES
+from fleet.escalations import STATES, EscalationRecord, parse_state
 from fleet.models import Tier
 
 if TYPE_CHECKING:
@@ -68,16 +68,20 @@ def _age(ts: float | None) -> str:
     return f"{s / 86400:.1f} d"
 
 
-def _prompt(record: dict[str, Any], width: int = 60) -> str:
-    request = record.get("request")
+def _prompt(record: EscalationRecord, width: int = 60) -> str:
+    request = record.request
     text = request.get("prompt") if isinstance(request, dict) else request
     text = " ".join(str(text or "").split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _summary(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("id", "task_id", "state", "tier", "reason", "kind", "assignee", "created_at", "retry_of")
-    return {k: record.get(k) for k in keys}
+#: What ``list --json`` prints of each record, in this order.
+_SUMMARY = ("id", "task_id", "state", "tier", "reason", "kind", "assignee", "created_at", "retry_of")
+
+
+def _summary(record: EscalationRecord) -> dict[str, Any]:
+    data = record.model_dump(mode="json", include=set(_SUMMARY))
+    return {k: data[k] for k in _SUMMARY}
 
 
 @escalations_app.command("list")
@@ -93,11 +97,10 @@ def list_(
 
     Example: fleet escalations list --state open --tier full
     """
-    if state is not None and state not in STATES:
-        raise EscalationError(f"unknown state {state!r}: expected one of {', '.join(STATES)}")
+    wanted = parse_state(state) if state is not None else None
     inbox = _inbox()
     try:
-        records = inbox.list(state=state, tier=tier.value if tier else None)
+        records = inbox.list(state=wanted, tier=tier)
     finally:
         inbox.close()
     if as_json:
@@ -113,8 +116,7 @@ def list_(
         table.add_column("prompt", no_wrap=True, overflow="ellipsis")
     for r in records:
         row = [
-            r["id"], r["state"], str(r.get("tier") or "-"), str(r.get("reason")), _age(r.get("created_at")),
-            str(r.get("assignee") or "-"),
+            r.id, r.state, str(r.tier or "-"), str(r.reason), _age(r.created_at), str(r.assignee or "-"),
         ]  # fmt: skip
         table.add_row(*row, *([_prompt(r, room)] if room >= 12 else []))
     if records:
@@ -123,28 +125,28 @@ def list_(
         out_console.print("no escalations" + (f" in state {state}" if state else ""))
 
 
-def _show_record(record: dict[str, Any]) -> None:
+def _show_record(record: EscalationRecord) -> None:
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
     for label, value in (
-        ("id", record["id"]),
-        ("task", record["task_id"]),
-        ("state", record["state"] + (f" (by {record['assignee']})" if record.get("assignee") else "")),
-        ("tier", record.get("tier") or "-"),
-        ("reason", record.get("reason")),
-        ("detail", record.get("detail") or ""),
-        ("kind", record.get("kind") or "-"),
-        ("created", f"{_when(record.get('created_at'))} UTC ({_age(record.get('created_at'))} ago)"),
-        ("notified", _when(record.get("notified_at")) if record.get("notified_at") else "no"),
-        ("retry of", record.get("retry_of") or ""),
-        ("followed by", record.get("followed_by") or ""),
-        ("trace", record.get("trace_id") or ""),
+        ("id", record.id),
+        ("task", record.task_id),
+        ("state", record.state + (f" (by {record.assignee})" if record.assignee else "")),
+        ("tier", record.tier or "-"),
+        ("reason", record.reason),
+        ("detail", record.detail),
+        ("kind", record.kind or "-"),
+        ("created", f"{_when(record.created_at)} UTC ({_age(record.created_at)} ago)"),
+        ("notified", _when(record.notified_at) if record.notified_at else "no"),
+        ("retry of", record.retry_of or ""),
+        ("followed by", record.followed_by or ""),
+        ("trace", record.trace_id or ""),
     ):
         if value:
             table.add_row(label, str(value))
     out_console.print(table)
-    request = record.get("request")
+    request = record.request
     out_console.rule("request")
     if isinstance(request, dict):
         out_console.print(str(request.get("prompt", "")), markup=False, highlight=False)
@@ -153,32 +155,31 @@ def _show_record(record: dict[str, Any]) -> None:
             out_console.print(rest, markup=False)
     else:
         out_console.print(str(request), markup=False, highlight=False)
-    routing = record.get("routing")
+    routing = record.routing
     if routing:
-        score = f", score {routing['score']}" if routing.get("score") is not None else ""
-        out_console.rule(f"routing: {routing.get('tier')} (by {routing.get('classifier')}{score})")
-        for reason in routing.get("reasons") or []:
+        score = f", score {routing.score}" if routing.score is not None else ""
+        out_console.rule(f"routing: {routing.tier} (by {routing.classifier}{score})")
+        for reason in routing.reasons:
             out_console.print(f"· {reason}", markup=False, highlight=False)
     attempts = Table(title="attempts")
     for name in ("#", "link", "outcome", "HTTP", "latency", "cost"):
         right = name in ("#", "latency", "cost")
         attempts.add_column(name, no_wrap=True, justify="right" if right else "left")
     attempts.add_column("error", no_wrap=True, overflow="ellipsis")
-    for i, a in enumerate(record.get("attempts") or [], 1):
+    for i, a in enumerate(record.attempts, 1):
         attempts.add_row(
-            str(i), str(a.get("link")), str(a.get("outcome")), str(a.get("http_status") or "-"),
-            f"{float(a.get('latency_ms') or 0):.0f} ms", f"${float(a.get('cost_usd') or 0):.6f}",
-            str(a.get("error") or "")[:80],
+            str(i), a.link, a.outcome, str(a.http_status or "-"), f"{a.latency_ms:.0f} ms",
+            f"${a.cost_usd:.6f}", (a.error or "")[:80],
         )  # fmt: skip
     out_console.print(attempts)
     history = Table("at (UTC)", "state", "by", "note", title="history")
-    for h in record.get("history") or []:
-        history.add_row(_when(h.get("at")), str(h.get("state")), str(h.get("by")), str(h.get("note") or ""))
+    for h in record.history:
+        history.add_row(_when(h.at), h.state, h.by, h.note or "")
     out_console.print(history)
-    resolution = record.get("resolution")
-    if resolution and resolution.get("answer") is not None:
+    resolution = record.resolution
+    if resolution is not None and resolution.answer is not None:
         out_console.rule("answer")
-        out_console.print(resolution["answer"], markup=False, highlight=False)
+        out_console.print(resolution.answer, markup=False, highlight=False)
 
 
 @escalations_app.command("show")
@@ -199,14 +200,14 @@ def show(
     finally:
         inbox.close()
     if as_json:
-        print_json(record)
+        print_json(record.model_dump(mode="json"))
     else:
         _show_record(record)
 
 
-def _done(record: dict[str, Any], as_json: bool, line: str) -> None:
+def _done(record: EscalationRecord, as_json: bool, line: str) -> None:
     if as_json:
-        print_json(record)
+        print_json(record.model_dump(mode="json"))
     else:
         out_console.print(line, highlight=False)
 
@@ -227,7 +228,7 @@ def claim(
         record = inbox.claim(escalation_id, by or _default_name())
     finally:
         inbox.close()
-    _done(record, as_json, f"claimed {record['id']} (by {record['assignee']})")
+    _done(record, as_json, f"claimed {record.id} (by {record.assignee})")
 
 
 @escalations_app.command("release")
@@ -247,7 +248,7 @@ def release(
         record = inbox.release(escalation_id, by or _default_name(), force=force)
     finally:
         inbox.close()
-    _done(record, as_json, f"released {record['id']}: open again")
+    _done(record, as_json, f"released {record.id}: open again")
 
 
 @escalations_app.command("resolve")
@@ -278,7 +279,7 @@ def resolve(
         record = inbox.resolve(escalation_id, answer, by or _default_name())
     finally:
         inbox.close()
-    _done(record, as_json, f"resolved {record['id']}: task {record['task_id']} has its answer")
+    _done(record, as_json, f"resolved {record.id}: task {record.task_id} has its answer")
 
 
 @escalations_app.command("retry")
@@ -299,7 +300,7 @@ def retry(
     finally:
         inbox.close()
     where = f"on tier {tier.value}" if tier else "through the router"
-    _done(record, as_json, f"retried {record['id']}: task {record['task_id']} enqueued again {where}")
+    _done(record, as_json, f"retried {record.id}: task {record.task_id} enqueued again {where}")
 
 
 @escalations_app.command("discard")
@@ -319,7 +320,7 @@ def discard(
         record = inbox.discard(escalation_id, reason, by or _default_name())
     finally:
         inbox.close()
-    _done(record, as_json, f"discarded {record['id']}")
+    _done(record, as_json, f"discarded {record.id}")
 
 
 @escalations_app.command("stats")
@@ -335,20 +336,20 @@ def stats(as_json: JsonOption = False) -> None:
     finally:
         inbox.close()
     if as_json:
-        print_json(data)
+        print_json(data.model_dump(mode="json"))
         return
-    by_state = data["by_state"]
     out_console.print(
-        f"{data['total']} escalations: " + ", ".join(f"{n} {s}" for s, n in by_state.items()), highlight=False
+        f"{data.total} escalations: " + ", ".join(f"{n} {s}" for s, n in data.by_state.items()),
+        highlight=False,
     )
-    for title, rows in (("tier", data["by_tier"]), ("reason", data["by_reason"])):
+    for title, rows in (("tier", data.by_tier), ("reason", data.by_reason)):
         table = Table(title, *STATES, title=f"by {title}")
         for name, counts in rows.items():
             table.add_row(name, *(str(counts.get(s, 0)) for s in STATES))
         out_console.print(table)
-    if data["oldest_open_id"]:
+    if data.oldest_open_id and data.oldest_open_age_s is not None:
         out_console.print(
-            f"oldest open: {data['oldest_open_id']}, waiting {_age(time.time() - data['oldest_open_age_s'])}"
+            f"oldest open: {data.oldest_open_id}, waiting {_age(time.time() - data.oldest_open_age_s)}"
         )
 
 

@@ -151,7 +151,7 @@ def metrics(
 
     Example: fleet metrics --port 9808
     """
-    from fleet.escalations import EscalationStore
+    from fleet.escalations import RedisEscalationStore
     from fleet.monitor import prometheus_text, queue_snapshot
 
     with _fleet() as (settings, client, _app, _url):
@@ -163,7 +163,7 @@ def metrics(
                     self.send_error(404)
                     return
                 body = prometheus_text(
-                    queue_snapshot(settings, client), EscalationStore(client).count("open")
+                    queue_snapshot(settings, client), RedisEscalationStore(client).count("open")
                 ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from fleet.embedded import EmbeddedBroker
-from fleet.escalations import EscalationStore
+from fleet.escalations import EscalationStore, RedisEscalationStore
 from fleet.models import TaskResult
 from fleet.procs import children_of
 from fleet.producer import Client
@@ -54,7 +54,7 @@ class ChaosFleet:
         return data
 
     def store(self) -> EscalationStore:
-        return EscalationStore(self.client.redis)
+        return RedisEscalationStore(self.client.redis)
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in (self.state_dir / "logs").glob("*.log"))

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 
-from fleet.escalations import EscalationStore
+from fleet.escalations import EscalationRecord, RedisEscalationStore
 from fleet.producer import Client
 from fleet.settings import Settings, load_settings
 from fleet.supervisor import FleetOptions, Supervisor
@@ -101,9 +101,9 @@ def clean_fleet(fleet: RunningFleet) -> Iterator[RunningFleet]:
     fleet.mock_config(failure_rate=0.0, down_models=[], faults_by_model={})
 
 
-def wait_escalation(client: redis.Redis, task_id: str, timeout: float = 20) -> dict[str, Any] | None:
+def wait_escalation(client: redis.Redis, task_id: str, timeout: float = 20) -> EscalationRecord | None:
     """The escalation recorded for ``task_id``, polled until it appears (None after ``timeout``)."""
-    store = EscalationStore(client)
+    store = RedisEscalationStore(client)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = store.for_task(task_id)

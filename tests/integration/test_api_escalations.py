@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fleet.api import create_api
-from fleet.escalations import EscalationStore, NewEscalation
+from fleet.escalations import NewEscalation, RedisEscalationStore
 from fleet.models import TaskResult
 
 from .conftest import RunningFleet
@@ -131,14 +131,14 @@ def test_a_retry_that_fails_again_is_linked_and_one_after_recovery_completes(
 
 
 def test_an_invalid_message_cannot_be_retried(clean_fleet: RunningFleet, api: TestClient) -> None:
-    store = EscalationStore(clean_fleet.client.redis)
+    store = RedisEscalationStore(clean_fleet.client.redis)
     record, _ = store.create(
         NewEscalation(task_id="poison-1", reason="invalid_message", request="\x00garbage")
     )
-    refused = api.post(f"/v1/escalations/{record['id']}/retry", json={"by": "alice"})
+    refused = api.post(f"/v1/escalations/{record.id}/retry", json={"by": "alice"})
     assert refused.status_code == 409
     assert "not a valid task request" in refused.json()["error"]["message"]
-    assert store.get(record["id"])["state"] == "open"
+    assert store.get(record.id).state == "open"
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from kombu import Connection
 
 from fleet.app import EXECUTE_TASK
 from fleet.errors import InvalidRequest
+from fleet.escalations import EscalationRecord
 from fleet.keys import QUEUES, queue_lists
 
 from .conftest import RunningFleet, wait_escalation
@@ -48,7 +49,7 @@ def test_invalid_request_is_refused_and_nothing_enqueued(
     assert clean_fleet.client.redis.keys("celery-task-meta-*") == []
 
 
-def _wait_escalation(fleet: RunningFleet, task_id: str, timeout: float = 20) -> dict[str, Any]:
+def _wait_escalation(fleet: RunningFleet, task_id: str, timeout: float = 20) -> EscalationRecord:
     record = wait_escalation(fleet.client.redis, task_id, timeout)
     if record is None:
         raise AssertionError(f"no escalation for {task_id}")
@@ -80,9 +81,9 @@ def test_poison_messages_on_a_tier_queue_land_in_escalations(clean_fleet: Runnin
     clean_fleet.client.app.send_task("fleet.no_such_task", args=[], task_id=unknown, queue="mini")
 
     # Then each is an escalation with its reason
-    assert _wait_escalation(clean_fleet, wrong_fields)["reason"] == "invalid_message"
-    assert _wait_escalation(clean_fleet, not_json)["reason"] == "invalid_message"
-    assert _wait_escalation(clean_fleet, unknown)["reason"] == "unknown_task"
+    assert _wait_escalation(clean_fleet, wrong_fields).reason == "invalid_message"
+    assert _wait_escalation(clean_fleet, not_json).reason == "invalid_message"
+    assert _wait_escalation(clean_fleet, unknown).reason == "unknown_task"
     # And the producer of the wrong-fields job sees a final, escalated result
     res = clean_fleet.client.result(wrong_fields, timeout=10)
     assert res.status == "escalated" and res.reason == "invalid_message"

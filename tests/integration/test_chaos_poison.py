@@ -13,7 +13,7 @@ from kombu import Connection
 
 from fleet.app import EXECUTE_TASK, NOTIFY_TASK, ROUTE_TASK
 from fleet.consumer import MAX_BODY_SLACK
-from fleet.escalations import EscalationStore
+from fleet.escalations import EscalationRecord, RedisEscalationStore
 from fleet.keys import QUEUES
 
 from .conftest import RunningFleet, wait_escalation
@@ -73,7 +73,7 @@ CASES: dict[str, tuple[Callable[[RunningFleet, str, str], None], str]] = {
 }
 
 
-def _wait(store: EscalationStore, task_id: str, timeout: float = 20) -> dict[str, Any] | None:
+def _wait(store: RedisEscalationStore, task_id: str, timeout: float = 20) -> EscalationRecord | None:
     return wait_escalation(store.redis, task_id, timeout)
 
 
@@ -88,12 +88,12 @@ def test_poison_on_every_queue_is_escalated_and_workers_keep_consuming(
         make(clean_fleet, queue, task_id)
 
     # Then each lands in escalations with its reason code and its queue
-    store = EscalationStore(clean_fleet.client.redis)
+    store = RedisEscalationStore(clean_fleet.client.redis)
     for queue, task_id in sent.items():
         record = _wait(store, task_id)
         assert record is not None, f"{case} on {queue}: no escalation"
-        assert record["reason"] == reason, (queue, record["detail"])
-        assert record["queue"] in (queue, None)
+        assert record.reason == reason, (queue, record.detail)
+        assert record.queue in (queue, None)
 
     # And every pool is alive and keeps consuming
     assert all(pool.alive() for pool in clean_fleet.supervisor.pools.values())

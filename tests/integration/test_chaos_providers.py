@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.escalations import EscalationStore
+from fleet.escalations import RedisEscalationStore
 
 from .conftest import RunningFleet
 
@@ -27,12 +27,12 @@ def _storm(fleet: RunningFleet, n: int, failure_rate: float) -> None:
 
     # Then each one completed or was escalated with a reason; no job is without a final state
     assert len(results) == n
-    store = EscalationStore(fleet.client.redis)
+    store = RedisEscalationStore(fleet.client.redis)
     for res in results:
         assert res.status in ("completed", "escalated")
         if res.status == "escalated":
             record = store.for_task(res.task_id)
-            assert record is not None and record["reason"] == res.reason and res.reason
+            assert record is not None and record.reason == res.reason and res.reason
         else:
             assert res.model not in DOWN
     assert any(r.status == "completed" for r in results)

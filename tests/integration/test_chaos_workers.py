@@ -103,7 +103,7 @@ def test_a_job_that_kills_its_worker_every_time_becomes_a_poison_message(fleet: 
     result = fleet.client.result(task_id, timeout=60)
     assert result.status == "escalated" and result.reason == "poison_message"
     record = fleet.store().for_task(task_id)
-    assert record is not None and record["reason"] == "poison_message" and record["queue"] == "mini"
+    assert record is not None and record.reason == "poison_message" and record.queue == "mini"
     assert int(fleet.client.redis.get(keys.deliveries(task_id)) or 0) == 3
     assert fleet.mock_stats()["total"] == 0  # it never got as far as a model call
 

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from fleet.app import NOTIFY_TASK, create_app
-from fleet.escalations import EscalationStore, NewEscalation
+from fleet.escalations import NewEscalation, RedisEscalationStore
 from fleet.settings import load_settings
 from fleet.supervisor import FleetOptions, Supervisor
 
@@ -105,32 +105,32 @@ def test_a_killed_escalations_worker_loses_no_escalation_and_no_notification(
     sup.start()
     try:
         # When a tier worker gives a job up (record first, then the announcement), as dead_letter does
-        store = EscalationStore(db)
+        store = RedisEscalationStore(db)
         record, created = store.create(
             NewEscalation(
                 task_id="job-1", reason="chain_exhausted", tier="full", request={"prompt": "Design X"}
             )
         )
         assert created
-        app.send_task(NOTIFY_TASK, args=[record["id"]], queue="escalations")
+        app.send_task(NOTIFY_TASK, args=[record.id], queue="escalations")
         _wait(lambda: hook.started, 20, "the webhook call")
 
         # And the pool is killed while the webhook is still answering
         pool = sup.pools["escalations"]
         pool.signal(signal.SIGKILL)
         _wait(lambda: not pool.alive(), 10, "the pool to die")
-        assert not hook.answered and store.get(record["id"])["notified_at"] is None
+        assert not hook.answered and store.get(record.id).notified_at is None
 
         # And the supervisor restarts it
         assert any("escalations" in event for event in sup.check())
 
         # Then the escalation exists exactly once, and the webhook gets it after all
-        _wait(lambda: store.get(record["id"])["notified_at"] is not None, 30, "the notification")
+        _wait(lambda: store.get(record.id).notified_at is not None, 30, "the notification")
     finally:
         sup.stop()
         app.close()
     assert store.count() == 1 and store.count("open") == 1
-    assert [r["task_id"] for r in store.list()] == ["job-1"]
-    assert record["id"] in hook.answered[0]["text"] and hook.answered[0]["blocks"]
+    assert [r.task_id for r in store.list()] == ["job-1"]
+    assert record.id in hook.answered[0]["text"] and hook.answered[0]["blocks"]
     db.flushdb()
     db.close()

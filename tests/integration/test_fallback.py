@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fleet.escalations import EscalationStore
+from fleet.escalations import RedisEscalationStore
 from fleet.models import TaskResult
 
 from .conftest import CANARY_KEYS, RunningFleet
@@ -82,15 +82,15 @@ def test_bad_answers_move_to_the_next_link(clean_fleet: RunningFleet, kind: str)
 def test_all_links_down_escalates_with_the_whole_history(clean_fleet: RunningFleet) -> None:
     clean_fleet.mock_config(down_models=MINI)
     results = _run(clean_fleet, 4)
-    store = EscalationStore(clean_fleet.client.redis)
+    store = RedisEscalationStore(clean_fleet.client.redis)
     for r in results:
         assert r.status == "escalated" and r.escalation_id
         links = {a.link.split(":", 1)[1] for a in r.attempts}
         assert links == set(MINI)
         record = store.get(r.escalation_id)
-        assert record["task_id"] == r.task_id
-        assert [a["link"] for a in record["attempts"]] == [a.link for a in r.attempts]
-        assert record["request"]["prompt"].startswith("Rename variable")
+        assert record.task_id == r.task_id
+        assert record.attempts == r.attempts
+        assert isinstance(record.request, dict) and record.request["prompt"].startswith("Rename variable")
 
 
 def test_breaker_opens_and_stops_calls_until_the_cooldown(clean_fleet: RunningFleet) -> None:
@@ -124,7 +124,7 @@ def test_canary_keys_appear_in_no_log_result_or_escalation(clean_fleet: RunningF
     assert all(r.status == "escalated" for r in results)
     assert [a.outcome for a in results[0].attempts][:2] == ["auth", "bad_request"]
     blobs = [r.model_dump_json() for r in results]
-    blobs += [json.dumps(e) for e in EscalationStore(clean_fleet.client.redis).list()]
+    blobs += [e.model_dump_json() for e in RedisEscalationStore(clean_fleet.client.redis).list()]
     blobs.append(clean_fleet.logs())
     for key in CANARY_KEYS.values():
         for blob in blobs:

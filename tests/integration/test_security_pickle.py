@@ -12,7 +12,7 @@ import pytest
 from kombu import Connection
 
 from fleet.app import EXECUTE_TASK, ROUTE_TASK
-from fleet.escalations import EscalationStore
+from fleet.escalations import RedisEscalationStore
 
 from .conftest import RunningFleet
 
@@ -46,13 +46,13 @@ def test_a_pickle_message_is_refused_and_never_unpickled(
         )  # fmt: skip
 
     # Then it is dead-lettered as invalid_message, and the file never appears
-    store = EscalationStore(clean_fleet.client.redis)
+    store = RedisEscalationStore(clean_fleet.client.redis)
     deadline = time.monotonic() + 20
     record = None
     while record is None and time.monotonic() < deadline:
         record = store.for_task(task_id)
         time.sleep(0.1)
-    assert record is not None and record["reason"] == "invalid_message"
+    assert record is not None and record.reason == "invalid_message"
     time.sleep(0.5)
     assert not canary.exists()
     assert clean_fleet.supervisor.pools[queue].alive()

@@ -284,7 +284,8 @@ def test_an_escalation_is_traced_and_its_resolution_links_back(clean: TracedFlee
     execute, notify = _one(spans, "execute"), _one(spans, "notify")
     assert notify["parent_id"] == execute["span_id"]
     assert notify["service"] == "fleet-escalations"
-    assert record["trace_id"].startswith(f"00-{execute['trace_id']}-{execute['span_id']}-")  # traceparent
+    assert record.trace_id is not None
+    assert record.trace_id.startswith(f"00-{execute['trace_id']}-{execute['span_id']}-")  # traceparent
     # and the person's resolution is a span of its own with a link to that execute span
     resolved = [s for s in clean.spans() if s["name"] == "escalation.resolve"]
     assert len(resolved) == 1

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fleet.api import check_bind
-from fleet.errors import ConfigError
+from fleet.errors import ConfigError, Reason
+from fleet.escalations import EscalationRecord
+from fleet.models import Attempt, Tier
 from fleet.notify import backoff_s, slack_message
 from fleet.settings import EscalationSettings, load_settings
 
-RECORD = {
-    "id": "9c1e4b7a2f3d5e60", "task_id": "abc", "tier": "full", "reason": "chain_exhausted",
-    "kind": "code.review",
-    "detail": "no link of the full chain gave an acceptable answer <script>",
-    "request": {"prompt": "Review this secret design: " + "x" * 600},
-    "attempts": [{"link": "anthropic:claude-opus-4-1", "outcome": "overloaded"}], "retry_of": None,
-}  # fmt: skip
+RECORD = EscalationRecord(
+    id="9c1e4b7a2f3d5e60", task_id="abc", state="open", tier=Tier.FULL, reason=Reason.CHAIN_EXHAUSTED,
+    kind="code.review",
+    detail="no link of the full chain gave an acceptable answer <script>",
+    request={"prompt": "Review this secret design: " + "x" * 600},
+    attempts=[Attempt(link="anthropic:claude-opus-4-1", provider="anthropic", model="claude-opus-4-1",
+                      outcome="overloaded")],
+    created_at=1000.0, updated_at=1000.0,
+)  # fmt: skip
+
+
+def _fields(msg: dict[str, Any]) -> list[str]:
+    return [f["text"] for block in msg["blocks"] for f in block.get("fields", [])]
 
 
 def test_slack_message_has_text_and_blocks_and_no_prompt_by_default() -> None:
@@ -27,6 +37,16 @@ def test_slack_message_has_text_and_blocks_and_no_prompt_by_default() -> None:
     assert "secret design" not in dumped
     assert "&lt;script&gt;" in dumped and "<script>" not in dumped
     assert "fleet escalations show 9c1e4b7a2f3d5e60" in dumped
+    fields = _fields(msg)
+    assert (
+        "*Tier*\nfull" in fields and "*Attempts*\n1, last: anthropic:claude-opus-4-1 -> overloaded" in fields
+    )
+    assert not any(f.startswith("*Retry of*") for f in fields)
+
+
+def test_slack_message_names_the_escalation_a_retry_follows() -> None:
+    msg = slack_message(RECORD.model_copy(update={"retry_of": "0a1b2c3d4e5f6a7b"}), EscalationSettings())
+    assert "*Retry of*\n`0a1b2c3d4e5f6a7b`" in _fields(msg)
 
 
 def test_slack_message_includes_a_bounded_prompt_excerpt_when_asked() -> None:

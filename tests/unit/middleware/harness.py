@@ -9,6 +9,8 @@ from typing import Any
 
 from fleet.chain import Chain
 from fleet.errors import Reason
+from fleet.escalations import MemoryEscalationStore
+from fleet.handoff import Handoff
 from fleet.limits import MemoryBreaker, MemoryLimiter, MemoryLimits
 from fleet.middleware.base import Job, Middleware
 from fleet.middleware.cost import CostRecord
@@ -60,6 +62,9 @@ class Harness:
         self.jobs = MemoryJobs()
         self.slept: list[float] = []
         self.escalations: list[tuple[str, Reason, str]] = []
+        self.store = MemoryEscalationStore()
+        self.announced: list[str] = []
+        self.handoff = Handoff(self.store, announce=self.announced.append)
         names = {p for q in self.settings.queues.values() for p, _ in q.links()}
         scripted = {n: Scripted(n, list((providers or {}).get(n, [ok()]))) for n in names}
         self.providers = scripted
@@ -82,10 +87,7 @@ class Harness:
 
     def hand_over(self, job: Job, reason: Reason, detail: str) -> TaskResult:
         self.escalations.append((job.id, reason, detail))
-        attempts = [*job.envelope.attempts, *(job.outcome.attempts if job.outcome else [])]
-        return TaskResult.from_attempts(
-            job.id, "escalated", attempts, tier=job.routing.tier, reason=str(reason), escalation_id="esc-1"
-        )
+        return self.handoff.job(job, reason, detail)
 
     def job(
         self,
