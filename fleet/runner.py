@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fleet.chain import THROTTLED, Chain
 from fleet.errors import BrokerError, Reason
@@ -38,14 +39,15 @@ SUMMARY_FIELDS = ("task_id", "status", "tier", "model", "cost_usd", "escalation_
 
 @dataclass(frozen=True, slots=True)
 class Ran:
-    """A delivery that ended with a result; ``written``: the result went out with the job's tail."""
+    """A delivery that ended with a result; ``written``: the result went out with the job's tail.
+    ``stored`` is the result as JSON data, as it was written."""
 
     result: TaskResult
+    stored: dict[str, Any]
     written: bool
 
-    def summary(self) -> dict[str, object]:
-        data = self.result.model_dump(mode="json", include=set(SUMMARY_FIELDS))
-        return {key: data.get(key) for key in SUMMARY_FIELDS}
+    def summary(self) -> dict[str, Any]:
+        return {key: self.stored.get(key) for key in SUMMARY_FIELDS}
 
 
 class JobRunner:
@@ -72,15 +74,15 @@ class JobRunner:
             Skip: the job already has its final result: ack the message, run nothing.
             Requeue: send the delivery back to its queue (``job.envelope`` is what goes with it).
         """
-        result: TaskResult | None = None
         try:
             result = self._through(job)
-            job.tail.store_result(job.id, result.model_dump(mode="json"))
+            stored = result.model_dump(mode="json")
+            job.tail.store_result(job.id, stored)
         finally:
             for m in self.middlewares:
                 m.after_job(job)
             written = self._flush(job)
-        return Ran(result, written)
+        return Ran(result, stored, written)
 
     def _plan(self, job: Job) -> StartPlan:
         plan = StartPlan(job.id)

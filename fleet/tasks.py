@@ -91,7 +91,7 @@ def execute(self: Task[Any, Any], request: Any = None, job: Any = None) -> dict[
             args=args, kwargs={}, countdown=round(again.countdown_s, 3), max_retries=None
         ) from None
     if not ran.written:
-        return ran.result.model_dump(mode="json")  # the broker was down: Celery stores it, with its retries
+        return ran.stored  # the broker was down: Celery stores it, with its own retries
     self.request.ignore_result = True  # stored with the job's last round trip; Celery gets a summary
     return ran.summary()
 
