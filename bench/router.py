@@ -17,7 +17,7 @@ from fleet.router import decide
 from fleet.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELED = ROOT / "tests" / "data" / "router_labeled.jsonl"
+LABELED = ROOT / "tests" / "data" / "router" / "coding_train.jsonl"
 TARGET_MEDIAN_US = 100
 TARGET_P99_US = 1000
 

@@ -165,7 +165,7 @@ def classify(
 
     Example:
 
-        fleet classify tests/data/router_labeled.jsonl --report > decisions.jsonl
+        fleet classify tests/data/router/coding_train.jsonl --report > decisions.jsonl
     """
     settings = get_settings()
     err = Console(stderr=True)

@@ -12,7 +12,7 @@ from fleet.models import Tier, validate_request
 from fleet.router import decide
 from fleet.router.config import default_router_settings
 
-LABELED = Path(__file__).resolve().parents[2] / "data" / "router_labeled.jsonl"
+LABELED = Path(__file__).resolve().parents[2] / "data" / "router" / "coding_train.jsonl"
 
 
 def _rows() -> list[dict[str, object]]:
