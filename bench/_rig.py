@@ -132,6 +132,9 @@ def fleet_env(redis_url: str, mock_url: str, **extra: str) -> dict[str, str]:
         FLEET_PROFILE="demo",
         FLEET_MOCK__ENABLED="true",
         FLEET_MOCK__URL=mock_url,
+        # The fleet's own machinery is measured: a judge's calls are model calls, as more jobs would be.
+        FLEET_QUALITY__ENABLED="false",
+        FLEET_MOCK__SIMULATE_QUALITY="false",
         PYTHONPATH=f"{BENCH}:{BENCH.parent}",
         **extra,
     )

@@ -42,7 +42,7 @@ from fleet.errors import (
     TruncatedAnswer,
 )
 from fleet.limits import Breaker, Bucket, Gate, GateAnswer, Limiter, Permit
-from fleet.models import Attempt, TaskRequest
+from fleet.models import Attempt, Purpose, TaskRequest
 from fleet.providers import ChatRequest, ChatResponse, Provider, build_provider, make_http_client
 from fleet.providers.base import estimate_tokens
 from fleet.settings import Settings
@@ -71,6 +71,8 @@ class ChainOutcome:
     reason: str | None = None
     #: With reason "throttled": seconds until a rate-limit token is expected.
     retry_after: float | None = None
+    #: The answer's mean token log-probability, when its provider returned them.
+    mean_logprob: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -116,6 +118,7 @@ class _Walk:
     chat: ChatRequest
     deadline: float | None
     corrections: list[tuple[Bucket, float]] | None
+    purpose: Purpose = "answer"
     outcome: ChainOutcome = field(default_factory=ChainOutcome)
     #: Providers that refused our credentials: every later link of theirs is skipped.
     skipped_providers: set[str] = field(default_factory=set)
@@ -191,13 +194,16 @@ class Chain:
         timeout_s: float | None = None,
         corrections: list[tuple[Bucket, float]] | None = None,
         first: GateAnswer | None = None,
+        purpose: Purpose = "answer",
+        logprobs: bool = False,
     ) -> ChainOutcome:
         """Walk ``links`` (``(provider, model)`` pairs) for ``request``; never raises a ProviderError.
 
         With ``corrections``, the tpm corrections (bucket, delta) are appended there for the caller to
         send with its own end-of-job writes (one round trip) instead of one round trip each here.
         ``first`` is the first link's admission when the caller already asked :meth:`first_gate`
-        (with the job's start, in the same round trip).
+        (with the job's start, in the same round trip). ``purpose`` marks the attempts (a job's answer,
+        a judge's verdict, a rewrite); ``logprobs`` asks for token log-probabilities where offered.
         """
         chat = ChatRequest(
             model="",
@@ -206,9 +212,10 @@ class Chain:
             max_tokens=request.max_tokens,
             temperature=request.temperature,
             response_schema=request.response_schema,
+            logprobs=logprobs,
         )
         deadline = time.monotonic() + timeout_s if timeout_s else None
-        walk = _Walk(request, chat, deadline, corrections)
+        walk = _Walk(request, chat, deadline, corrections, purpose)
         for index, (provider, model) in enumerate(links):
             if provider in walk.skipped_providers:
                 continue
@@ -262,24 +269,26 @@ class Chain:
             provider, model, index, prompt=chat.prompt, system=chat.system,
             max_tokens=chat.max_tokens, temperature=chat.temperature,
         ) as span:  # fmt: skip
-            attempt, error, answer = self._call(provider, model, chat, walk.request)
+            attempt, error, response = self._call(provider, model, chat, walk.request, walk.purpose)
             telemetry.end_attempt(span, attempt, error.code if error is not None else None)
         walk.outcome.attempts.append(attempt)
         self._correct_tpm(buckets, attempt, walk.corrections)
         if permit is not None and self.breaker is not None:
             self.breaker.record(provider, permit, attempt.outcome)
-        if error is None:
+        if error is not None:
+            walk.outcome.reason = error.code
+            return error
+        if response is not None:
             out = walk.outcome
+            out.mean_logprob = response.mean_logprob
             out.answer, out.provider, out.model, out.link_index, out.reason = (
-                answer,
+                response.text,
                 provider,
                 model,
                 index,
                 None,
             )
-            return None
-        walk.outcome.reason = error.code
-        return error
+        return None
 
     def _next_try(
         self, walk: _Walk, error: ProviderError, provider: str, model: str, try_no: int
@@ -392,9 +401,9 @@ class Chain:
                     self.limiter.adjust(bucket, delta)
 
     def _call(
-        self, provider_name: str, model: str, chat: ChatRequest, request: TaskRequest
-    ) -> tuple[Attempt, ProviderError | None, str | None]:
-        """One call and its quality checks: the attempt record, the error (if any), the answer."""
+        self, provider_name: str, model: str, chat: ChatRequest, request: TaskRequest, purpose: Purpose
+    ) -> tuple[Attempt, ProviderError | None, ChatResponse | None]:
+        """One call and its quality checks: the attempt record, the error (if any), the response."""
         model_settings = self.settings.model(provider_name, model)
         link = f"{provider_name}:{model}"
         started = time.perf_counter()
@@ -412,6 +421,7 @@ class Chain:
                 link=link,
                 provider=provider_name,
                 model=model,
+                purpose=purpose,
                 outcome=exc.code,
                 http_status=exc.status
                 if exc.status is not None
@@ -430,6 +440,7 @@ class Chain:
                 link=link,
                 provider=provider_name,
                 model=model,
+                purpose=purpose,
                 outcome="ok",
                 http_status=response.http_status,
                 latency_ms=round(latency, 2),
@@ -439,7 +450,7 @@ class Chain:
                 cost_usd=model_settings.cost(response.input_tokens, response.output_tokens),
             ),
             None,
-            response.text,
+            response,
         )
 
 

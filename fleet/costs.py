@@ -2,7 +2,9 @@
 
 The execute task appends one record per finished job (completed or escalated) to a capped Redis
 stream (``fleet:costs``, ``XADD ... MAXLEN ~``): tier, kind, final model, tokens, cost at list
-prices, what the same tokens would have cost on the full tier's first link, and the split by model.
+prices (a quality gate's judge and rewrite calls included), what the job's own calls' tokens would have
+cost on the full tier's first link, and the split by model. A shadow run's line says ``shadow`` and
+is reported apart.
 A job retried by people records only the calls of its new run (the earlier ones were recorded
 when it escalated). Stream ids are millisecond timestamps, so ``--since`` is one XRANGE.
 """
@@ -65,6 +67,9 @@ def job_fields(settings: Settings, result: TaskResult, attempts: Sequence[Attemp
         row[2] += attempt.cost_usd
     tokens_in = sum(a.input_tokens for a in attempts)
     tokens_out = sum(a.output_tokens for a in attempts)
+    # The all-full price covers the job's own calls: a judge's and a rewrite's are the gate's cost.
+    answer_in = sum(a.input_tokens for a in attempts if a.purpose == "answer")
+    answer_out = sum(a.output_tokens for a in attempts if a.purpose == "answer")
     return {
         "task_id": result.task_id,
         "status": result.status,
@@ -74,7 +79,7 @@ def job_fields(settings: Settings, result: TaskResult, attempts: Sequence[Attemp
         "in": str(tokens_in),
         "out": str(tokens_out),
         "cost": repr(round(sum(a.cost_usd for a in attempts), 10)),
-        "full": repr(round(full_tier_cost(settings, tokens_in, tokens_out), 10)),
+        "full": repr(round(full_tier_cost(settings, answer_in, answer_out), 10)),
         "models": json.dumps(by_model, separators=(",", ":")),
     }
 
@@ -167,9 +172,14 @@ def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> di
     by_kind: dict[str, dict[str, Any]] = defaultdict(_bucket)
     by_model: dict[str, dict[str, Any]] = defaultdict(_bucket)
     totals = _bucket()
+    shadow = _bucket()
     statuses: dict[str, int] = defaultdict(int)
     for rec in records:
         statuses[rec.status] += 1
+        if rec.status == "shadow":  # a shadow run on full is its own line, not the jobs' spend
+            shadow["jobs"] += 1
+            shadow["cost_usd"] += rec.cost_usd
+            continue
         for row in (totals, by_tier[rec.tier], by_kind[rec.kind]):
             row["jobs"] += 1
             row["input_tokens"] += rec.input_tokens
@@ -198,4 +208,5 @@ def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> di
         "by_tier": _rounded(by_tier),
         "by_model": _rounded(by_model),
         "by_kind": _rounded(by_kind),
+        "shadow": {"runs": shadow["jobs"], "cost_usd": round(shadow["cost_usd"], 6)},
     }

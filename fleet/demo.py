@@ -91,6 +91,12 @@ def run_workload(
     return results, list(task_ids), progress
 
 
+def _answer_tokens(result: TaskResult) -> tuple[int, int]:
+    """The tokens of a result's answering calls (a judge's and a rewrite's are not the job's work)."""
+    answering = [a for a in result.attempts if a.purpose == "answer"]
+    return sum(a.input_tokens for a in answering), sum(a.output_tokens for a in answering)
+
+
 def summarise(
     settings: Settings, redis_url: str, task_ids: list[str], results: dict[str, TaskResult]
 ) -> dict[str, Any]:
@@ -102,6 +108,7 @@ def summarise(
     latencies = [r.latency_ms for r in results.values() if r.latency_ms is not None]
     by_tier: Counter[str] = Counter(str(r.tier) for r in results.values() if r.tier is not None)
     by_model: Counter[str] = Counter(f"{r.provider}:{r.model}" for r in completed)
+    checks = [c for r in results.values() for c in r.quality]
     return {
         "submitted": len(task_ids),
         "completed": len(completed),
@@ -111,10 +118,46 @@ def summarise(
         "by_model": dict(by_model.most_common()),
         "fallbacks": sum(1 for r in completed if (r.fallback_index or 0) > 0),
         "cost_usd": round(sum(r.cost_usd for r in results.values()), 6),
-        "cost_all_full_usd": round(
-            sum(full_prices.cost(r.input_tokens, r.output_tokens) for r in results.values()), 6
+        "cost_all_full_usd": round(sum(full_prices.cost(*_answer_tokens(r)) for r in results.values()), 6),
+        "judge_cost_usd": round(
+            sum(a.cost_usd for r in results.values() for a in r.attempts if a.purpose != "answer"), 6
         ),
+        "judged": sum(1 for r in results.values() if any(c.score is not None for c in r.quality)),
+        "upgraded": sum(1 for r in results.values() if any(c.action == "upgrade" for c in r.quality)),
+        "polished": sum(1 for r in results.values() if any(c.action == "polish" for c in r.quality)),
+        "escalated_by_gate": sum(1 for r in escalated if r.reason == "quality_check_failed"),
+        "low_confidence": sum(1 for c in checks if c.signals),
         "p50_ms": round(statistics.median(latencies), 1) if latencies else 0.0,
         "p99_ms": round(percentile(latencies, 99), 1),
         "broker": mask_url(redis_url),
+    }
+
+
+def simulated_quality(
+    mock_url: str,
+    full_model: str,
+    jobs: list[dict[str, Any]],
+    results: dict[str, TaskResult],
+    task_ids: list[str],
+) -> dict[str, Any]:
+    """SIMULATED quality, from the mock provider's hidden truth (``POST /_mock/truth``): the share of
+    answered jobs whose final answer is not flawed, and the same for the same jobs all answered by the
+    full tier's first model. Only a measurement harness asks this; the fleet never does."""
+    import httpx
+
+    answered = [results[t] for t in task_ids if t in results and results[t].status == "completed"]
+    body = {
+        "answers": [r.answer or "" for r in answered],
+        "model": full_model,
+        "prompts": [str(job.get("prompt", "")) for job in jobs],
+    }
+    truth = httpx.post(f"{mock_url.rstrip('/')}/_mock/truth", json=body, timeout=60).json()
+    sound = sum(1 for t in truth["answers"] if not t.get("flawed"))
+    full_sound = sum(1 for flawed in truth["counterfactual"] if not flawed)
+    return {
+        "quality": round(sound / len(answered), 4) if answered else 0.0,
+        "quality_all_full": round(full_sound / len(jobs), 4) if jobs else 0.0,
+        "quality_simulated": True,
+        "quality_note": "SIMULATED by the mock provider (fleet/providers/mock_quality.py): which answers "
+        "are flawed, and what the full tier's model would have answered, are the mock's hidden truth",
     }

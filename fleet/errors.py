@@ -254,6 +254,7 @@ class Reason(StrEnum):
     UNKNOWN_TASK = "unknown_task"  # a message for a task name no worker knows
     COST_CEILING = "cost_ceiling"  # max_cost_usd was spent before an acceptable answer
     THROTTLED = "throttled"  # requeued for rate limits more often than allowed
+    QUALITY_CHECK_FAILED = "quality_check_failed"  # the quality gate's judge failed the answer
     TIMEOUT = "timeout"  # the queue's timeout_s ran out (also a provider outcome)
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"

@@ -17,7 +17,7 @@ from fleet import telemetry
 from fleet.errors import Reason
 from fleet.escalations import EscalationStore, NewEscalation
 from fleet.middleware.base import Job
-from fleet.models import TaskResult
+from fleet.models import Attempt, TaskResult
 
 __all__ = ["Handoff"]
 
@@ -34,14 +34,24 @@ class Handoff:
         self.store = store
         self.announce = announce
 
-    def job(self, job: Job, reason: Reason, detail: str) -> TaskResult:
-        """Hand a tier job to people, with every attempt it made so far (the middlewares' and the
-        runner's way to escalate: a :data:`fleet.runner.HandOver`).
+    def job(
+        self, job: Job, reason: Reason, detail: str, *, attempts: list[Attempt] | None = None
+    ) -> TaskResult:
+        """Hand a tier job to people, with every attempt it made so far (or ``attempts``): the
+        middlewares' and the runner's way to escalate (a :data:`fleet.runner.HandOver`). A shadow run
+        is never handed to people: it ends discarded.
 
         Raises:
             BrokerError: the broker is down.
         """
-        attempts = [*job.envelope.attempts, *(job.outcome.attempts if job.outcome else [])]
+        if attempts is None:
+            attempts = [*job.envelope.attempts, *(job.outcome.attempts if job.outcome else [])]
+        if job.envelope.shadow is not None:
+            return TaskResult.from_attempts(
+                job.id, "discarded", attempts, tier=job.routing.tier, kind=job.request.kind,
+                reason=f"shadow run: {reason}", submitted_at=job.envelope.submitted_at,
+                finished_at=time.time(),
+            )  # fmt: skip
         new = NewEscalation(
             task_id=job.id,
             reason=reason,

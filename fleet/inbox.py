@@ -31,6 +31,7 @@ from fleet.escalations import (
 )
 from fleet.models import JobEnvelope, RoutingDecision, TaskRequest, Tier, validate_request
 from fleet.producer import enqueue
+from fleet.quality.feedback import QUALITY_REASONS, RedisTally, tally_human
 from fleet.settings import Settings
 
 __all__ = ["Inbox"]
@@ -96,7 +97,10 @@ class Inbox:
         with telemetry.span("escalation.resolve", attributes={"fleet.escalation.id": esc_id}) as span:
             record = self.store.transition(esc_id, "resolve", by, answer=answer, on_commit=self._deliver)
             telemetry.link_back(span, record.trace_id)
-            return record
+        if record.tier is not None and str(record.reason) in QUALITY_REASONS:
+            # A person had to answer what a model's answer failed: the tier's pass rate says so.
+            tally_human(RedisTally(self.redis), str(record.tier), record.kind)
+        return record
 
     def discard(self, esc_id: str, reason: str, by: str) -> EscalationRecord:
         """Close the escalation without an answer; the task's result says discarded, with the reason.

@@ -21,6 +21,7 @@ __all__ = [
     "escalations_state",
     "idempotency",
     "job",
+    "quality_bucket",
     "queue_lists",
     "rate_counter",
     "result",
@@ -105,6 +106,12 @@ def deliveries(task_id: str) -> str:
 def running(task_id: str) -> str:
     """A job's execution lock: held while one worker runs it, so a redelivery waits."""
     return f"{PREFIX}running:{task_id}"
+
+
+def quality_bucket(bucket: int) -> str:
+    """Quality counts of one five-minute bucket (epoch seconds // 300): a hash of
+    ``tier|kind|judged``, ``...|passed``, ``...|human`` and the shadow comparisons' counts."""
+    return f"{PREFIX}qa:{bucket}"
 
 
 def costs() -> str:

@@ -34,7 +34,10 @@ __all__ = [
     "JobEnvelope",
     "JobState",
     "JobStatus",
+    "Purpose",
+    "QualityCheck",
     "RoutingDecision",
+    "ShadowOf",
     "TaskRequest",
     "TaskResult",
     "Tier",
@@ -192,12 +195,17 @@ class RoutingDecision(_Strict):
     classifier: str = "rules"
 
 
+#: What a model call was for: the job's answer, a judge's verdict on it, or a stronger model's rewrite.
+Purpose = Literal["answer", "judge", "polish"]
+
+
 class Attempt(_Strict):
     """One call on one link of a chain, successful or not."""
 
     link: str
     provider: str
     model: str
+    purpose: Purpose = "answer"
     outcome: str  # "ok" or an error code from fleet.errors
     http_status: int | None = None
     latency_ms: float = 0.0
@@ -206,6 +214,34 @@ class Attempt(_Strict):
     tokens_estimated: bool = False
     cost_usd: float = 0.0
     error: str | None = None
+
+
+class QualityCheck(_Strict):
+    """One quality check of an answer: why it was judged, the verdict, and what the gate did."""
+
+    tier: Tier
+    #: Why the answer was checked: "sampled", "low confidence", "upgraded before", ...
+    why: str
+    #: Confidence signals that fired on the answer (reasons, for people), judged or not.
+    signals: list[str] = Field(default_factory=list)
+    #: The judge's link and verdict; None when no judge answered (the answer then passes).
+    judge: str | None = None
+    score: int | None = Field(default=None, ge=1, le=5)
+    problems: list[str] = Field(default_factory=list)
+    passed: bool = True
+    #: What the gate did: "pass", "upgrade", "polish", "escalate" (or "judge_unavailable").
+    action: str = "pass"
+    #: What the check's calls cost (the judge's, a polish's).
+    cost_usd: float = 0.0
+
+
+class ShadowOf(_Strict):
+    """A shadow run's subject: the job whose answer a shadow run on the full tier is compared with."""
+
+    task_id: str
+    tier: Tier
+    kind: str | None = None
+    answer: str
 
 
 class JobEnvelope(_Strict):
@@ -224,6 +260,10 @@ class JobEnvelope(_Strict):
     slot_reserved: bool = False
     #: The escalation this job is a retry of (people sent it again from the inbox).
     retry_of: str | None = None
+    #: The quality checks of earlier hops (an answer the gate sent up a tier).
+    quality: list[QualityCheck] = Field(default_factory=list)
+    #: Set on a shadow run: the job it re-runs on the full tier, in the background.
+    shadow: ShadowOf | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -253,6 +293,8 @@ class TaskResult(_Strict):
     reason: str | None = None
     resolved_by: Literal["model", "human"] | None = None
     resolver: str | None = None
+    #: The quality checks the answer went through, on every tier it ran on.
+    quality: list[QualityCheck] = Field(default_factory=list)
     submitted_at: float | None = None
     finished_at: float | None = None
 

@@ -60,12 +60,16 @@ class JobRunner:
         chain: Chain,
         hand_over: HandOver,
         limits: LimitsSettings,
+        *,
+        logprobs: bool = False,
     ) -> None:
         self.middlewares = list(middlewares)
         self.starter = starter
         self.chain = chain
         self.hand_over = hand_over
         self.limits = limits
+        #: Ask for token log-probabilities (a confidence signal of the quality gate).
+        self.logprobs = logprobs
 
     def run(self, job: Job) -> Ran:
         """Run one delivery.
@@ -149,7 +153,7 @@ class JobRunner:
         try:
             outcome = self.chain.run(
                 job.queue.links(), job.request, timeout_s=job.queue.timeout_s,
-                corrections=corrections, first=job.first_link,
+                corrections=corrections, first=job.first_link, logprobs=self.logprobs,
             )  # fmt: skip
         finally:
             for bucket, delta in corrections:

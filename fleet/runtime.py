@@ -8,8 +8,11 @@ Redis connection pool and a thread pool must not cross one.
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,10 +20,10 @@ from pydantic import ValidationError
 
 from fleet import telemetry
 from fleet.app import EXECUTE_TASK, NOTIFY_TASK, ROUTE_TASK, FleetCelery, queue_result
-from fleet.boundary import BoundaryRedis
+from fleet.boundary import BoundaryRedis, broker_errors
 from fleet.chain import Chain
 from fleet.discovery import redis_client
-from fleet.errors import InvalidRequest, ProviderError, Reason
+from fleet.errors import BrokerError, InvalidRequest, ProviderError, Reason
 from fleet.escalations import NewEscalation, RedisEscalationStore
 from fleet.handoff import Handoff
 from fleet.limits import CircuitBreaker, RateLimiter
@@ -35,11 +38,19 @@ from fleet.middleware.start import RedisJobStarter
 from fleet.middleware.tail import RedisTail
 from fleet.middleware.telemetry import Telemetry
 from fleet.models import JobEnvelope, RoutingDecision, TaskRequest, TaskResult, Tier, validate_request
+from fleet.providers.config import split_links
+from fleet.quality.feedback import PassRates, read_rates
+from fleet.quality.gate import QualityGate
+from fleet.quality.judge import Judge
+from fleet.quality.shadow import ShadowRun
+from fleet.router import Feedback
 from fleet.router.llm import VERDICT_SCHEMA
 from fleet.runner import JobRunner
 from fleet.settings import Settings
 
 __all__ = ["Runtime", "get_runtime", "reset_runtime"]
+
+log = logging.getLogger(__name__)
 
 #: The span name of each task's run (see fleet.telemetry.spans).
 _SPAN_NAMES = {ROUTE_TASK: "route", EXECUTE_TASK: "execute", NOTIFY_TASK: "notify"}
@@ -60,13 +71,24 @@ class Runtime:
         self.store = RedisEscalationStore(self.client, retention_days=self.settings.escalation.retention_days)
         self.handoff = Handoff(self.store, announce=self._announce)
         self.middlewares: Sequence[Middleware] = self._middlewares()
+        self._rates: PassRates | None = None
+        self._rates_at = 0.0
+        self._rates_lock = threading.Lock()
+        limits, quality = self.settings.limits, self.settings.quality
         self.runner = JobRunner(
-            self.middlewares, RedisJobStarter(self.client), self.chain, self.handoff.job, self.settings.limits
-        )
+            self.middlewares, RedisJobStarter(self.client), self.chain, self.handoff.job, limits,
+            logprobs=quality.enabled and quality.confidence.logprobs,
+        )  # fmt: skip
 
     def _middlewares(self) -> list[Middleware]:
         """The tier job's middlewares, in the order their hooks run."""
         settings = self.settings
+        quality = settings.quality
+        judge_links = split_links(quality.judge)
+        judge = Judge(
+            self.chain, judge_links or settings.tier("standard").links(), timeout_s=quality.judge_timeout_s,
+            max_chars=quality.judge_max_chars,
+        )  # fmt: skip
         return [
             Telemetry(),
             WorkerLifecycle(),
@@ -74,8 +96,20 @@ class Runtime:
             PoisonGuard(settings.limits.max_deliveries, self.handoff.job),
             QueueRateLimit(settings.limits),
             ChaosHook(settings.chaos),
+            QualityGate(quality, judge, self.handoff.job, self._polish_links),
+            ShadowRun(settings.router.shadow_rate, judge, self._send_shadow),
             CostRecord(settings),
         ]
+
+    def _polish_links(self, tier: str) -> list[tuple[str, str]]:
+        return split_links(self.settings.quality.polish) or self.settings.tier(tier).links()
+
+    def _send_shadow(self, payload: object, envelope: JobEnvelope) -> None:
+        with broker_errors(self.client.fleet_url):
+            self.app.send_task(
+                EXECUTE_TASK, args=[payload, envelope.model_dump(mode="json")], task_id=envelope.id,
+                argsrepr="(request, envelope)", kwargsrepr="{}", **self.queue_options("full"),
+            )  # fmt: skip
 
     # -- the worker --------------------------------------------------------------------------------
 
@@ -150,6 +184,32 @@ class Runtime:
             redelivered=bool(info.get("redelivered")),
             tail=self.new_tail(),
         )
+
+    def queue_options(self, tier: str | None) -> dict[str, Any]:
+        """Celery's sending options for a job going to tier ``tier`` (none: back to its own queue)."""
+        if tier is None:
+            return {}
+        timeout = self.settings.tier(tier).timeout_s
+        return {"queue": tier, "time_limit": math.ceil(timeout + 30), "soft_time_limit": math.ceil(timeout)}
+
+    def feedback(self) -> Feedback | None:
+        """The quality gate's pass rates as the router reads them: read again at most every
+        ``quality.feedback.refresh_s`` (one round trip), so routing a job costs none. None when off."""
+        quality = self.settings.quality
+        cfg = quality.feedback
+        if not (quality.enabled and cfg.enabled):
+            return None
+        with self._rates_lock:
+            if self._rates is None or time.monotonic() - self._rates_at >= cfg.refresh_s:
+                self._rates_at = time.monotonic()
+                try:
+                    self._rates = read_rates(self.client, cfg.window_s)
+                except BrokerError as exc:  # routing goes on with the last rates (or none)
+                    log.warning("could not read the quality pass rates: %s", exc)
+            rates = self._rates
+        if rates is None:
+            return None
+        return lambda tier, kind: rates.move_up(str(tier), kind, cfg)
 
     def ask_mini(self, prompt: str, timeout_s: float) -> str:
         """The LLM classifier's model call: the mini tier's chain, bounded by ``timeout_s``.

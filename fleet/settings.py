@@ -10,7 +10,7 @@ The order of precedence, lowest first:
 
 Each owner declares its own section in a leaf module: the router's in :mod:`fleet.router.config`, the
 retry policy in :mod:`fleet.retry`, the providers' and the mock's in :mod:`fleet.providers.config`,
-the chaos hook's in :mod:`fleet.middleware.chaos`.
+the chaos hook's in :mod:`fleet.middleware.chaos`, the quality gate's in :mod:`fleet.quality.config`.
 This module declares the rest, composes them into :class:`Settings` and loads it.
 
 A bad value fails at start with the file, the key and what was expected (:class:`ConfigError`).
@@ -44,7 +44,15 @@ from fleet.errors import ConfigError
 from fleet.keys import QUEUES, TIER_QUEUES
 from fleet.middleware.chaos import ChaosSettings
 from fleet.models import DEFAULT_MAX_PROMPT_BYTES, Tier
-from fleet.providers.config import MockSettings, ModelSettings, ProviderSettings, resolve_api_keys
+from fleet.providers.config import (
+    MockSettings,
+    ModelSettings,
+    ProviderSettings,
+    check_links,
+    resolve_api_keys,
+    split_links,
+)
+from fleet.quality.config import QualitySettings
 from fleet.retry import RetrySettings
 from fleet.router.config import (
     ROUTER_FILE,
@@ -212,14 +220,10 @@ class QueueSettings(_Section):
     @field_validator("chain")
     @classmethod
     def _links(cls, value: list[str]) -> list[str]:
-        for link in value:
-            provider, sep, model = link.partition(":")
-            if not sep or not provider or not model:
-                raise ValueError(f"{link!r} is not a 'provider:model' link")
-        return value
+        return check_links(value)
 
     def links(self) -> list[tuple[str, str]]:
-        return [(p, m) for p, _, m in (link.partition(":") for link in self.chain)]
+        return split_links(self.chain)
 
 
 class EscalationSettings(_Section):
@@ -298,6 +302,7 @@ class Settings(_Section):
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     mock: MockSettings = Field(default_factory=MockSettings)
     chaos: ChaosSettings = Field(default_factory=ChaosSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
 
     @model_validator(mode="after")
     def _cross_check(self) -> Settings:

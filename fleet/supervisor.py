@@ -196,6 +196,8 @@ class Supervisor:
             "--seed", str(mock.seed),
             "--timeout-sleep-s", str(mock.timeout_sleep_s),
         ]  # fmt: skip
+        if mock.simulate_quality:
+            argv += ["--config-json", '{"quality": {"enabled": true}}']
         self.mock = Child("mock-provider", argv, env=dict(os.environ), log_file=self.log_dir / "mock.log")
         self.mock.start(capture_stdout=True)
         assert self.mock.process is not None and self.mock.process.stdout is not None
@@ -211,7 +213,8 @@ class Supervisor:
                 break
         if not self.mock_url:
             raise FleetError(f"the mock provider did not start: {self.mock.log_tail()}")
-        self.on_event(f"mock provider: {self.mock_url} (failure rate {mock.failure_rate:.0%})")
+        simulated = ", SIMULATED model quality" if mock.simulate_quality else ""
+        self.on_event(f"mock provider: {self.mock_url} (failure rate {mock.failure_rate:.0%}{simulated})")
 
     def _start_pool(self, queue: str) -> None:
         from fleet.worker import worker_argv  # deferred: the supervisor itself needs no tasks

@@ -61,7 +61,7 @@ def route(self: Task[Any, Any], request: Any = None, job: Any = None) -> None:
     req, envelope = checked
     settings = runtime.settings
     ask = runtime.ask_mini if settings.router.classifier == "llm" else None
-    envelope.routing = decide(req, settings.router, ask=ask)
+    envelope.routing = decide(req, settings.router, ask=ask, feedback=runtime.feedback())
     span = telemetry.task_span("route", {"fleet.task_id": envelope.id, "fleet.kind": req.kind})
     telemetry.set_routing(span, envelope.routing)
     timeout = settings.tier(envelope.routing.tier).timeout_s
@@ -88,8 +88,9 @@ def execute(self: Task[Any, Any], request: Any = None, job: Any = None) -> dict[
     except Requeue as again:
         args = (accepted.payload, accepted.envelope.model_dump(mode="json"))
         raise self.retry(
-            args=args, kwargs={}, countdown=round(again.countdown_s, 3), max_retries=None
-        ) from None
+            args=args, kwargs={}, countdown=round(again.countdown_s, 3), max_retries=None,
+            **runtime.queue_options(again.queue),
+        ) from None  # fmt: skip
     if not ran.written:
         return ran.stored  # the broker was down: Celery stores it, with its own retries
     self.request.ignore_result = True  # stored with the job's last round trip; Celery gets a summary

@@ -14,6 +14,12 @@ from fleet.embedded import EmbeddedBroker
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Every fleet a test starts runs without the quality gate and the mock's simulated quality unless the
+# test turns them on (tests/integration/test_quality_gate.py): most tests ask for exact tiers, calls
+# and answers, which a judge's upgrade would change.
+os.environ.setdefault("FLEET_QUALITY__ENABLED", "false")
+os.environ.setdefault("FLEET_MOCK__SIMULATE_QUALITY", "false")
+
 
 def _broker_params() -> list[str]:
     params = ["embedded"]

@@ -9,6 +9,7 @@ from fleet.cli.costs import costs
 from fleet.cli.escalations import api, escalations_app
 from fleet.cli.jobs import result, submit
 from fleet.cli.ops import config_app, metrics, scale, status
+from fleet.cli.quality import quality
 from fleet.cli.run import demo, flower, mock_provider, up, worker
 
 __all__ = ["app", "main"]
@@ -24,7 +25,8 @@ app = typer.Typer(
     epilog=(
         "Examples:  fleet demo --tasks 200 --json  ·  fleet up --profile demo --scale full=8  ·  "
         'fleet submit "Add a docstring to parse_rate()" --wait 30  ·  fleet result ID  ·  fleet status  ·  '
-        "fleet classify requests.jsonl --report  ·  fleet costs --since 1d  ·  fleet config show"
+        "fleet classify requests.jsonl --report  ·  fleet costs --since 1d  ·  fleet quality --since 1h  ·  "
+        "fleet config show"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -42,6 +44,7 @@ app.command("status")(status)
 app.command("scale")(scale)
 app.command("metrics")(metrics)
 app.command("costs")(costs)
+app.command("quality")(quality)
 app.add_typer(config_app, name="config")
 app.add_typer(escalations_app, name="escalations")
 app.command("api")(api)

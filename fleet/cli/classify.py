@@ -15,9 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fleet.cli.common import handle_errors
 from fleet.errors import InvalidRequest
 from fleet.models import Tier, validate_request
-from fleet.router import Ask, decide
+from fleet.router import Ask, Feedback, decide
 from fleet.settings import Settings, get_settings
 
 __all__ = ["EXIT_INPUT_UNREADABLE", "EXIT_OK", "ClassifyRun", "classify", "classify_lines", "render_report"]
@@ -28,7 +29,7 @@ EXIT_OK = 0
 EXIT_INPUT_UNREADABLE = 2
 
 #: Extra keys a labeled line may carry beside the TaskRequest fields.
-_LABEL_KEYS = ("expected_tier", "why")
+_LABEL_KEYS = ("expected_tier", "why", "domain")
 _TIERS = [t.value for t in Tier]
 
 
@@ -40,6 +41,8 @@ class ClassifyRun:
     #: (expected, routed) for each line that carried a valid ``expected_tier``.
     labeled: list[tuple[str, str]] = field(default_factory=list)
     errors: int = 0
+    #: (kind, from tier, to tier) -> decisions the quality feedback moved up.
+    moved: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     @property
     def under_routed(self) -> int:
@@ -48,7 +51,12 @@ class ClassifyRun:
 
 
 def classify_lines(
-    lines: Iterable[str], settings: Settings, run: ClassifyRun, *, ask: Ask | None = None
+    lines: Iterable[str],
+    settings: Settings,
+    run: ClassifyRun,
+    *,
+    ask: Ask | None = None,
+    feedback: Feedback | None = None,
 ) -> Iterator[dict[str, Any]]:
     """One output object per non-blank input line, in order; a bad line yields ``{"error", "line"}``."""
     for number, line in enumerate(lines, start=1):
@@ -65,14 +73,19 @@ def classify_lines(
             yield {"error": "a task request must be a JSON object", "line": number}
             continue
         expected = data.pop("expected_tier", None)
-        data.pop("why", None)
+        for key in _LABEL_KEYS:
+            data.pop(key, None)
         try:
             request = validate_request(data, max_prompt_bytes=settings.limits.max_prompt_bytes)
         except InvalidRequest as exc:
             run.errors += 1
             yield {"error": "; ".join(exc.errors), "line": number}
             continue
-        decision = decide(request, settings.router, ask=ask)
+        decision = decide(request, settings.router, ask=ask, feedback=feedback)
+        if feedback is not None:
+            before = decide(request, settings.router, ask=ask)
+            if before.tier != decision.tier:
+                run.moved[(request.kind or "none", before.tier.value, decision.tier.value)] += 1
         tier = decision.tier.value
         run.tiers[tier] += 1
         if expected in _TIERS:
@@ -124,6 +137,8 @@ def render_report(
             matrix.add_row(exp, *(str(pairs.get((exp, got), 0)) for got in _TIERS))
         console.print(matrix)
     console.print(f"under-routed (expected full, routed mini or fast): {run.under_routed}")
+    for (kind, before, after), count in sorted(run.moved.items()):
+        console.print(f"quality feedback moved {count} {kind} job(s) from {before} up to {after}")
 
     routed = sum(n * _tier_cost(settings, t, tokens_in, tokens_out) for t, n in run.tiers.items())
     all_full = total * _tier_cost(settings, "full", tokens_in, tokens_out)
@@ -137,12 +152,23 @@ def render_report(
     console.print(cost)
 
 
+def _live_feedback(settings: Settings) -> Feedback:
+    """The running fleet's pass rates, as its router reads them. Raises BrokerError, FleetNotRunning."""
+    from fleet.discovery import broker_url, redis_client
+    from fleet.quality.feedback import read_rates
+
+    cfg = settings.quality.feedback
+    rates = read_rates(redis_client(settings, broker_url(settings)), cfg.window_s)
+    return lambda tier, kind: rates.move_up(str(tier), kind, cfg)
+
+
 def _open_input(file: str | None) -> AbstractContextManager[TextIO]:
     if file is None or file == "-":
         return nullcontext(sys.stdin)  # stdin is not ours to close
     return Path(file).open(encoding="utf-8")
 
 
+@handle_errors
 def classify(
     file: Annotated[
         str | None, typer.Argument(help="JSONL file of task requests; '-' or nothing reads stdin.")
@@ -156,6 +182,13 @@ def classify(
     tokens_out: Annotated[
         int, typer.Option("--tokens-out", min=0, help="Output tokens assumed per job for the cost.")
     ] = 500,
+    with_feedback: Annotated[
+        bool,
+        typer.Option(
+            "--feedback",
+            help="Apply the running fleet's quality feedback (pass rates); --report says what moved.",
+        ),
+    ] = False,
 ) -> None:
     """Route task requests (one JSON object per line) and print one decision per line.
 
@@ -166,13 +199,16 @@ def classify(
     Example:
 
         fleet classify tests/data/router/coding_train.jsonl --report > decisions.jsonl
+
+        fleet classify requests.jsonl --report --feedback   (what the live pass rates move up)
     """
     settings = get_settings()
     err = Console(stderr=True)
     run = ClassifyRun()
+    feedback = _live_feedback(settings) if with_feedback else None
     try:
         with _open_input(file) as lines:
-            for out in classify_lines(lines, settings, run):
+            for out in classify_lines(lines, settings, run, feedback=feedback):
                 typer.echo(json.dumps(out, ensure_ascii=False))
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -42,6 +42,7 @@ __all__ = [
     "parse_queue_sizes",
     "print_json",
     "settings_for",
+    "since_window",
 ]
 
 #: Exit codes, stable for scripts.
@@ -125,6 +126,16 @@ def parse_queue_sizes(items: list[str] | None) -> dict[str, int]:
             raise ConfigError(f"{item!r}: expected QUEUE=N with QUEUE one of {', '.join(QUEUES)} and N >= 1")
         sizes[name] = int(count)
     return sizes
+
+
+def since_window(since: str) -> float:
+    """``--since`` in seconds. Raises ConfigError: not a duration like 30m, 1h or 2d."""
+    from fleet.costs import parse_since
+
+    try:
+        return parse_since(since)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="--since", expected="30m, 1h, 2d") from None
 
 
 def settings_for(profile: str | None = None, **overrides: Any) -> Settings:

@@ -7,8 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fleet.cli.common import handle_errors, out_console, print_json, settings_for
-from fleet.errors import ConfigError
+from fleet.cli.common import handle_errors, out_console, print_json, settings_for, since_window
 
 __all__ = ["costs"]
 
@@ -38,17 +37,15 @@ def costs(
     have cost with every job on the full tier's first model (the saving routing makes).
 
     Read from the per-job cost records the tier workers write (Redis stream fleet:costs). Failed
-    calls count where they cost tokens; a job retried by people is charged once per run.
+    calls count where they cost tokens; a job retried by people is charged once per run; a quality
+    gate's judge and rewrite calls are charged to their job; shadow runs are a line of their own.
 
     Example: fleet costs --since 2d --json
     """
-    from fleet.costs import parse_since, read_records, report
+    from fleet.costs import read_records, report
     from fleet.discovery import broker_url, redis_client
 
-    try:
-        window = parse_since(since)
-    except ValueError as exc:
-        raise ConfigError(str(exc), key="--since", expected="30m, 1h, 2d") from None
+    window = since_window(since)
     settings = settings_for()
     client = redis_client(settings, broker_url(settings))
     data = report(read_records(client, window), since_s=window)
@@ -65,3 +62,8 @@ def costs(
         f"${data['cost_all_full_usd']:.4f}; saving ${data['saving_usd']:.4f} "
         f"([bold green]{data['saving_ratio']:.0%}[/])"
     )
+    if data["shadow"]["runs"]:
+        shadow = data["shadow"]
+        out_console.print(
+            f"shadow runs on full (apart from the above): {shadow['runs']}, ${shadow['cost_usd']:.4f}"
+        )

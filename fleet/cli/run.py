@@ -128,6 +128,24 @@ def _render(progress: DemoProgress, bar: Progress, task_id: Any) -> Group:
     return Group(bar, table)
 
 
+def _simulated(
+    settings: Any, sup: Supervisor, jobs: list[dict[str, Any]], results: dict[str, Any], task_ids: list[str]
+) -> dict[str, Any]:
+    """The simulated quality figures (when the mock simulates quality) and the shadow runs' line."""
+    from fleet.costs import read_records
+    from fleet.demo import simulated_quality
+    from fleet.discovery import redis_client
+
+    out: dict[str, Any] = {}
+    if settings.mock.simulate_quality and sup.mock_url:
+        full_model = settings.tier("full").links()[0][1]
+        out.update(simulated_quality(sup.mock_url, full_model, jobs, results, task_ids))
+    shadows = [r for r in read_records(redis_client(settings, sup.redis_url), None) if r.status == "shadow"]
+    out["shadow_runs"] = len(shadows)
+    out["shadow_cost_usd"] = round(sum(r.cost_usd for r in shadows), 6)
+    return out
+
+
 def _summary_table(summary: dict[str, Any]) -> Table:
     table = Table(title="fleet demo summary", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
@@ -138,9 +156,17 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     for tier, count in summary["by_tier"].items():
         table.add_row(f"tier {tier}", str(count))
     saving = 1 - summary["cost_usd"] / summary["cost_all_full_usd"] if summary["cost_all_full_usd"] else 0.0
-    table.add_row("cost", f"${summary['cost_usd']:.4f}")
+    table.add_row("cost (judge included)", f"${summary['cost_usd']:.4f}")
     table.add_row("cost if all on full", f"${summary['cost_all_full_usd']:.4f}")
     table.add_row("saving", f"{saving:.0%}")
+    table.add_row(
+        "judged / upgraded / polished", f"{summary['judged']} / {summary['upgraded']} / {summary['polished']}"
+    )
+    if "quality" in summary:
+        table.add_row("quality (SIMULATED)", f"{summary['quality']:.1%}")
+        table.add_row("quality if all on full (SIMULATED)", f"{summary['quality_all_full']:.1%}")
+    if summary.get("shadow_runs"):
+        table.add_row("shadow runs on full", f"{summary['shadow_runs']} (${summary['shadow_cost_usd']:.4f})")
     table.add_row("latency p50 / p99", f"{summary['p50_ms']:.0f} ms / {summary['p99_ms']:.0f} ms")
     table.add_row("broker", summary["broker"])
     return table
@@ -159,13 +185,22 @@ def demo(
     timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for every job.")] = 600.0,
     seed: Annotated[int, typer.Option(help="Seed of the mock provider's faults.")] = 0,
     flower: Annotated[bool, typer.Option(help="Start Flower (on a free port).")] = True,
+    quality_gate: Annotated[
+        bool, typer.Option("--quality-gate/--no-quality-gate", help="Judge answers and act on failed ones.")
+    ] = True,
     trace_file: TraceFile = None,
 ) -> None:
     """Run the whole fleet on an embedded broker with the mock provider, submit a sample workload,
     show live progress, print a summary, and stop everything it started.
 
-    JSON summary keys: submitted, completed, escalated, lost, by_tier, fallbacks, cost_usd,
-    cost_all_full_usd, p50_ms, p99_ms, broker. Exits 0 only when lost is 0.
+    The mock SIMULATES model quality (some answers of a model below a job's difficulty are flawed; a
+    judge catches most of them): the summary's quality figures are the mock's hidden truth, labelled
+    simulated. See docs/quality.md.
+
+    JSON summary keys: submitted, completed, escalated, lost, by_tier, fallbacks, cost_usd (judge
+    included), cost_all_full_usd, judge_cost_usd, judged, upgraded, polished, escalated_by_gate,
+    quality, quality_all_full (simulated), shadow_runs, shadow_cost_usd, p50_ms, p99_ms, broker.
+    Exits 0 only when lost is 0.
 
     Example: fleet demo --tasks 200 --failure-rate 0.3 --json
     """
@@ -179,6 +214,7 @@ def demo(
             "mock.seed": seed,
             "mock.enabled": True,
             "telemetry.trace_file": _trace_path(trace_file),
+            "quality.enabled": quality_gate,
         },
     )
     console = err_console if as_json else out_console
@@ -193,6 +229,7 @@ def demo(
         log_dir=log_dir,
         publish_state=False,
         shutdown_grace_s=10.0,
+        env={"FLEET_QUALITY__ENABLED": "true" if quality_gate else "false"},
     )
     sup = Supervisor(settings, options, on_event=lambda msg: console.print(f"[dim]·[/] {msg}"))
     previous = _trap_stop_signals()
@@ -217,6 +254,7 @@ def demo(
         if not console.is_terminal:
             console.line()  # off a terminal, Live leaves its last row unterminated
         summary = summarise(settings, sup.redis_url, task_ids, results)
+        summary.update(_simulated(settings, sup, jobs, results, task_ids))
         client.close()
     except (KeyboardInterrupt, _Stop):
         console.print("[yellow]interrupted[/]: stopping everything the demo started ...")

@@ -80,12 +80,14 @@ class Skip(Exception):
 
 
 class Requeue(Exception):
-    """Send this delivery back to its queue, to run again in ``countdown_s`` seconds."""
+    """Send this delivery back to its queue (or to ``queue``: another tier's), to run again in
+    ``countdown_s`` seconds."""
 
-    def __init__(self, countdown_s: float, why: str) -> None:
-        super().__init__(f"requeued for {countdown_s:.3f} s: {why}")
+    def __init__(self, countdown_s: float, why: str, *, queue: str | None = None) -> None:
+        super().__init__(f"requeued for {countdown_s:.3f} s{f' on {queue}' if queue else ''}: {why}")
         self.countdown_s = countdown_s
         self.why = why
+        self.queue = queue
 
 
 class Restart(Exception):

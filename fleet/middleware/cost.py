@@ -1,4 +1,5 @@
-"""One cost line per finished job (completed or escalated), written with the job's last round trip."""
+"""One cost line per finished job (completed or escalated; a shadow run's says ``shadow``), written
+with the job's last round trip."""
 
 from __future__ import annotations
 
@@ -15,4 +16,7 @@ class CostRecord(Middleware):
         self.settings = settings
 
     def before_finish(self, job: Job, result: TaskResult) -> None:
-        job.tail.append_cost(job_fields(self.settings, result, job.charged(result)))
+        fields = job_fields(self.settings, result, job.charged(result))
+        if job.envelope.shadow is not None:
+            fields["status"] = "shadow"  # a shadow run's cost is its own line, not the job's
+        job.tail.append_cost(fields)

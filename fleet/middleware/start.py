@@ -142,6 +142,8 @@ class MemoryJobs:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     deliveries: dict[str, int] = field(default_factory=dict)
     costs: list[dict[str, str]] = field(default_factory=list)
+    #: Counters in hashes (quality counts): key -> field -> count.
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def drop(self, task_id: str, owner: str) -> bool:

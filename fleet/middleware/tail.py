@@ -41,6 +41,9 @@ class Tail(Protocol):
     def release(self, task_id: str) -> None:
         """Release the job's lock."""
 
+    def incr(self, key: str, field: str, by: int, ttl_s: int) -> None:
+        """Add ``by`` to a counter in a hash, which lives ``ttl_s`` seconds."""
+
     def flush(self) -> bool:
         """Send everything queued; whether a result was queued and written."""
         ...
@@ -77,6 +80,11 @@ class RedisTail:
         self._pipe.delete(keys.running(task_id))
         self._queued("lock release")
 
+    def incr(self, key: str, field: str, by: int, ttl_s: int) -> None:
+        self._pipe.hincrby(key, field, by)
+        self._pipe.expire(key, ttl_s)
+        self._queued("count")
+
     def flush(self) -> bool:
         """Raises BrokerError: the broker is down (nothing of this tail was written)."""
         if not len(self._pipe):
@@ -111,6 +119,13 @@ class MemoryTail:
         if self.limiter is not None:
             limiter = self.limiter
             self._ops.append(lambda: limiter.adjust(bucket, delta))
+
+    def incr(self, key: str, field: str, by: int, ttl_s: int) -> None:
+        def incr() -> None:
+            counts = self.jobs.counts.setdefault(key, {})
+            counts[field] = counts.get(field, 0) + by
+
+        self._ops.append(incr)
 
     def release(self, task_id: str) -> None:
         def release() -> None:

@@ -40,7 +40,7 @@ class Telemetry(Middleware):
         telemetry.set_routing(span, job.routing)
 
     def on_requeue(self, job: Job, requeue: Requeue) -> None:
-        telemetry.record_requeue(job.consumed_from, "wait")
+        telemetry.record_requeue(job.consumed_from, "upgrade" if requeue.queue else "wait")
         telemetry.task_span("execute", {"fleet.requeue.countdown_s": round(requeue.countdown_s, 3)})
 
     def before_finish(self, job: Job, result: TaskResult) -> None:

@@ -20,6 +20,9 @@ class ChatRequest:
     response_schema: dict[str, Any] | None = None
     #: Read timeout for this call (seconds); None: the provider's configured timeout.
     timeout_s: float | None = None
+    #: Ask for token log-probabilities where the API offers them (OpenAI's ``logprobs``): a
+    #: confidence signal for the quality gate.
+    logprobs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,8 @@ class ChatResponse:
     tokens_estimated: bool = False
     response_model: str = ""
     http_status: int = 200
+    #: The mean log-probability of the answer's tokens, when the API returned them.
+    mean_logprob: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

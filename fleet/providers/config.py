@@ -16,7 +16,15 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-__all__ = ["MockSettings", "ModelSettings", "ProviderSettings", "effective_base_url", "resolve_api_keys"]
+__all__ = [
+    "MockSettings",
+    "ModelSettings",
+    "ProviderSettings",
+    "check_links",
+    "effective_base_url",
+    "resolve_api_keys",
+    "split_links",
+]
 
 
 class _Section(BaseModel):
@@ -83,12 +91,33 @@ class MockSettings(_Section):
     #: the same answers and no network, latency or faults: what the fleet costs with a provider that
     #: costs nothing (bench/throughput.py, bench/latency.py). failure_rate and latency_ms need "http".
     transport: Literal["http", "inline"] = "http"
+    #: SIMULATE model quality in the mock (capability per model, flawed answers, a judge's accuracy:
+    #: fleet.providers.mock_quality), so the quality gate has something to catch. Needs "http".
+    simulate_quality: bool = False
 
     @model_validator(mode="after")
     def _inline_has_no_faults(self) -> MockSettings:
         if self.transport == "inline" and self.failure_rate > 0:
             raise ValueError('failure_rate needs transport = "http": the inline mock injects no faults')
         return self
+
+
+def check_links(value: list[str]) -> list[str]:
+    """Validate ``provider:model`` links (a chain, a judge).
+
+    Raises:
+        ValueError: a link is not ``provider:model``.
+    """
+    for link in value:
+        provider, sep, model = link.partition(":")
+        if not sep or not provider or not model:
+            raise ValueError(f"{link!r} is not a 'provider:model' link")
+    return value
+
+
+def split_links(links: list[str]) -> list[tuple[str, str]]:
+    """``["openai:gpt-4.1"]`` -> ``[("openai", "gpt-4.1")]`` (links already checked)."""
+    return [(p, m) for p, _, m in (link.partition(":") for link in links)]
 
 
 def effective_base_url(provider: ProviderSettings, mock: MockSettings) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,6 +33,42 @@ class MockCall:
     schema: dict[str, Any] | None
     json_mode: bool
     max_tokens: int | None
+    #: OpenAI's ``logprobs: true``: the answer carries token log-probabilities.
+    logprobs: bool = False
+
+
+_ASKED_WORDS = re.compile(r"\b(\d{2,4})[- ]?words?\b", re.I)
+_ASKED_ITEMS = re.compile(
+    r"\b(\d{1,2}) (bullet points|bullets|items|examples|ideas|tips|steps|questions|sentences|paragraphs)\b",
+    re.I,
+)
+_WORDS_PER_ITEM = {"sentences": 18, "paragraphs": 80}
+
+
+def asked_words(prompt: str) -> int | None:
+    """How many words the prompt asks for ("a 300-word post", "5 bullet points"), if it says."""
+    words = _ASKED_WORDS.search(prompt)
+    if words:
+        return min(2000, int(words.group(1)))
+    items = _ASKED_ITEMS.search(prompt)
+    if items:
+        return min(2000, int(items.group(1)) * _WORDS_PER_ITEM.get(items.group(2).lower(), 14))
+    return None
+
+
+def _padded(text: str, words: int | None) -> str:
+    """The answer grown to about ``words`` words, as a model asked for that length writes it."""
+    if words is None:
+        return text
+    have = len(text.split())
+    parts = [text]
+    n = 0
+    while have < words:
+        n += 1
+        line = f"Point {n} develops the request further with the detail it asks for, in plain words."
+        parts.append(line)
+        have += len(line.split())
+    return "\n".join(parts)
 
 
 def answer_text(call: MockCall, kind: str, ref: str) -> tuple[str, str]:
@@ -47,6 +84,7 @@ def answer_text(call: MockCall, kind: str, ref: str) -> tuple[str, str]:
             f"Mock answer from {call.model}: {gist or '(empty prompt)'}\n\nThis deterministic reply "
             f"(ref {ref[:8]}) restates the request; the mock provider adds no facts."
         )
+        text = _padded(text, asked_words(call.last_user))
         text = json.dumps({"answer": text}) if call.json_mode else text
     finish = "stop"
     if call.max_tokens is not None and len(text) > call.max_tokens * 4:

@@ -4,14 +4,17 @@
     POST /v1/messages           Anthropic Messages (the ``anthropic`` SDK works unchanged)
     GET  /v1/models             both formats' model list
     GET  /stats                 calls in total, by kind ("ok" or a fault), by model, by model and kind
-    POST /_mock/reset           zero the stats and the per-request occurrence counters
+    POST /_mock/reset           zero the stats, the per-request occurrence counters and the truth
     GET|POST /_mock/config      the effective fault config; POST merges a JSON patch into it
+    POST /_mock/truth           SIMULATED truth for a measurement harness: which answers were flawed
     GET  /healthz
 
 Answers are deterministic text built from the prompt. A JSON schema is honoured when asked through
 OpenAI's ``response_format`` (``json_schema``) or through :data:`fleet.providers._http.SCHEMA_MARKER`
 followed by the schema as JSON in any message or the system prompt (what the Anthropic adapter sends).
 Requests are read and answers written by :mod:`fleet.providers.mock_wire`; this module decides.
+With ``quality.enabled`` the mock SIMULATES model capability: answers are sometimes flawed, a judge
+sometimes wrong (:mod:`fleet.providers.mock_quality`).
 
 Faults (:data:`FAULT_KINDS`) are decided per call from a hash of (seed, model, messages, n), where n
 counts earlier calls with the same model and messages: one workload under one seed meets the same
@@ -47,6 +50,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleet.providers.mock_answers import MockCall as _Call
 from fleet.providers.mock_answers import Wire
+from fleet.providers.mock_quality import Simulation, TruthBook, decide_answer, job_prompt, simulate
 from fleet.providers.mock_wire import (
     HTTP_FAULTS,
     MALFORMED,
@@ -117,6 +121,9 @@ class MockConfig(BaseModel):
     timeout_sleep_s: float = Field(default=30.0, ge=0.0)
     #: Context window named in context_length_exceeded messages.
     context_window: int = Field(default=128_000, gt=0)
+    #: SIMULATED model quality: capability per model, difficulty per job, flawed answers, a judge's
+    #: accuracy (:mod:`fleet.providers.mock_quality`). Off by default.
+    quality: Simulation = Field(default_factory=Simulation)
 
     @field_validator("faults_by_model")
     @classmethod
@@ -150,6 +157,8 @@ class _State:
         self.by_model_kind: defaultdict[str, Counter[str]] = defaultdict(Counter)
         # Seen-count per (model, messages) digest: the n in the fate hash.
         self.seen: dict[bytes, int] = {}
+        #: The simulated truth of every answer given (mock_quality).
+        self.book = TruthBook()
 
     def record(self, model: str, kind: str) -> None:
         self.total += 1
@@ -256,6 +265,7 @@ def create_app(config: MockConfig) -> ASGIApp:
             Route("/stats", _stats, methods=["GET"]),
             Route("/_mock/reset", _reset, methods=["POST"]),
             Route("/_mock/config", _config_endpoint, methods=["GET", "POST"]),
+            Route("/_mock/truth", _truth, methods=["POST"]),
             Route("/healthz", _healthz, methods=["GET"]),
         ]
     )
@@ -292,6 +302,11 @@ async def _call(request: Request, wire: Wire) -> Response:
     await asyncio.sleep(state.config.timeout_sleep_s if kind == "timeout" else latency)
     if kind == "malformed_response":
         return Response(MALFORMED, media_type="application/json")
+    sim = state.config.quality
+    if kind == "ok" and sim.enabled:
+        simulated = simulate(sim, state.config.seed, state.book, parsed, base.hex())
+        if simulated is not None:
+            return answer_response(parsed, kind, base, text=simulated[0], low_confidence=simulated[1])
     return answer_response(parsed, kind, base)
 
 
@@ -352,6 +367,31 @@ async def _config_endpoint(request: Request) -> Response:
         except (ValueError, ValidationError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
     return json_response(state.config.model_dump(mode="json"))
+
+
+async def _truth(request: Request) -> Response:
+    """SIMULATED truth, for a measurement harness only (the fleet never asks): which of ``answers``
+    the mock gave flawed, and which ``prompts`` a ``model`` would answer flawed on a first try."""
+    state = _state(request)
+    try:
+        body = json.loads(await request.body() or b"{}")
+        answers = [str(a) for a in body.get("answers", [])]
+        prompts = [str(p) for p in body.get("prompts", [])]
+        model = str(body.get("model", ""))
+    except (ValueError, AttributeError, TypeError) as exc:
+        return JSONResponse({"error": f"expected {{answers, prompts, model}}: {exc}"}, status_code=422)
+    sim, seed = state.config.quality, state.config.seed
+    out: dict[str, Any] = {"simulated": True, "answers": [], "counterfactual": []}
+    for answer in answers:
+        truth = state.book.get(answer)
+        out["answers"].append(
+            {"known": False}
+            if truth is None
+            else {"known": True, "flawed": truth.flawed, "model": truth.model}
+        )
+    for prompt in prompts:
+        out["counterfactual"].append(decide_answer(sim, seed, model, job_prompt(prompt), polish=False).flawed)
+    return json_response(out)
 
 
 async def _healthz(request: Request) -> Response:

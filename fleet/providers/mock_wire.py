@@ -104,6 +104,7 @@ def parse_call(wire: Wire, body: Any) -> MockCall | str:
         schema=schema,
         json_mode=isinstance(fmt, dict) and fmt.get("type") == "json_object",
         max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
+        logprobs=wire == "openai" and body.get("logprobs") is True,
     )
 
 
@@ -162,11 +163,29 @@ def model_not_found(wire: Wire, model: str) -> Response:
     return error_response(wire, 404, "not_found_error", f"model: {model}")
 
 
-def answer_response(call: MockCall, kind: str, base: bytes) -> Response:
+def _logprobs(text: str, low: bool, ref: str) -> dict[str, Any]:
+    """OpenAI's ``choices[0].logprobs``: one entry per word-piece of the answer (at most 256); a
+    confident answer's log-probabilities are near 0, a low-confidence one's well below -1."""
+    pieces = text.split()[:256] or [""]
+    out = []
+    for i, piece in enumerate(pieces):
+        u = int(ref[(i * 2) % len(ref) : (i * 2) % len(ref) + 2] or "0", 16) / 255.0
+        value = -(0.8 + 1.7 * u) if low else -(0.02 + 0.3 * u)
+        out.append({"token": piece, "logprob": round(value, 4), "bytes": None, "top_logprobs": []})
+    return {"content": out, "refusal": None}
+
+
+def answer_response(
+    call: MockCall, kind: str, base: bytes, *, text: str | None = None, low_confidence: bool = False
+) -> Response:
     """The answer to ``call`` shaped by ``kind`` ("ok" or an answer-shaped fault); ``base`` is the
-    digest of the call, quoted in the answer's id and text."""
+    digest of the call, quoted in the answer's id and text. ``text``: the simulation's answer instead
+    of the default one (``low_confidence``: its token log-probabilities say so)."""
     ref = base.hex()
-    text, finish = answer_text(call, kind, ref)
+    if text is None:
+        text, finish = answer_text(call, kind, ref)
+    else:
+        finish = "stop"
     tokens_in, tokens_out = answer_usage(call, text)
     if call.wire == "openai":
         content = None if finish == "content_filter" else text
@@ -181,7 +200,9 @@ def answer_response(call: MockCall, kind: str, base: bytes) -> Response:
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": content, "refusal": None},
-                        "logprobs": None,
+                        "logprobs": _logprobs(text, low_confidence, ref)
+                        if call.logprobs and content
+                        else None,
                         "finish_reason": finish,
                     }
                 ],

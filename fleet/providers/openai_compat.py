@@ -39,6 +39,17 @@ _CONTEXT_CODES = {"context_length_exceeded", "string_above_max_length"}
 _POLICY_CODES = {"content_policy_violation", "content_filter", "content_policy", "responsible_ai_policy"}
 
 
+def _mean_logprob(logprobs: Any) -> float | None:
+    """The mean of ``logprobs.content[*].logprob``, or None when the answer carries none."""
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list):
+        return None
+    values = [
+        t["logprob"] for t in content if isinstance(t, dict) and isinstance(t.get("logprob"), int | float)
+    ]
+    return sum(values) / len(values) if values else None
+
+
 class OpenAICompatProvider(HTTPProvider):
     """One account of an OpenAI-compatible API.
 
@@ -73,6 +84,8 @@ class OpenAICompatProvider(HTTPProvider):
             payload["max_tokens"] = request.max_tokens
         if request.temperature is not None:
             payload["temperature"] = request.temperature
+        if request.logprobs:
+            payload["logprobs"] = True
         if request.response_schema is not None:
             payload["response_format"] = {
                 "type": "json_schema",
@@ -125,6 +138,7 @@ class OpenAICompatProvider(HTTPProvider):
             counts = estimate_usage(request, text)
         extra = {"id": data["id"]} if isinstance(data.get("id"), str) else {}
         return ChatResponse(
+            mean_logprob=_mean_logprob(choice.get("logprobs")),
             text=text,
             finish_reason=finish,
             input_tokens=counts[0],

@@ -141,6 +141,9 @@ class RouterSettings(_Section):
     classifier: Literal["heuristic", "llm"] = "heuristic"
     #: Timeout of the LLM classifier's call, in seconds.
     llm_timeout_s: float = Field(default=2.0, gt=0)
+    #: Share of answered jobs below the full tier re-run on full in the background (shadow
+    #: evaluation: both answers judged side by side; the producer's result does not change).
+    shadow_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     #: The heuristic classifier's keyword sets, weights and thresholds (no default: its keyword sets
     #: ship as ``config/router.toml``; see :func:`default_router_settings`).
     heuristic: HeuristicSettings

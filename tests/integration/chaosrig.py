@@ -113,7 +113,10 @@ def chaos_fleet(
     server = broker or EmbeddedBroker(tmp / "broker")
     if server.process is None:
         server.start()
-    extra = {"FLEET_CHAOS__CRASH_MARKER": CRASH_MARKER, **(env or {})}
+    # The quality gate and simulated quality are off unless a scenario turns them on: a chaos fleet
+    # runs only the pools it needs, and an upgraded job would wait for a tier that is not running.
+    quality_off = {"FLEET_QUALITY__ENABLED": "false", "FLEET_MOCK__SIMULATE_QUALITY": "false"}
+    extra = {"FLEET_CHAOS__CRASH_MARKER": CRASH_MARKER, **quality_off, **(env or {})}
     base = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     settings = load_settings(
         profile="demo",

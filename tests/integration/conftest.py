@@ -23,8 +23,11 @@ from ..conftest import flush_fleet_keys
 
 #: Canary API keys: they must never show up in a log, a result or an escalation record.
 CANARY_KEYS = {"OPENAI_API_KEY": "sk-canary-openai-5f1d2c", "ANTHROPIC_API_KEY": "sk-ant-canary-9e8d7c"}
+#: The quality gate and the mock's simulated quality are off in the shared fleet: its tests ask for
+#: exact tiers and answers. tests/integration/test_quality_gate.py runs a fleet of its own with both on.
+QUALITY_OFF = {"FLEET_QUALITY__ENABLED": "false", "FLEET_MOCK__SIMULATE_QUALITY": "false"}
 #: What the shared fleet's workers run with: a short breaker cooldown so tests can watch it probe.
-WORKER_ENV = {"FLEET_BREAKER__COOLDOWN_S": "2", **CANARY_KEYS}
+WORKER_ENV = {"FLEET_BREAKER__COOLDOWN_S": "2", **QUALITY_OFF, **CANARY_KEYS}
 
 
 @dataclass
@@ -69,7 +72,7 @@ class RunningFleet:
 @pytest.fixture(scope="session")
 def fleet(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
     state = tmp_path_factory.mktemp("fleet-state")
-    env = dict(os.environ, FLEET_REDIS_URL=broker_url, FLEET_STATE_DIR=str(state))
+    env = dict(os.environ, FLEET_REDIS_URL=broker_url, FLEET_STATE_DIR=str(state), **QUALITY_OFF)
     settings = load_settings(profile="demo", env=env, overrides={"mock.latency_ms": 5})
     sup = Supervisor(
         settings,
