@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleet.models import RoutingDecision, TaskRequest, Tier
@@ -154,6 +155,10 @@ def _compile(settings: HeuristicSettings) -> _Compiled:
         ("precise", kw.precise, w.precise, "precisely specified output"),
         ("bounded_code", kw.bounded_code, w.bounded_code, "small, bounded code ask"),
         ("judgement", kw.judgement, w.judgement, "asks for judgement"),
+        ("decision", kw.decision, w.decision, "asks whether to act"),
+        ("consequential", kw.consequential, w.consequential, "consequential action"),
+        ("audience", kw.audience, w.audience, "consequential audience"),
+        ("general", kw.general, 0.0, "general explanation"),
         ("debugging", kw.debugging, 0.0, "debugging"),
         ("components", kw.components, 0.0, "components"),
         ("pasted_cues", kw.pasted_cues, 0.0, "names pasted input"),
@@ -249,69 +254,201 @@ def _points(value: float) -> str:
     return f"{value:+g}"
 
 
-def score_request(request: TaskRequest, settings: HeuristicSettings) -> tuple[int, list[str]]:
-    """The 1-5 content score and the reasons (the features that decided it)."""
-    c = _compiled(settings)
-    w, th = settings.weights, settings.thresholds
-    split = split_ask(request.prompt, settings)
-    ask = split.ask.lower()
-    if request.kind:
-        # The producer's job label ("security-review", "docstring") is part of what is asked.
-        ask = f"{request.kind.lower()}\n{ask}"
+@dataclass(slots=True)
+class _Scored:
+    """What one ask showed: its text, the keyword hits per set, the features that fired."""
 
+    request: TaskRequest
+    settings: HeuristicSettings
+    split: AskText
+    #: The ask in lowercase, after the job label of ``kind``.
+    text: str
+    matched: list[list[str]]
+    found: dict[str, list[str]]
+    fired: set[str]
+
+
+# A structural feature: the points it adds and its reason, or None when it does not apply.
+_Feature = Callable[[_Scored], tuple[float, str] | None]
+
+# Features that mean the ask needs judgement: they keep the discounts for bounded work from applying.
+_NEEDS_JUDGEMENT = frozenset(
+    {"hard", "ambiguous", "stakes", "audience", "judgement", "cross_component", "decision"}
+)
+# Sentences that end in a question mark.
+_QUESTION_RE = re.compile(r"[^.!?\n]+\?")
+# Words that open a question for information, not about whether to act.
+_QUESTION_WORDS = frozenset(["what", "which", "who", "whom", "whose", "when", "where", "why", "how"])
+# A number in the ask: 12, 1,482.5, 3/7, 70%, $84, 2.3e-5.
+_NUMBER_RE = re.compile(r"(?<![\w.])[$€£]?\d[\d,.]*(?:e-?\d+)?%?(?:/\d+)?(?![\w])", re.I)
+
+
+def _cross_component(s: _Scored) -> tuple[float, str] | None:
+    w, th = s.settings.weights, s.settings.thresholds
+    debugging, components = s.matched[_DEBUGGING], s.matched[_COMPONENTS]
+    if not (debugging and w.cross_component and len(components) >= th.components):
+        return None
+    return w.cross_component, (
+        f"debugging ({_quoted(debugging[:2])}) across {len(components)} components "
+        f"{_quoted(components[:4])} ({_points(w.cross_component)})"
+    )
+
+
+def _many_files(s: _Scored) -> tuple[float, str] | None:
+    w, th = s.settings.weights, s.settings.thresholds
+    files = {f.strip() for f in s.request.hints.files if f.strip()}
+    files.update(_PATH_RE.findall(s.split.ask))
+    if not (w.many_files and len(files) >= th.many_files):
+        return None
+    return w.many_files, f"touches {len(files)} files ({_points(w.many_files)})"
+
+
+def _response_schema(s: _Scored) -> tuple[float, str] | None:
+    w = s.settings.weights.response_schema
+    if s.request.response_schema is None or not w:
+        return None
+    return w, f"response_schema fixes the output ({_points(w)})"
+
+
+def _consequential_decision(s: _Scored) -> tuple[float, str] | None:
+    """Whether to act, asked about money, people, irreversible operations, law or health."""
+    w = s.settings.weights.consequential_decision
+    stakes = [hit for name in ("stakes", "audience", "consequential") for hit in s.found[name]]
+    if not (w and stakes):
+        return None
+    asked = s.found["decision"]
+    if asked:
+        return w, f"asks whether to act ({_quoted(asked[:2])}) on {_quoted(stakes[:3])} ({_points(w)})"
+    if "consequential" in s.fired and _yes_no_question(s.split.ask):
+        return w, f"asks about doing {_quoted(s.found['consequential'][:3])} ({_points(w)})"
+    return None
+
+
+def _yes_no_question(ask: str) -> bool:
+    """A yes/no question ("Kill it?", "Do we restate?"): whether to act, unlike a question for
+    information ("Which emails mention a refund?")."""
+    for question in _QUESTION_RE.findall(ask):
+        first = _WORD_RE.search(question)
+        if first is not None and first.group(0).lower() not in _QUESTION_WORDS:
+            return True
+    return False
+
+
+def _input_bound(s: _Scored) -> tuple[float, str] | None:
+    w, th = s.settings.weights.input_bound, s.settings.thresholds
+    if not w or s.split.pasted_chars < th.input_bound_chars or s.fired & _NEEDS_JUDGEMENT:
+        return None
+    return w, f"works only on the pasted input, no judgement asked ({_points(w)})"
+
+
+def _given_values(s: _Scored) -> tuple[float, str] | None:
+    """A short ask made mostly of the numbers it works on: arithmetic, conversion, ordering."""
+    w, th = s.settings.weights.given_values, s.settings.thresholds
+    ask = s.split.ask
+    if not w or len(ask) > th.given_values_chars or s.fired & _NEEDS_JUDGEMENT:
+        return None
+    numbers = len(_NUMBER_RE.findall(ask))
+    words = len(_WORD_RE.findall(ask))
+    if numbers < th.given_values_min or numbers < th.given_values_share * max(words, 1):
+        return None
+    return w, f"works on {numbers} given values ({_points(w)})"
+
+
+def _short_question(s: _Scored) -> tuple[float, str] | None:
+    w, th = s.settings.weights.short_question, s.settings.thresholds
+    question = s.split.ask
+    if (
+        not w
+        or len(question) > th.short_question_chars
+        or not question.endswith("?")
+        or "\n" in question
+        or s.fired & (_NEEDS_JUDGEMENT - {"judgement"})
+        # A question about pasted input that asks for judgement ("Is this derivation right?").
+        or ("judgement" in s.fired and s.split.pasted_chars)
+    ):
+        return None
+    return w, f"quick one-line question ({_points(w)})"
+
+
+#: Structural features in the order they are checked (a later one may depend on an earlier one).
+_FEATURES: tuple[tuple[str, _Feature], ...] = (
+    ("cross_component", _cross_component),
+    ("many_files", _many_files),
+    ("response_schema", _response_schema),
+    ("consequential_decision", _consequential_decision),
+    ("input_bound", _input_bound),
+    ("given_values", _given_values),
+    ("short_question", _short_question),
+)
+
+
+def _overruled(s: _Scored) -> dict[str, str]:
+    """Keyword sets that do not count for this ask, each with why."""
+    overruled: dict[str, str] = {}
+    if "hard" in s.fired:
+        # Under-routing costs more than over-routing: a design or proof ask is not made cheap by a
+        # mechanical word in it ("show that any comparison sort...", "extract a plan for the migration").
+        overruled.update(dict.fromkeys(_EASY, "the ask also needs design or deep judgement"))
+    if (
+        "general" in s.fired
+        and not s.fired & {"decision", "consequential"}
+        and s.split.pasted_chars < s.settings.thresholds.input_bound_chars
+    ):
+        # Explaining GDPR to a sales team is ordinary work; deciding a case under it is not.
+        overruled["stakes"] = "a general explanation, not a decision about a case"
+    return overruled
+
+
+def _keyword_features(s: _Scored, c: _Compiled, reasons: list[str]) -> float:
+    """The weight of each keyword set found in the ask, once per set."""
     total = 0.0
-    reasons: list[str] = []
-    matched = c.match(ask)
-    found = {cat.name: matched[i] for i, cat in enumerate(c.categories)}
-    fired = {name for name, hits in found.items() if hits}
-    # Under-routing costs more than over-routing: a design or proof ask is not made cheap by a
-    # mechanical word in it ("show that any comparison sort...", "extract a plan for the migration").
-    overruled = _EASY if "hard" in fired else frozenset()
+    overruled = _overruled(s)
     for cat in c.categories:
-        hits = found[cat.name]
+        hits = s.found[cat.name]
         if not hits or not cat.weight:
             continue
-        if cat.name in overruled:
-            reasons.append(f"ignored {_quoted(hits[:3])}: the ask also needs design or deep judgement")
+        why = overruled.get(cat.name)
+        if why is not None:
+            s.fired.discard(cat.name)
+            reasons.append(f"ignored {_quoted(hits[:3])}: {why}")
             continue
         total += cat.weight
         reasons.append(f"matched {_quoted(hits[:3])} ({_points(cat.weight)}, {cat.label})")
+    return total
 
-    debugging, components = matched[_DEBUGGING], matched[_COMPONENTS]
-    if debugging and w.cross_component and len(components) >= th.components:
-        total += w.cross_component
-        fired.add("cross_component")
-        reasons.append(
-            f"debugging ({_quoted(debugging[:2])}) across {len(components)} components "
-            f"{_quoted(components[:4])} ({_points(w.cross_component)})"
-        )
 
-    files = {f.strip() for f in request.hints.files if f.strip()}
-    files.update(_PATH_RE.findall(split.ask))
-    if w.many_files and len(files) >= th.many_files:
-        total += w.many_files
-        reasons.append(f"touches {len(files)} files ({_points(w.many_files)})")
+def _ask_text(request: TaskRequest, split: AskText, reasons: list[str]) -> str:
+    """The lowercase ask, after the job label of ``kind`` (its dotted namespace is left out)."""
+    ask = split.ask.lower()
+    if not request.kind:
+        return ask
+    # The producer's job label ("security-review", "docstring") is part of what is asked; a
+    # dotted namespace ("legal.renumber") names the area, not the difficulty of the job.
+    namespace, dot, label = request.kind.lower().rpartition(".")
+    if dot and namespace and label:
+        reasons.append(f"kind namespace '{namespace}' not read as part of the ask")
+    return f"{label or namespace}\n{ask}"
 
-    if request.response_schema is not None and w.response_schema:
-        total += w.response_schema
-        reasons.append(f"response_schema fixes the output ({_points(w.response_schema)})")
 
-    needs_judgement = {"hard", "ambiguous", "stakes", "judgement", "cross_component"}
-    if w.input_bound and split.pasted_chars >= th.input_bound_chars and not fired & needs_judgement:
-        total += w.input_bound
-        fired.add("input_bound")
-        reasons.append(f"works only on the pasted input, no judgement asked ({_points(w.input_bound)})")
+def score_request(request: TaskRequest, settings: HeuristicSettings) -> tuple[int, list[str]]:
+    """The 1-5 content score and the reasons (the features that decided it)."""
+    c = _compiled(settings)
+    th = settings.thresholds
+    split = split_ask(request.prompt, settings)
+    reasons: list[str] = []
+    text = _ask_text(request, split, reasons)
+    matched = c.match(text)
+    found = {cat.name: matched[i] for i, cat in enumerate(c.categories)}
+    fired = {name for name, hits in found.items() if hits}
+    scored = _Scored(request, settings, split, text, matched, found, fired)
 
-    question = split.ask
-    if (
-        w.short_question
-        and len(question) <= th.short_question_chars
-        and question.endswith("?")
-        and "\n" not in question
-        and not fired & needs_judgement - {"judgement"}
-    ):
-        total += w.short_question
-        reasons.append(f"quick one-line question ({_points(w.short_question)})")
+    total = _keyword_features(scored, c, reasons)
+    for name, feature in _FEATURES:
+        hit = feature(scored)
+        if hit is not None:
+            total += hit[0]
+            fired.add(name)
+            reasons.append(hit[1])
 
     if split.pasted_chars >= th.pasted_note_chars:
         reasons.append(f"pasted input ({split.pasted_chars:,} chars) not counted as difficulty")
@@ -320,6 +457,9 @@ def score_request(request: TaskRequest, settings: HeuristicSettings) -> tuple[in
     score = max(1, min(5, int(raw + 0.5)))
     if not total:
         reasons.append(f"no deciding feature: base score {th.base_score:g}")
+    if (found["stakes"] or "audience" in fired) and score < th.stakes_floor:
+        score = th.stakes_floor
+        reasons.append(f"high stakes: not scored below {score}")
     return score, reasons
 
 
