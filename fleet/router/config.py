@@ -60,6 +60,10 @@ class RouterKeywords(_Section):
     components: list[str]
     #: Mechanical, bounded transformations a small model does well.
     mechanical: list[str]
+    #: Mechanical verbs ("convert", "tag", "extract") that count as ``mechanical`` only when they lead a
+    #: clause (the ask's start, a new sentence or line, after "please" or "can you") or the kind's
+    #: label: "Convert these dates" is mechanical, "explain how analysts should convert" is not.
+    mechanical_verbs: list[str]
     #: Light generative asks: summaries, short replies, simple explanations.
     light: list[str]
     #: Precise output specifications: the job is well specified.

@@ -141,7 +141,7 @@ _CACHE_SIZE = 8
 _CACHE_LOCK = threading.Lock()
 _WORD_CACHE_SIZE = 50_000
 # Category indexes of the sets that are not scored directly.
-_DEBUGGING, _COMPONENTS, _CUES, _POINTERS = range(-4, 0)
+_VERBS, _DEBUGGING, _COMPONENTS, _CUES, _POINTERS = range(-5, 0)
 
 
 def _compile(settings: HeuristicSettings) -> _Compiled:
@@ -159,6 +159,7 @@ def _compile(settings: HeuristicSettings) -> _Compiled:
         ("consequential", kw.consequential, w.consequential, "consequential action"),
         ("audience", kw.audience, w.audience, "consequential audience"),
         ("general", kw.general, 0.0, "general explanation"),
+        ("mechanical_verbs", kw.mechanical_verbs, 0.0, "mechanical verb"),
         ("debugging", kw.debugging, 0.0, "debugging"),
         ("components", kw.components, 0.0, "components"),
         ("pasted_cues", kw.pasted_cues, 0.0, "names pasted input"),
@@ -275,6 +276,10 @@ _Feature = Callable[[_Scored], tuple[float, str] | None]
 _NEEDS_JUDGEMENT = frozenset(
     {"hard", "ambiguous", "stakes", "audience", "judgement", "cross_component", "decision"}
 )
+# What may stand before a mechanical verb that is what is asked: a clause break, or "please", "then"...
+_LEAD_BEFORE_RE = re.compile(r"(?:[.!?:;\n(]|\b(?:please|pls|then|and|also|just|now|you|kindly))[\s\"'*>-]*$")
+# Compiled patterns of mechanical verbs, by the words found.
+_LEAD_PATTERNS: dict[str, re.Pattern[str]] = {}
 # Sentences that end in a question mark.
 _QUESTION_RE = re.compile(r"[^.!?\n]+\?")
 # Words that open a question for information, not about whether to act.
@@ -417,8 +422,36 @@ def _keyword_features(s: _Scored, c: _Compiled, reasons: list[str]) -> float:
     return total
 
 
+def _leads(text: str, phrase: str, label_end: int) -> bool:
+    """Whether ``phrase`` leads a clause of ``text`` (or is in the kind's label): it is what is asked."""
+    pattern = _LEAD_PATTERNS.get(phrase)
+    if pattern is None:
+        words = phrase.split()
+        pattern = re.compile(r"(?<![^\W_])" + r"[\W_]+".join(map(re.escape, words)))
+        if len(_LEAD_PATTERNS) >= _CACHE_SIZE * 64:
+            _LEAD_PATTERNS.clear()
+        _LEAD_PATTERNS[phrase] = pattern
+    for found in pattern.finditer(text):
+        start = found.start()
+        if start < label_end or start == 0 or _LEAD_BEFORE_RE.search(text, max(0, start - 24), start):
+            return True
+    return False
+
+
+def _mechanical_verbs(s: _Scored, label_end: int, reasons: list[str]) -> None:
+    """Count the mechanical verbs that lead a clause as ``mechanical``; note the others."""
+    lead = [v for v in s.matched[_VERBS] if _leads(s.text, v, label_end)]
+    other = [v for v in s.matched[_VERBS] if v not in lead]
+    if lead:
+        s.found["mechanical"] = s.found["mechanical"] + lead
+        s.fired.add("mechanical")
+    if other:
+        reasons.append(f"ignored {_quoted(other[:3])}: mentioned, not what is asked")
+
+
 def _ask_text(request: TaskRequest, split: AskText, reasons: list[str]) -> str:
-    """The lowercase ask, after the job label of ``kind`` (its dotted namespace is left out)."""
+    """The lowercase ask, after the job label of ``kind`` on a line of its own (its dotted namespace
+    is left out)."""
     ask = split.ask.lower()
     if not request.kind:
         return ask
@@ -441,6 +474,9 @@ def score_request(request: TaskRequest, settings: HeuristicSettings) -> tuple[in
     found = {cat.name: matched[i] for i, cat in enumerate(c.categories)}
     fired = {name for name, hits in found.items() if hits}
     scored = _Scored(request, settings, split, text, matched, found, fired)
+    if matched[_VERBS]:
+        _mechanical_verbs(scored, text.find("\n") if request.kind else 0, reasons)
+        fired = scored.fired
 
     total = _keyword_features(scored, c, reasons)
     for name, feature in _FEATURES:
