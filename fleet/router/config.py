@@ -145,9 +145,6 @@ class RouterThresholds(_Section):
     input_bound_chars: int = Field(default=150, ge=0)
     #: Pasted input at or over this many characters is noted in the reasons.
     pasted_note_chars: int = Field(default=400, ge=0)
-    #: An ask with stakes or a consequential action never scores below this (3: standard), whatever
-    #: discounts apply: mechanical work on consequential material is not left to the mini tier.
-    stakes_floor: int = Field(default=3, ge=1, le=5)
     #: ``given_values`` applies to asks of at most this many characters...
     given_values_chars: int = Field(default=200, ge=0)
     #: ...that hold at least this many numbers...

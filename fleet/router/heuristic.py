@@ -274,7 +274,16 @@ _Feature = Callable[[_Scored], tuple[float, str] | None]
 
 # Features that mean the ask needs judgement: they keep the discounts for bounded work from applying.
 _NEEDS_JUDGEMENT = frozenset(
-    {"hard", "ambiguous", "stakes", "audience", "judgement", "cross_component", "decision"}
+    {
+        "hard",
+        "ambiguous",
+        "stakes",
+        "audience",
+        "judgement",
+        "cross_component",
+        "decision",
+        "consequential_decision",
+    }
 )
 # What may stand before a mechanical verb that is what is asked: a clause break, or "please", "then"...
 _LEAD_BEFORE_RE = re.compile(r"(?:[.!?:;\n(]|\b(?:please|pls|then|and|also|just|now|you|kindly))[\s\"'*>-]*$")
@@ -493,9 +502,6 @@ def score_request(request: TaskRequest, settings: HeuristicSettings) -> tuple[in
     score = max(1, min(5, int(raw + 0.5)))
     if not total:
         reasons.append(f"no deciding feature: base score {th.base_score:g}")
-    if (found["stakes"] or "audience" in fired) and score < th.stakes_floor:
-        score = th.stakes_floor
-        reasons.append(f"high stakes: not scored below {score}")
     return score, reasons
 
 
