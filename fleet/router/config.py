@@ -150,7 +150,7 @@ class RouterThresholds(_Section):
     #: ...that hold at least this many numbers...
     given_values_min: int = Field(default=2, ge=1)
     #: ...making at least this share of its words.
-    given_values_share: float = Field(default=0.3, ge=0, le=1)
+    given_values_share: float = Field(default=0.25, ge=0, le=1)
     #: Characters of the ask read from its start and its end; the middle of a longer ask is skipped.
     ask_head_chars: int = Field(default=2000, ge=100)
     ask_tail_chars: int = Field(default=600, ge=0)

@@ -287,14 +287,19 @@ _NEEDS_JUDGEMENT = frozenset(
 )
 # What may stand before a mechanical verb that is what is asked: a clause break, or "please", "then"...
 _LEAD_BEFORE_RE = re.compile(r"(?:[.!?:;\n(]|\b(?:please|pls|then|and|also|just|now|you|kindly))[\s\"'*>-]*$")
+# A question that asks for an explanation ("why", "how does", "what does ... mean"), not a lookup
+# ("how many days", "what is the capital").
+_EXPLANATORY_RE = re.compile(
+    r"\b(?:why|how (?:does|do|did|can|could|should|would|is|are|was|were)|what does|what do)\b", re.I
+)
 # Compiled patterns of mechanical verbs, by the words found.
 _LEAD_PATTERNS: dict[str, re.Pattern[str]] = {}
 # Sentences that end in a question mark.
 _QUESTION_RE = re.compile(r"[^.!?\n]+\?")
 # Words that open a question for information, not about whether to act.
 _QUESTION_WORDS = frozenset(["what", "which", "who", "whom", "whose", "when", "where", "why", "how"])
-# A number in the ask: 12, 1,482.5, 3/7, 70%, $84, 2.3e-5.
-_NUMBER_RE = re.compile(r"(?<![\w.])[$€£]?\d[\d,.]*(?:e-?\d+)?%?(?:/\d+)?(?![\w])", re.I)
+# A number in the ask: 12, 1,482.5, 3/7, 70%, $84, 2.3e-5 (not a time such as 02:14).
+_NUMBER_RE = re.compile(r"(?<![\w.:])[$€£]?\d[\d,.]*(?:e-?\d+)?%?(?:/\d+)?(?![\w:])", re.I)
 
 
 def _cross_component(s: _Scored) -> tuple[float, str] | None:
@@ -359,11 +364,13 @@ def _given_values(s: _Scored) -> tuple[float, str] | None:
     """A short ask made mostly of the numbers it works on: arithmetic, conversion, ordering."""
     w, th = s.settings.weights.given_values, s.settings.thresholds
     ask = s.split.ask
-    if not w or len(ask) > th.given_values_chars or s.fired & _NEEDS_JUDGEMENT:
+    # "Evaluate f(x) at x = 2" is arithmetic; "what does this 95% interval mean" is an explanation.
+    blocked = (_NEEDS_JUDGEMENT - {"judgement"}) | {"general"}
+    if not w or len(ask) > th.given_values_chars or s.fired & blocked or _EXPLANATORY_RE.search(ask):
         return None
     numbers = len(_NUMBER_RE.findall(ask))
-    words = len(_WORD_RE.findall(ask))
-    if numbers < th.given_values_min or numbers < th.given_values_share * max(words, 1):
+    words = sum(1 for word in _WORD_RE.findall(_NUMBER_RE.sub(" ", ask)) if not word.isdigit())
+    if numbers < th.given_values_min or numbers < th.given_values_share * (numbers + words):
         return None
     return w, f"works on {numbers} given values ({_points(w)})"
 
@@ -376,6 +383,7 @@ def _short_question(s: _Scored) -> tuple[float, str] | None:
         or len(question) > th.short_question_chars
         or not question.endswith("?")
         or "\n" in question
+        or _EXPLANATORY_RE.search(question)
         or s.fired & (_NEEDS_JUDGEMENT - {"judgement"})
         # A question about pasted input that asks for judgement ("Is this derivation right?").
         or ("judgement" in s.fired and s.split.pasted_chars)
