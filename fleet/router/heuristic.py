@@ -296,6 +296,15 @@ _EXPLANATORY_RE = re.compile(
 _LEAD_PATTERNS: dict[str, re.Pattern[str]] = {}
 # Sentences that end in a question mark.
 _QUESTION_RE = re.compile(r"[^.!?\n]+\?")
+# The keyword sets that put something at stake.
+_AT_STAKE = ("stakes", "audience", "consequential")
+# Words that open a yes/no question ("Is this legal?", "Can we sign?", "Fine?").
+_AUXILIARIES = frozenset(  # a word list reads better as words
+    "is are was were am do does did can could should shall will would may might must has have had ok "  # noqa: SIM905
+    "okay fine".split()
+)
+# Words that may open a question before its first real word ("And can we...?").
+_CONJUNCTIONS = frozenset(["and", "but", "so", "or", "then", "also"])
 # Words that open a question for information, not about whether to act.
 _QUESTION_WORDS = frozenset(["what", "which", "who", "whom", "whose", "when", "where", "why", "how"])
 # A number in the ask: 12, 1,482.5, 3/7, 70%, $84, 2.3e-5 (not a time such as 02:14).
@@ -332,25 +341,30 @@ def _response_schema(s: _Scored) -> tuple[float, str] | None:
 def _consequential_decision(s: _Scored) -> tuple[float, str] | None:
     """Whether to act, asked about money, people, irreversible operations, law or health."""
     w = s.settings.weights.consequential_decision
-    stakes = [hit for name in ("stakes", "audience", "consequential") for hit in s.found[name]]
+    stakes = [hit for name in _AT_STAKE if name in s.fired for hit in s.found[name]]
     if not (w and stakes):
         return None
-    asked = s.found["decision"]
-    if asked:
-        return w, f"asks whether to act ({_quoted(asked[:2])}) on {_quoted(stakes[:3])} ({_points(w)})"
-    if "consequential" in s.fired and _yes_no_question(s.split.ask):
-        return w, f"asks about doing {_quoted(s.found['consequential'][:3])} ({_points(w)})"
-    return None
+    asked = s.found["decision"] or _yes_no_question(s.split.ask, s.found["consequential"])
+    if not asked:
+        return None
+    return w, f"asks whether to act ({_quoted(asked[:2])}) on {_quoted(stakes[:3])} ({_points(w)})"
 
 
-def _yes_no_question(ask: str) -> bool:
-    """A yes/no question ("Kill it?", "Do we restate?"): whether to act, unlike a question for
-    information ("Which emails mention a refund?")."""
+def _yes_no_question(ask: str, actions: list[str]) -> list[str]:
+    """The opening of a yes/no question ("Do we restate?", "Is this headline defamatory?") or of one
+    about a consequential action ("Kill it?", "Void and reissue the invoices?"), if the ask has one;
+    a question for information ("Which emails mention a refund?") is not one."""
     for question in _QUESTION_RE.findall(ask):
-        first = _WORD_RE.search(question)
-        if first is not None and first.group(0).lower() not in _QUESTION_WORDS:
-            return True
-    return False
+        text = question.lower()
+        words = [w.partition("'")[0] for w in _WORD_RE.findall(text)[:4]]
+        while words and words[0] in _CONJUNCTIONS:
+            words.pop(0)
+        if not words:
+            continue
+        word = words[0]
+        if word in _AUXILIARIES or (word not in _QUESTION_WORDS and any(a in text for a in actions)):
+            return [" ".join(_WORD_RE.findall(text)[:3])]
+    return []
 
 
 def _input_bound(s: _Scored) -> tuple[float, str] | None:
