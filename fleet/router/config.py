@@ -64,6 +64,9 @@ class RouterKeywords(_Section):
     #: clause (the ask's start, a new sentence or line, after "please" or "can you") or the kind's
     #: label: "Convert these dates" is mechanical, "explain how analysts should convert" is not.
     mechanical_verbs: list[str]
+    #: Verbs and phrases that open an instruction or a request ("write", "summarise", "can you",
+    #: "I need"): an ask without one, without a question and with a narrated event is a ``situation``.
+    instructions: list[str]
     #: Light generative asks: summaries, short replies, simple explanations.
     light: list[str]
     #: Precise output specifications: the job is well specified.
@@ -118,6 +121,9 @@ class RouterWeights(_Section):
     #: A decision (``keywords.decision``, or a question about a consequential action) that concerns
     #: stakes or a consequential action: "can I just charge the card on file?".
     consequential_decision: float = 1.0
+    #: A report of what happened that asks nothing and gives no instruction: judgement decides what
+    #: matters ("A departing VP exported 4,000 contacts on his last day.").
+    situation: float = 1.0
     #: A short ask made mostly of the numbers it works on (arithmetic, conversion, ordering).
     given_values: float = -1.0
     #: Asks for judgement; 0 by default: it only stops ``input_bound`` from applying.

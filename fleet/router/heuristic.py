@@ -141,7 +141,7 @@ _CACHE_SIZE = 8
 _CACHE_LOCK = threading.Lock()
 _WORD_CACHE_SIZE = 50_000
 # Category indexes of the sets that are not scored directly.
-_VERBS, _DEBUGGING, _COMPONENTS, _CUES, _POINTERS = range(-5, 0)
+_INSTRUCTIONS, _VERBS, _DEBUGGING, _COMPONENTS, _CUES, _POINTERS = range(-6, 0)
 
 
 def _compile(settings: HeuristicSettings) -> _Compiled:
@@ -159,6 +159,7 @@ def _compile(settings: HeuristicSettings) -> _Compiled:
         ("consequential", kw.consequential, w.consequential, "consequential action"),
         ("audience", kw.audience, w.audience, "consequential audience"),
         ("general", kw.general, 0.0, "general explanation"),
+        ("instructions", kw.instructions, 0.0, "instruction"),
         ("mechanical_verbs", kw.mechanical_verbs, 0.0, "mechanical verb"),
         ("debugging", kw.debugging, 0.0, "debugging"),
         ("components", kw.components, 0.0, "components"),
@@ -286,11 +287,22 @@ _NEEDS_JUDGEMENT = frozenset(
     }
 )
 # What may stand before a mechanical verb that is what is asked: a clause break, or "please", "then"...
-_LEAD_BEFORE_RE = re.compile(r"(?:[.!?:;\n(]|\b(?:please|pls|then|and|also|just|now|you|kindly))[\s\"'*>-]*$")
+_LEAD_WORDS = r"\b(?:please|pls|then|and|also|just|now|you|kindly)"
+_LEAD_BEFORE_RE = re.compile(rf"(?:[.!?:;\n(]|{_LEAD_WORDS})[\s\"'*>-]*$")
 # A question that asks for an explanation ("why", "how does", "what does ... mean"), not a lookup
 # ("how many days", "what is the capital").
 _EXPLANATORY_RE = re.compile(
     r"\b(?:why|how (?:does|do|did|can|could|should|would|is|are|was|were)|what does|what do)\b", re.I
+)
+# What may stand before an instruction that opens a clause (a comma too: "From the CSV, pull...").
+_CLAUSE_BEFORE_RE = re.compile(rf"(?:[.!?:;,\n(]|{_LEAD_WORDS})[\s\"'*>-]*$")
+# A colon that introduces a specification or input ("Excel formula: ...", "Translate this:").
+_SPEC_COLON_RE = re.compile(r":(?:\s|$)")
+# A verb that narrates what happened or is happening: past tense, or "is/are ...ing".
+_NARRATIVE_RE = re.compile(
+    r"\b(?:[a-z]{3,}ed|took|got|went|gave|sent|left|found|came|made|said|told|saw|lost|broke|fell|paid"
+    r"|began|ran|wrote|spent|gone|been|(?:is|are|was|were) [a-z]+ing)\b",
+    re.I,
 )
 # Compiled patterns of mechanical verbs, by the words found.
 _LEAD_PATTERNS: dict[str, re.Pattern[str]] = {}
@@ -367,6 +379,18 @@ def _yes_no_question(ask: str, actions: list[str]) -> list[str]:
     return []
 
 
+def _situation(s: _Scored) -> tuple[float, str] | None:
+    """A report of what happened that asks nothing ("EDR flagged mimikatz on a domain controller"):
+    what matters, and what to do, is left to judgement."""
+    w, ask = s.settings.weights.situation, s.split.ask
+    if not w or "?" in ask or _SPEC_COLON_RE.search(ask) or not _NARRATIVE_RE.search(ask):
+        return None
+    asked = s.matched[_INSTRUCTIONS] + s.matched[_VERBS]
+    if any(_leads(s.text, hit, 0, _CLAUSE_BEFORE_RE) for hit in asked):
+        return None
+    return w, f"reports a situation and asks nothing: what matters is left to judge ({_points(w)})"
+
+
 def _input_bound(s: _Scored) -> tuple[float, str] | None:
     w, th = s.settings.weights.input_bound, s.settings.thresholds
     if not w or s.split.pasted_chars < th.input_bound_chars or s.fired & _NEEDS_JUDGEMENT:
@@ -412,6 +436,7 @@ _FEATURES: tuple[tuple[str, _Feature], ...] = (
     ("many_files", _many_files),
     ("response_schema", _response_schema),
     ("consequential_decision", _consequential_decision),
+    ("situation", _situation),
     ("input_bound", _input_bound),
     ("given_values", _given_values),
     ("short_question", _short_question),
@@ -453,7 +478,7 @@ def _keyword_features(s: _Scored, c: _Compiled, reasons: list[str]) -> float:
     return total
 
 
-def _leads(text: str, phrase: str, label_end: int) -> bool:
+def _leads(text: str, phrase: str, label_end: int, before: re.Pattern[str] = _LEAD_BEFORE_RE) -> bool:
     """Whether ``phrase`` leads a clause of ``text`` (or is in the kind's label): it is what is asked."""
     pattern = _LEAD_PATTERNS.get(phrase)
     if pattern is None:
@@ -464,7 +489,7 @@ def _leads(text: str, phrase: str, label_end: int) -> bool:
         _LEAD_PATTERNS[phrase] = pattern
     for found in pattern.finditer(text):
         start = found.start()
-        if start < label_end or start == 0 or _LEAD_BEFORE_RE.search(text, max(0, start - 24), start):
+        if start < label_end or start == 0 or before.search(text, max(0, start - 24), start):
             return True
     return False
 
