@@ -151,6 +151,8 @@ class RouterThresholds(_Section):
     input_bound_chars: int = Field(default=150, ge=0)
     #: Pasted input at or over this many characters is noted in the reasons.
     pasted_note_chars: int = Field(default=400, ge=0)
+    #: ``situation`` applies to asks of at most this many characters (a report, not a document).
+    situation_chars: int = Field(default=400, ge=0)
     #: ``given_values`` applies to asks of at most this many characters...
     given_values_chars: int = Field(default=200, ge=0)
     #: ...that hold at least this many numbers...

@@ -87,10 +87,14 @@ class _Compiled:
     one regex alternation per set, which costs tens of microseconds on every ask)."""
 
     categories: tuple[_Category, ...]
-    #: Exact first word -> phrases that start with it.
+    #: Exact first word -> one-word phrases and phrases whose second word is a stem (``trade off*``).
     exact: dict[str, tuple[_Follow, ...]]
+    #: Exact first two words -> the longer phrases that start with them ("in", "what" open many).
+    pairs: dict[tuple[str, str], tuple[_Follow, ...]]
     #: Stemmed first words (``architect*``), checked once per distinct word, then cached.
     stems: tuple[tuple[str, _Follow], ...]
+    #: The pasted-input cue and pointer sets alone, for finding where pasted material starts.
+    intro: _Compiled | None = None
     words: dict[str, tuple[_Follow, ...]] = field(default_factory=dict)
 
     def phrases_at(self, word: str) -> tuple[_Follow, ...]:
@@ -104,11 +108,19 @@ class _Compiled:
 
     def match(self, text: str) -> list[list[str]]:
         """For each category, the distinct phrases found in ``text`` (lowercase), in order."""
+        return self.match_words(_WORD_RE.findall(text))
+
+    def match_words(self, words: list[str]) -> list[list[str]]:
+        """:meth:`match` on the words of a text."""
         hits: list[list[str]] = [[] for _ in self.categories]
-        words = _WORD_RE.findall(text)
         count = len(words)
         for i, word in enumerate(words):
-            for rest, stem, cat in self.phrases_at(word):
+            follows = self.phrases_at(word)
+            if i + 1 < count:
+                pair = self.pairs.get((word, words[i + 1]))
+                if pair is not None:
+                    follows = follows + pair
+            for rest, stem, cat in follows:
                 n = len(rest)
                 if n:
                     if i + n >= count:
@@ -141,7 +153,7 @@ _CACHE_SIZE = 8
 _CACHE_LOCK = threading.Lock()
 _WORD_CACHE_SIZE = 50_000
 # Category indexes of the sets that are not scored directly.
-_INSTRUCTIONS, _VERBS, _DEBUGGING, _COMPONENTS, _CUES, _POINTERS = range(-6, 0)
+_INSTRUCTIONS, _VERBS, _DEBUGGING, _COMPONENTS = range(-4, 0)
 
 
 def _compile(settings: HeuristicSettings) -> _Compiled:
@@ -166,7 +178,15 @@ def _compile(settings: HeuristicSettings) -> _Compiled:
         ("pasted_cues", kw.pasted_cues, 0.0, "names pasted input"),
         ("pasted_pointers", kw.pasted_pointers, 0.0, "points at pasted input"),
     ]
+    # The cue and pointer sets only find where pasted input starts: matched apart, on a few lines.
+    main = _index(spec[:-2])
+    return _Compiled(main.categories, main.exact, main.pairs, main.stems, intro=_index(spec[-2:]))
+
+
+def _index(spec: list[tuple[str, list[str], float, str]]) -> _Compiled:
+    """The phrases of ``spec``'s keyword sets, indexed by their first words."""
     exact: dict[str, list[_Follow]] = {}
+    pairs: dict[tuple[str, str], list[_Follow]] = {}
     stems: list[tuple[str, _Follow]] = []
     for index, (_, phrases, _, _) in enumerate(spec):
         for phrase in phrases:
@@ -177,11 +197,14 @@ def _compile(settings: HeuristicSettings) -> _Compiled:
             follow: _Follow = (tuple(words[1:]), stem and len(words) > 1, index)
             if stem and len(words) == 1:
                 stems.append((words[0], follow))
-            else:
+            elif len(words) == 1 or (stem and len(words) == 2):
                 exact.setdefault(words[0], []).append(follow)
+            else:
+                pairs.setdefault((words[0], words[1]), []).append(follow)
     return _Compiled(
         categories=tuple(_Category(name, weight, label) for name, _, weight, label in spec),
         exact={word: tuple(follows) for word, follows in exact.items()},
+        pairs={pair: tuple(follows) for pair, follows in pairs.items()},
         stems=tuple(stems),
     )
 
@@ -228,13 +251,14 @@ def split_ask(prompt: str, settings: HeuristicSettings) -> AskText:
 def _intro_end(text: str, c: _Compiled) -> int | None:
     """Where pasted material starts: after a line like "Logs:" or a first paragraph like
     "Summarize this article." followed by more text; None when nothing points at pasted input."""
+    intro = c.intro or c
     end: int | None = None
     for line in _COLON_LINE_RE.finditer(text, 0, _INTRO_SCAN_CHARS):
-        if line.end() < len(text.rstrip()) and c.match(line.group(0).lower())[_CUES]:
+        if line.end() < len(text.rstrip()) and intro.match(line.group(0).lower())[0]:
             end = line.end()
             break
     brk = text.find("\n\n", 0, end if end is not None else _INTRO_SCAN_CHARS)
-    if brk > 0 and text[brk:].strip() and c.match(text[:brk].lower())[_POINTERS]:
+    if brk > 0 and text[brk:].strip() and intro.match(text[:brk].lower())[1]:
         end = brk
     return end
 
@@ -263,8 +287,11 @@ class _Scored:
     request: TaskRequest
     settings: HeuristicSettings
     split: AskText
-    #: The ask in lowercase, after the job label of ``kind``.
+    #: The ask in lowercase, after the job label of ``kind``, and its words.
     text: str
+    words: list[str]
+    #: How many of ``words`` are the kind's label (they come first).
+    label_words: int
     matched: list[list[str]]
     found: dict[str, list[str]]
     fired: set[str]
@@ -289,25 +316,17 @@ _NEEDS_JUDGEMENT = frozenset(
 # What may stand before a mechanical verb that is what is asked: a clause break, or "please", "then"...
 _LEAD_WORDS = r"\b(?:please|pls|then|and|also|just|now|you|kindly)"
 _LEAD_BEFORE_RE = re.compile(rf"(?:[.!?:;\n(]|{_LEAD_WORDS})[\s\"'*>-]*$")
-# A question that asks for an explanation ("why", "how does", "what does ... mean"), not a lookup
-# ("how many days", "what is the capital").
-_EXPLANATORY_RE = re.compile(
-    r"\b(?:why|how (?:does|do|did|can|could|should|would|is|are|was|were)|what does|what do)\b", re.I
-)
 # What may stand before an instruction that opens a clause (a comma too: "From the CSV, pull...").
 _CLAUSE_BEFORE_RE = re.compile(rf"(?:[.!?:;,\n(]|{_LEAD_WORDS})[\s\"'*>-]*$")
 # A colon that introduces a specification or input ("Excel formula: ...", "Translate this:").
 _SPEC_COLON_RE = re.compile(r":(?:\s|$)")
-# A verb that narrates what happened or is happening: past tense, or "is/are ...ing".
-_NARRATIVE_RE = re.compile(
-    r"\b(?:[a-z]{3,}ed|took|got|went|gave|sent|left|found|came|made|said|told|saw|lost|broke|fell|paid"
-    r"|began|ran|wrote|spent|gone|been|(?:is|are|was|were) [a-z]+ing)\b",
-    re.I,
+# Irregular past tenses that narrate what happened (regular ones end in -ed).
+_PAST_TENSE = frozenset(
+    "took got went gave sent left found came made said told saw lost broke fell paid began ran wrote "  # noqa: SIM905
+    "spent gone been".split()
 )
 # Compiled patterns of mechanical verbs, by the words found.
 _LEAD_PATTERNS: dict[str, re.Pattern[str]] = {}
-# Sentences that end in a question mark.
-_QUESTION_RE = re.compile(r"[^.!?\n]+\?")
 # The keyword sets that put something at stake.
 _AT_STAKE = ("stakes", "audience", "consequential")
 # Words that open a yes/no question ("Is this legal?", "Can we sign?", "Fine?").
@@ -319,6 +338,11 @@ _AUXILIARIES = frozenset(  # a word list reads better as words
 _CONJUNCTIONS = frozenset(["and", "but", "so", "or", "then", "also"])
 # Words that open a question for information, not about whether to act.
 _QUESTION_WORDS = frozenset(["what", "which", "who", "whom", "whose", "when", "where", "why", "how"])
+# Features that make numbers in the ask more than values to work on.
+_NOT_ARITHMETIC = (_NEEDS_JUDGEMENT - {"judgement"}) | {"general"}
+_DIGIT_RE = re.compile(r"\d")
+# A run of letters (a word that is not a number).
+_ALPHA_RE = re.compile(r"[^\W\d_]+")
 # A number in the ask: 12, 1,482.5, 3/7, 70%, $84, 2.3e-5 (not a time such as 02:14).
 _NUMBER_RE = re.compile(r"(?<![\w.:])[$€£]?\d[\d,.]*(?:e-?\d+)?%?(?:/\d+)?(?![\w:])", re.I)
 
@@ -366,27 +390,47 @@ def _yes_no_question(ask: str, actions: list[str]) -> list[str]:
     """The opening of a yes/no question ("Do we restate?", "Is this headline defamatory?") or of one
     about a consequential action ("Kill it?", "Void and reissue the invoices?"), if the ask has one;
     a question for information ("Which emails mention a refund?") is not one."""
-    for question in _QUESTION_RE.findall(ask):
-        text = question.lower()
-        words = [w.partition("'")[0] for w in _WORD_RE.findall(text)[:4]]
+    end = ask.find("?")
+    while end >= 0:
+        # The question runs back to the previous sentence break (a regex would backtrack on long asks).
+        start = max(
+            ask.rfind(".", 0, end), ask.rfind("!", 0, end), ask.rfind("?", 0, end), ask.rfind("\n", 0, end)
+        )
+        text = ask[start + 1 : end].lower()
+        end = ask.find("?", end + 1)
+        opening = _WORD_RE.findall(text)[:5]
+        words = [w.partition("'")[0] for w in opening]
         while words and words[0] in _CONJUNCTIONS:
             words.pop(0)
         if not words:
             continue
         word = words[0]
         if word in _AUXILIARIES or (word not in _QUESTION_WORDS and any(a in text for a in actions)):
-            return [" ".join(_WORD_RE.findall(text)[:3])]
+            return [" ".join(opening[:3])]
     return []
+
+
+def _narrates(words: list[str]) -> bool:
+    """Whether the words narrate an event: a verb in the past tense, or "is/are ...ing"."""
+    for i, word in enumerate(words):
+        if (len(word) > 4 and word.endswith("ed")) or word in _PAST_TENSE:
+            return True
+        if word in ("is", "are", "was", "were") and i + 1 < len(words) and words[i + 1].endswith("ing"):
+            return True
+    return False
 
 
 def _situation(s: _Scored) -> tuple[float, str] | None:
     """A report of what happened that asks nothing ("EDR flagged mimikatz on a domain controller"):
     what matters, and what to do, is left to judgement."""
     w, ask = s.settings.weights.situation, s.split.ask
-    if not w or "?" in ask or _SPEC_COLON_RE.search(ask) or not _NARRATIVE_RE.search(ask):
+    if not w or len(ask) > s.settings.thresholds.situation_chars or "?" in ask or _SPEC_COLON_RE.search(ask):
         return None
     asked = s.matched[_INSTRUCTIONS] + s.matched[_VERBS]
-    if any(_leads(s.text, hit, 0, _CLAUSE_BEFORE_RE) for hit in asked):
+    words = s.words[s.label_words :]
+    if words and words[0] in asked:  # the usual instruction: "Write ...", "Convert ..."
+        return None
+    if not _narrates(words) or any(_leads(s.text, hit, 0, _CLAUSE_BEFORE_RE) for hit in asked):
         return None
     return w, f"reports a situation and asks nothing: what matters is left to judge ({_points(w)})"
 
@@ -403,14 +447,29 @@ def _given_values(s: _Scored) -> tuple[float, str] | None:
     w, th = s.settings.weights.given_values, s.settings.thresholds
     ask = s.split.ask
     # "Evaluate f(x) at x = 2" is arithmetic; "what does this 95% interval mean" is an explanation.
-    blocked = (_NEEDS_JUDGEMENT - {"judgement"}) | {"general"}
-    if not w or len(ask) > th.given_values_chars or s.fired & blocked or _EXPLANATORY_RE.search(ask):
+    if not w or len(ask) > th.given_values_chars or s.fired & _NOT_ARITHMETIC:
         return None
-    numbers = len(_NUMBER_RE.findall(ask))
-    words = sum(1 for word in _WORD_RE.findall(_NUMBER_RE.sub(" ", ask)) if not word.isdigit())
-    if numbers < th.given_values_min or numbers < th.given_values_share * (numbers + words):
+    if _explanatory(s.words[s.label_words :]):
+        return None
+    numbers = len(_NUMBER_RE.findall(ask)) if _DIGIT_RE.search(ask) else 0
+    if numbers < th.given_values_min or numbers < th.given_values_share * (
+        numbers + len(_ALPHA_RE.findall(ask))
+    ):
         return None
     return w, f"works on {numbers} given values ({_points(w)})"
+
+
+def _explanatory(words: list[str]) -> bool:
+    """A question that asks for an explanation ("why", "how does", "what does ... mean"), not a
+    lookup ("how many days", "what is the capital")."""
+    for word, after in zip(words, [*words[1:], ""], strict=True):
+        if (
+            word == "why"
+            or (word == "how" and after in _AUXILIARIES)
+            or (word == "what" and after in ("does", "do"))
+        ):
+            return True
+    return False
 
 
 def _short_question(s: _Scored) -> tuple[float, str] | None:
@@ -421,7 +480,7 @@ def _short_question(s: _Scored) -> tuple[float, str] | None:
         or len(question) > th.short_question_chars
         or not question.endswith("?")
         or "\n" in question
-        or _EXPLANATORY_RE.search(question)
+        or _explanatory(s.words[s.label_words :])
         or s.fired & (_NEEDS_JUDGEMENT - {"judgement"})
         # A question about pasted input that asks for judgement ("Is this derivation right?").
         or ("judgement" in s.fired and s.split.pasted_chars)
@@ -526,13 +585,15 @@ def score_request(request: TaskRequest, settings: HeuristicSettings) -> tuple[in
     split = split_ask(request.prompt, settings)
     reasons: list[str] = []
     text = _ask_text(request, split, reasons)
-    matched = c.match(text)
+    words = _WORD_RE.findall(text)
+    label_end = text.find("\n") if request.kind else 0
+    label_words = len(_WORD_RE.findall(text[:label_end])) if label_end > 0 else 0
+    matched = c.match_words(words)
     found = {cat.name: matched[i] for i, cat in enumerate(c.categories)}
     fired = {name for name, hits in found.items() if hits}
-    scored = _Scored(request, settings, split, text, matched, found, fired)
+    scored = _Scored(request, settings, split, text, words, label_words, matched, found, fired)
     if matched[_VERBS]:
-        _mechanical_verbs(scored, text.find("\n") if request.kind else 0, reasons)
-        fired = scored.fired
+        _mechanical_verbs(scored, label_end, reasons)
 
     total = _keyword_features(scored, c, reasons)
     for name, feature in _FEATURES:
