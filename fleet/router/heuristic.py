@@ -8,7 +8,7 @@ input never makes a job look hard by its length or by the words inside it. Score
 3 -> standard, 4-5 -> full.
 
 Keyword sets are indexed by word once per settings object (a small cache keyed by its identity),
-never per call; a regex alternation per set cost tens of microseconds per ask.
+never per call (:mod:`fleet.router.phrases`); a regex alternation per set cost tens of microseconds.
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fleet.models import RoutingDecision, TaskRequest, Tier
 from fleet.router.config import HeuristicSettings, RouterSettings
+from fleet.router.phrases import WORD_RE as _WORD_RE
+from fleet.router.phrases import PhraseIndex, index_phrases
 
 __all__ = ["CLASSIFIER", "AskText", "classify", "score_request", "split_ask", "tier_for_score"]
 
 #: The ``classifier`` name on decisions made here.
 CLASSIFIER = "heuristic"
 
-# Words for keyword matching: "trade-off", "trade_off" and "trade off" are all the words trade, off.
-_WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 # Lines ending with ':' ("Here is the log:"), candidates for the line that introduces pasted input.
 _COLON_LINE_RE = re.compile(r"^[^\n]{1,300}:[ \t]*$", re.M)
 # Only the start of a prompt is searched for that introduction.
@@ -70,75 +70,6 @@ _EASY = frozenset({"mechanical", "light", "bounded_code", "precise"})
 
 
 @dataclass(frozen=True, slots=True)
-class _Category:
-    name: str
-    weight: float
-    label: str
-
-
-# One phrase whose first word is known: the words after it, whether its last word is a stem,
-# and the category it belongs to.
-_Follow = tuple[tuple[str, ...], bool, int]
-
-
-@dataclass(frozen=True, slots=True)
-class _Compiled:
-    """The keyword sets of one settings object as word-indexed phrases (matched per word, not by
-    one regex alternation per set, which costs tens of microseconds on every ask)."""
-
-    categories: tuple[_Category, ...]
-    #: Exact first word -> one-word phrases and phrases whose second word is a stem (``trade off*``).
-    exact: dict[str, tuple[_Follow, ...]]
-    #: Exact first two words -> the longer phrases that start with them ("in", "what" open many).
-    pairs: dict[tuple[str, str], tuple[_Follow, ...]]
-    #: Stemmed first words (``architect*``), checked once per distinct word, then cached.
-    stems: tuple[tuple[str, _Follow], ...]
-    #: The pasted-input cue and pointer sets alone, for finding where pasted material starts.
-    intro: _Compiled | None = None
-    words: dict[str, tuple[_Follow, ...]] = field(default_factory=dict)
-
-    def phrases_at(self, word: str) -> tuple[_Follow, ...]:
-        known = self.words.get(word)
-        if known is None:
-            known = self.exact.get(word, ()) + tuple(f for stem, f in self.stems if word.startswith(stem))
-            if len(self.words) >= _WORD_CACHE_SIZE:
-                self.words.clear()
-            self.words[word] = known
-        return known
-
-    def match(self, text: str) -> list[list[str]]:
-        """For each category, the distinct phrases found in ``text`` (lowercase), in order."""
-        return self.match_words(_WORD_RE.findall(text))
-
-    def match_words(self, words: list[str]) -> list[list[str]]:
-        """:meth:`match` on the words of a text."""
-        hits: list[list[str]] = [[] for _ in self.categories]
-        count = len(words)
-        for i, word in enumerate(words):
-            follows = self.phrases_at(word)
-            if i + 1 < count:
-                pair = self.pairs.get((word, words[i + 1]))
-                if pair is not None:
-                    follows = follows + pair
-            for rest, stem, cat in follows:
-                n = len(rest)
-                if n:
-                    if i + n >= count:
-                        continue
-                    last = words[i + n]
-                    if not (last.startswith(rest[-1]) if stem else last == rest[-1]):
-                        continue
-                    if n > 1 and tuple(words[i + 1 : i + n]) != rest[:-1]:
-                        continue
-                    found = " ".join(words[i : i + n + 1])
-                else:
-                    found = word
-                if found not in hits[cat]:
-                    hits[cat].append(found)
-        return hits
-
-
-@dataclass(frozen=True, slots=True)
 class AskText:
     """The prompt split into the ask (what is asked) and the count of pasted characters."""
 
@@ -148,15 +79,14 @@ class AskText:
 
 # Keyed by id(settings); the settings object is kept in the value so its id cannot be reused.
 # Settings are treated as immutable once used: mutate a copy, not the cached object.
-_CACHE: dict[int, tuple[HeuristicSettings, _Compiled]] = {}
+_CACHE: dict[int, tuple[HeuristicSettings, PhraseIndex]] = {}
 _CACHE_SIZE = 8
 _CACHE_LOCK = threading.Lock()
-_WORD_CACHE_SIZE = 50_000
 # Category indexes of the sets that are not scored directly.
 _INSTRUCTIONS, _VERBS, _DEBUGGING, _COMPONENTS = range(-4, 0)
 
 
-def _compile(settings: HeuristicSettings) -> _Compiled:
+def _compile(settings: HeuristicSettings) -> PhraseIndex:
     kw, w = settings.keywords, settings.weights
     spec = [
         ("hard", kw.hard, w.hard, "needs design or deep judgement"),
@@ -179,37 +109,11 @@ def _compile(settings: HeuristicSettings) -> _Compiled:
         ("pasted_pointers", kw.pasted_pointers, 0.0, "points at pasted input"),
     ]
     # The cue and pointer sets only find where pasted input starts: matched apart, on a few lines.
-    main = _index(spec[:-2])
-    return _Compiled(main.categories, main.exact, main.pairs, main.stems, intro=_index(spec[-2:]))
+    main = index_phrases(spec[:-2])
+    return PhraseIndex(main.categories, main.exact, main.pairs, main.stems, intro=index_phrases(spec[-2:]))
 
 
-def _index(spec: list[tuple[str, list[str], float, str]]) -> _Compiled:
-    """The phrases of ``spec``'s keyword sets, indexed by their first words."""
-    exact: dict[str, list[_Follow]] = {}
-    pairs: dict[tuple[str, str], list[_Follow]] = {}
-    stems: list[tuple[str, _Follow]] = []
-    for index, (_, phrases, _, _) in enumerate(spec):
-        for phrase in phrases:
-            words = _WORD_RE.findall(phrase.lower())
-            if not words:
-                continue
-            stem = phrase.rstrip().endswith("*")
-            follow: _Follow = (tuple(words[1:]), stem and len(words) > 1, index)
-            if stem and len(words) == 1:
-                stems.append((words[0], follow))
-            elif len(words) == 1 or (stem and len(words) == 2):
-                exact.setdefault(words[0], []).append(follow)
-            else:
-                pairs.setdefault((words[0], words[1]), []).append(follow)
-    return _Compiled(
-        categories=tuple(_Category(name, weight, label) for name, _, weight, label in spec),
-        exact={word: tuple(follows) for word, follows in exact.items()},
-        pairs={pair: tuple(follows) for pair, follows in pairs.items()},
-        stems=tuple(stems),
-    )
-
-
-def _compiled(settings: HeuristicSettings) -> _Compiled:
+def _compiled(settings: HeuristicSettings) -> PhraseIndex:
     hit = _CACHE.get(id(settings))
     if hit is not None and hit[0] is settings:
         return hit[1]
@@ -248,7 +152,7 @@ def split_ask(prompt: str, settings: HeuristicSettings) -> AskText:
     return AskText(ask=ask, pasted_chars=max(0, len(prompt) - len(ask)))
 
 
-def _intro_end(text: str, c: _Compiled) -> int | None:
+def _intro_end(text: str, c: PhraseIndex) -> int | None:
     """Where pasted material starts: after a line like "Logs:" or a first paragraph like
     "Summarize this article." followed by more text; None when nothing points at pasted input."""
     intro = c.intro or c
@@ -519,7 +423,7 @@ def _overruled(s: _Scored) -> dict[str, str]:
     return overruled
 
 
-def _keyword_features(s: _Scored, c: _Compiled, reasons: list[str]) -> float:
+def _keyword_features(s: _Scored, c: PhraseIndex, reasons: list[str]) -> float:
     """The weight of each keyword set found in the ask, once per set."""
     total = 0.0
     overruled = _overruled(s)
