@@ -1,11 +1,13 @@
 """The heuristic content classifier: a 1-5 score from what the request asks for.
 
 The score starts at ``thresholds.base_score`` (3, standard) and each feature found in the *ask*
-adds its weight once: design, security, proofs and ambiguity push it up; mechanical, bounded and
-precisely specified work pulls it down. The ask is the prompt without pasted material (fenced
-blocks, code and log lines, and a document introduced by "Here is the log:"), so a long pasted
-input never makes a job look hard by its length or by the words inside it. Score 1-2 -> mini,
-3 -> standard, 4-5 -> full.
+adds its weight once: design, security, proofs, ambiguity, stakes (money, law, health, people) and
+decisions about consequential actions push it up, as does a bare report of an incident; mechanical,
+bounded and precisely specified work (in any domain: translate, convert, format, apply a formula to
+given numbers) pulls it down. The ask is the prompt without pasted material (fenced blocks, code and
+log lines, and a document introduced by "Here is the log:"), so a long pasted input never makes a
+job look hard by its length or by the words inside it. Score 1-2 -> mini, 3 -> standard, 4-5 -> full.
+Every feature that counts adds a reason.
 
 Keyword sets are indexed by word once per settings object (a small cache keyed by its identity),
 never per call (:mod:`fleet.router.phrases`); a regex alternation per set cost tens of microseconds.
@@ -155,7 +157,9 @@ def split_ask(prompt: str, settings: HeuristicSettings) -> AskText:
 def _intro_end(text: str, c: PhraseIndex) -> int | None:
     """Where pasted material starts: after a line like "Logs:" or a first paragraph like
     "Summarize this article." followed by more text; None when nothing points at pasted input."""
-    intro = c.intro or c
+    intro = c.intro
+    if intro is None:  # an index built without the cue and pointer sets: nothing points at a paste
+        return None
     end: int | None = None
     for line in _COLON_LINE_RE.finditer(text, 0, _INTRO_SCAN_CHARS):
         if line.end() < len(text.rstrip()) and intro.match(line.group(0).lower())[0]:
