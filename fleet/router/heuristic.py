@@ -112,7 +112,9 @@ def _compile(settings: HeuristicSettings) -> PhraseIndex:
     ]
     # The cue and pointer sets only find where pasted input starts: matched apart, on a few lines.
     main = index_phrases(spec[:-2])
-    return PhraseIndex(main.categories, main.exact, main.pairs, main.stems, intro=index_phrases(spec[-2:]))
+    return PhraseIndex(
+        main.categories, main.exact, main.pairs, main.pair_words, main.stems, intro=index_phrases(spec[-2:])
+    )
 
 
 def _compiled(settings: HeuristicSettings) -> PhraseIndex:
@@ -370,12 +372,12 @@ def _given_values(s: _Scored) -> tuple[float, str] | None:
 def _explanatory(words: list[str]) -> bool:
     """A question that asks for an explanation ("why", "how does", "what does ... mean"), not a
     lookup ("how many days", "what is the capital")."""
+    if "why" in words:
+        return True
+    if "how" not in words and "what" not in words:
+        return False
     for word, after in zip(words, [*words[1:], ""], strict=True):
-        if (
-            word == "why"
-            or (word == "how" and after in _AUXILIARIES)
-            or (word == "what" and after in ("does", "do"))
-        ):
+        if (word == "how" and after in _AUXILIARIES) or (word == "what" and after in ("does", "do")):
             return True
     return False
 

@@ -46,6 +46,8 @@ class PhraseIndex:
     exact: dict[str, tuple[Follow, ...]]
     #: Exact first two words -> the longer phrases that start with them ("in", "what" open many).
     pairs: dict[tuple[str, str], tuple[Follow, ...]]
+    #: The first words of ``pairs``.
+    pair_words: frozenset[str]
     #: Stemmed first words (``architect*``), checked once per distinct word, then cached.
     stems: tuple[tuple[str, Follow], ...]
     #: The pasted-input cue and pointer sets alone, for finding where pasted material starts.
@@ -72,7 +74,7 @@ class PhraseIndex:
         count = len(words)
         for i, word in enumerate(words):
             follows = self.phrases_at(word)
-            if i + 1 < count:
+            if word in self.pair_words and i + 1 < count:
                 pair = self.pairs.get((word, words[i + 1]))
                 if pair is not None:
                     follows = follows + pair
@@ -116,5 +118,6 @@ def index_phrases(spec: Spec) -> PhraseIndex:
         categories=tuple(Category(name, weight, label) for name, _, weight, label in spec),
         exact={word: tuple(follows) for word, follows in exact.items()},
         pairs={pair: tuple(follows) for pair, follows in pairs.items()},
+        pair_words=frozenset(first for first, _ in pairs),
         stems=tuple(stems),
     )
