@@ -32,12 +32,14 @@ class Floor:
     under: int = 0
 
 
-#: coding_train keeps the original 90%; domains_train what the tuning reached (89.0%) less a margin;
-#: domains_dev what it measured once, after the tuning (see the module docstring).
+#: coding_train keeps the original 90%; domains_train what the tuning reached (89.0%) less a margin.
+#: domains_dev is what it measured once, after the tuning: 80.3% (277/345) and 6 full jobs sent to
+#: mini or fast (5 to mini; 1 to fast by its latency hint, rule 3). Those are its floors, not a
+#: target: zero under-routing on dev was not reached, and dev is not tuned on to reach it.
 FLOORS = {
     "coding_train": Floor(accuracy=0.90),
     "domains_train": Floor(accuracy=0.87),
-    "domains_dev": Floor(accuracy=0.0, under=999),
+    "domains_dev": Floor(accuracy=0.80, under=6),
 }
 
 
