@@ -60,6 +60,13 @@ class RouterKeywords(_Section):
     components: list[str]
     #: Mechanical, bounded transformations a small model does well.
     mechanical: list[str]
+    #: Mechanical verbs ("convert", "tag", "extract") that count as ``mechanical`` only when they lead a
+    #: clause (the ask's start, a new sentence or line, after "please" or "can you") or the kind's
+    #: label: "Convert these dates" is mechanical, "explain how analysts should convert" is not.
+    mechanical_verbs: list[str]
+    #: Verbs and phrases that open an instruction or a request ("write", "summarise", "can you",
+    #: "I need"): an ask without one, without a question and with a narrated event is a ``situation``.
+    instructions: list[str]
     #: Light generative asks: summaries, short replies, simple explanations.
     light: list[str]
     #: Precise output specifications: the job is well specified.
@@ -72,6 +79,18 @@ class RouterKeywords(_Section):
     #: Asks that need judgement about the given input (review, explain, refactor): they keep a job
     #: that works on pasted input from counting as bounded by it.
     judgement: list[str]
+    #: Questions that ask whether to take an action or what to do now ("should we", "can I just",
+    #: "is it safe to", "what now"): a decision, which is judgement even when the ask is short.
+    decision: list[str]
+    #: Consequential actions: money movement (refund, payout, wire), irreversible operations (drop,
+    #: purge, roll back, bulk-close), people decisions (terminate, discipline). Weightless alone by
+    #: default; a decision about one (or a question about doing one) is ``consequential_decision``.
+    consequential: list[str]
+    #: Who the output goes to when that makes errors costly: investors, regulators, auditors, courts.
+    audience: list[str]
+    #: Explaining a general concept ("explain", "what's the difference", "in plain language"): without
+    #: a decision, a consequential action or pasted material, it keeps ``stakes`` from counting.
+    general: list[str]
     #: Nouns that introduce pasted material in a line ending with ':' ("Customer email:").
     pasted_cues: list[str]
 
@@ -93,6 +112,20 @@ class RouterWeights(_Section):
     light: float = -1.0
     precise: float = -1.0
     bounded_code: float = -1.0
+    #: Asks whether to act or what to do now.
+    decision: float = 1.0
+    #: The output goes to a consequential audience (see ``keywords.audience``).
+    audience: float = 1.0
+    #: Names a consequential action (see ``keywords.consequential``).
+    consequential: float = 0.0
+    #: A decision (``keywords.decision``, or a question about a consequential action) that concerns
+    #: stakes or a consequential action: "can I just charge the card on file?".
+    consequential_decision: float = 1.0
+    #: A report of what happened that asks nothing and gives no instruction: judgement decides what
+    #: matters ("A departing VP exported 4,000 contacts on his last day.").
+    situation: float = 1.0
+    #: A short ask made mostly of the numbers it works on (arithmetic, conversion, ordering).
+    given_values: float = -1.0
     #: Asks for judgement; 0 by default: it only stops ``input_bound`` from applying.
     judgement: float = 0.0
     #: The job works only on pasted input (extract, list, change) with no judgement asked.
@@ -118,6 +151,14 @@ class RouterThresholds(_Section):
     input_bound_chars: int = Field(default=150, ge=0)
     #: Pasted input at or over this many characters is noted in the reasons.
     pasted_note_chars: int = Field(default=400, ge=0)
+    #: ``situation`` applies to asks of at most this many characters (a report, not a document).
+    situation_chars: int = Field(default=400, ge=0)
+    #: ``given_values`` applies to asks of at most this many characters...
+    given_values_chars: int = Field(default=200, ge=0)
+    #: ...that hold at least this many numbers...
+    given_values_min: int = Field(default=2, ge=1)
+    #: ...making at least this share of its words.
+    given_values_share: float = Field(default=0.25, ge=0, le=1)
     #: Characters of the ask read from its start and its end; the middle of a longer ask is skipped.
     ask_head_chars: int = Field(default=2000, ge=100)
     ask_tail_chars: int = Field(default=600, ge=0)

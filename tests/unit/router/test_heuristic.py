@@ -155,3 +155,135 @@ def test_split_ask_reports_pasted_characters() -> None:
     split = heuristic.split_ask(prompt, SETTINGS.heuristic)
     assert split.ask == "Fix the lint errors in this file."
     assert split.pasted_chars == len(prompt) - len(split.ask)
+
+
+# Features that generalise beyond coding: each fires on one ask and not on its near miss.
+
+
+def _has(decision: RoutingDecision, text: str) -> bool:
+    return any(text in reason for reason in decision.reasons)
+
+
+def test_a_dotted_kind_is_read_without_its_namespace() -> None:
+    prompt = "Turn these into a bulleted list: passwords need 14 characters, accounts lock after 10 tries."
+    # The namespace names the area ("security"), not the difficulty of bulleting a paragraph
+    decision = classify(prompt, kind="security.bulletize")
+    assert decision.tier is Tier.MINI
+    assert "kind namespace 'security' not read as part of the ask" in decision.reasons
+    assert not _has(decision, "high stakes")
+    # Near miss: an undotted kind is read whole
+    assert _has(classify(prompt, kind="security"), "matched 'security' (+1, high stakes)")
+
+
+def test_a_decision_question_goes_to_full() -> None:
+    decision = classify("Should we move our support team to a four-day week?")
+    assert decision.tier is Tier.FULL
+    assert "matched 'should we' (+1, asks whether to act)" in decision.reasons
+    # Near miss: ordinary writing about the same team asks nothing to decide
+    near = classify("Write an FAQ entry on how to reach our support team.")
+    assert near.tier is Tier.STANDARD and not _has(near, "asks whether to act")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "asked"),
+    [
+        ("Customer approved a replacement by phone. Can I just charge the card on file for $240?", "'can i'"),
+        ("The migration job on prod has held a lock on orders for six hours. Kill it?", "'kill it'"),
+        ("Is this headline defamatory? 'Local builder scams pensioners'", "'is this headline'"),
+        ("Remove last year's leavers from the HR system and purge their records?", "'remove last year's'"),
+    ],
+)
+def test_a_decision_about_something_consequential_goes_to_full(prompt: str, asked: str) -> None:
+    decision = classify(prompt)
+    assert decision.tier is Tier.FULL
+    assert any(r.startswith(f"asks whether to act ({asked}) on ") and "(+1)" in r for r in decision.reasons)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "Which of these emails mention a refund? Answer with the numbers only.\n\n1. Where is my order?",
+        "What does the kill command do on Linux?",
+        "Summarize our refund policy for the help center.",
+    ],
+)
+def test_a_question_for_information_about_a_consequential_word_is_not_a_decision(prompt: str) -> None:
+    decision = classify(prompt)
+    assert not _has(decision, "asks whether to act")
+    assert decision.tier is not Tier.FULL
+
+
+def test_a_consequential_audience_raises_the_score() -> None:
+    decision = classify("Draft the paragraph on Q2 revenue for our investors.")
+    assert decision.tier is Tier.FULL
+    assert "matched 'investors' (+1, consequential audience)" in decision.reasons
+    assert classify("Draft the paragraph on Q2 revenue for the team newsletter.").tier is Tier.STANDARD
+
+
+def test_a_general_explanation_of_a_sensitive_subject_is_ordinary_work() -> None:
+    decision = classify("Explain controller vs processor under GDPR for our product managers.")
+    assert decision.tier is Tier.STANDARD
+    assert "ignored 'gdpr': a general explanation, not a decision about a case" in decision.reasons
+    # Near miss: a decision about a case under the same law
+    near = classify("Can we keep this customer's chat logs after their GDPR erasure request?")
+    assert near.tier is Tier.FULL and _has(near, "matched 'gdpr' (+1, high stakes)")
+
+
+def test_a_mechanical_verb_counts_only_when_it_is_what_is_asked() -> None:
+    decision = classify("Convert these dates to ISO 8601: 3/7/24, 12/31/2023, 1/1/25.")
+    assert decision.tier is Tier.MINI
+    assert _has(decision, "matched 'convert' (-2, mechanical task)")
+    # Near miss: the same verb, mentioned inside ordinary writing
+    near = classify("Write a wiki page on why timestamps are in UTC and how analysts should convert them.")
+    assert near.tier is Tier.STANDARD
+    assert "ignored 'convert': mentioned, not what is asked" in near.reasons
+    counted = classify("Express endpoint GET /users with paging; include the total count in the response.")
+    assert "ignored 'count': mentioned, not what is asked" in counted.reasons
+
+
+def test_translation_targets_are_mechanical() -> None:
+    decision = classify("German for these buttons: Save / Publish / Undo")
+    assert decision.tier is Tier.MINI and _has(decision, "matched 'german for' (-2, mechanical task)")
+    assert not _has(classify("Write a welcome note for our German office."), "mechanical task")
+
+
+def test_a_short_ask_made_of_its_numbers_is_arithmetic() -> None:
+    decision = classify("Average velocity over the last 5 sprints: 21, 18, 25, 23, 19")
+    assert decision.tier is Tier.MINI
+    assert "works on 6 given values (-1)" in decision.reasons
+    # Near miss: numbers inside a question that asks what they mean
+    near = classify("What does a 95% interval of 11.8-16.6 around a mean of 14.2 tell me?")
+    assert near.tier is Tier.STANDARD and not _has(near, "given values")
+
+
+def test_an_explanatory_question_is_not_a_quick_one() -> None:
+    decision = classify("How does caffeine affect sleep?")
+    assert decision.tier is Tier.STANDARD and not _has(decision, "quick one-line question")
+    assert "quick one-line question (-1)" in classify("What is the capital of Australia?").reasons
+
+
+def test_a_situation_report_that_asks_nothing_goes_to_full() -> None:
+    decision = classify("EDR flagged mimikatz on a domain controller at 02:14.")
+    assert decision.tier is Tier.FULL
+    assert _has(decision, "reports a situation and asks nothing") and _has(decision, "(+1)")
+    # Near misses: the same kind of report followed by an instruction, or a question
+    for prompt in (
+        "A customer upgraded to the annual plan last week. Write a short thank-you email.",
+        "A customer upgraded to the annual plan last week. Which plan is cheaper per seat?",
+    ):
+        assert not _has(classify(prompt), "reports a situation")
+
+
+def test_health_stakes_and_a_yes_no_question_go_to_full() -> None:
+    decision = classify("Is a rash normal two weeks after starting lamotrigine?")
+    assert decision.tier is Tier.FULL and _has(decision, "matched 'rash' (+1, high stakes)")
+    # Near miss: translating the same word is still mechanical work
+    assert classify("Translate 'rash' and 'dizziness' into Spanish.").tier is Tier.MINI
+
+
+def test_phrases_are_indexed_by_their_first_two_words() -> None:
+    index = heuristic._compiled(SETTINGS.heuristic)
+    assert ("into", "spanish") in index.pairs
+    names = [cat.name for cat in index.categories]
+    hits = index.match("we moved into the spanish office; translate it into spanish")
+    assert hits[names.index("mechanical")] == ["into spanish"]
