@@ -154,8 +154,14 @@ def simulated_quality(
     truth = httpx.post(f"{mock_url.rstrip('/')}/_mock/truth", json=body, timeout=60).json()
     sound = sum(1 for t in truth["answers"] if not t.get("flawed"))
     full_sound = sum(1 for flawed in truth["counterfactual"] if not flawed)
+    by_tier: dict[str, list[int]] = {}
+    for res, t in zip(answered, truth["answers"], strict=True):
+        counts = by_tier.setdefault(str(res.tier), [0, 0])
+        counts[0] += 0 if t.get("flawed") else 1
+        counts[1] += 1
     return {
         "quality": round(sound / len(answered), 4) if answered else 0.0,
+        "quality_by_tier": {tier: round(ok / n, 4) for tier, (ok, n) in sorted(by_tier.items())},
         "quality_all_full": round(full_sound / len(jobs), 4) if jobs else 0.0,
         "quality_simulated": True,
         "quality_note": "SIMULATED by the mock provider (fleet/providers/mock_quality.py): which answers "

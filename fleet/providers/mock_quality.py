@@ -83,9 +83,9 @@ class Simulation(BaseModel):
     #: Chance of a flaw on a job well within the model's capability (difficulty below it).
     flaw_within: float = Field(default=0.03, ge=0, le=1)
     #: ... on a job at the edge of it (difficulty equal to capability).
-    flaw_at_edge: float = Field(default=0.4, ge=0, le=1)
+    flaw_at_edge: float = Field(default=0.5, ge=0, le=1)
     #: ... one level beyond it, and how much each further level adds (capped at 0.95).
-    flaw_beyond: float = Field(default=0.7, ge=0, le=1)
+    flaw_beyond: float = Field(default=0.75, ge=0, le=1)
     flaw_per_level: float = Field(default=0.2, ge=0, le=1)
     #: A rewrite given the judge's problems is flawed this much less often than a first answer.
     polish_factor: float = Field(default=0.5, ge=0, le=1)
@@ -93,7 +93,7 @@ class Simulation(BaseModel):
     judge_catch: float = Field(default=0.9, ge=0, le=1)
     judge_false_alarm: float = Field(default=0.05, ge=0, le=1)
     #: How often a flawed / a sound answer shows a low-confidence signal.
-    signal_when_flawed: float = Field(default=0.6, ge=0, le=1)
+    signal_when_flawed: float = Field(default=0.65, ge=0, le=1)
     signal_when_sound: float = Field(default=0.05, ge=0, le=1)
 
     def capability_of(self, model: str) -> int:

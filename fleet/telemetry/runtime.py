@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -145,11 +145,21 @@ class DiscardSpanExporter(SpanExporter):
 
 
 class DiscardMetricExporter(MetricExporter):
-    """Takes collected metrics and drops them (``OTEL_METRICS_EXPORTER=discard``)."""
+    """Takes collected metrics and drops them (``OTEL_METRICS_EXPORTER=discard``), remembering only
+    the names of the process's last export's metrics (what a test can check)."""
+
+    #: The metric names of the last export, in this process.
+    last_names: ClassVar[frozenset[str]] = frozenset()
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **_: Any
     ) -> MetricExportResult:
+        type(self).last_names = frozenset(
+            metric.name
+            for resource in metrics_data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+        )
         return MetricExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
