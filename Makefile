@@ -38,6 +38,7 @@ chromium:
 chaos: $(STAMP)
 	$(BIN)/pytest -q -m chaos --timeout 900
 	$(BIN)/python bench/chaos.py --json
+	$(BIN)/python bench/chaos.py --json --amqp auto
 
 # The performance set (every bench/*.py but chaos.py), within 10 minutes on a 2-core machine; the
 # chaos benchmark (bench/chaos.py, minutes of failure scenarios at load) runs under `make chaos`.

@@ -1,29 +1,42 @@
-"""Chaos at load: scenarios 1-6 of docs/reliability.md against one real fleet, >= 1,000 jobs.
+"""Chaos at load: the scenarios of docs/reliability.md against one real fleet, >= 1,000 jobs.
 
-    python bench/chaos.py --json
+    python bench/chaos.py --json                 # messages on Redis (embedded valkey)
+    python bench/chaos.py --json --amqp auto     # messages on RabbitMQ, state on Redis
 
 Each scenario submits its jobs, breaks something on purpose while they run (pool processes and a
 whole worker SIGKILLed, the broker SIGKILLed and restarted on its data directory, a deploy, provider
-outages and faults, poison messages on every queue, one idempotency key from ten threads), then
-waits until every job has a final state. The last line of output is JSON:
+outages and faults, poison messages on every queue, one idempotency key from ten threads, one of two
+worker hosts in network namespaces cut off for 20 s: bench/_partition.py), then
+waits until every job has a final state. The fleet runs with its default configuration (the
+visibility timeout is 11 minutes): what brings a dead worker's jobs back fast is the fleet's own
+recovery (heartbeats and the reaper, docs/reliability.md). The last line of output is JSON:
 
-    {"submitted", "completed", "escalated", "lost", "duplicate_results", "scenarios": {...}, ...}
+    {"submitted", "completed", "escalated", "lost", "results_written_twice", "calls_after_caller_died",
+     "concurrent_live_runs", "scenarios": {name: {..., "recovery_s"}}, ...}
 
-``duplicate_results`` counts jobs whose final result was written more than once (every result
-write is PUBLISHed by Celery's Redis backend; a subscriber counts them) or whose model calls
-overlapped in time (the mock provider, wrapped here, tracks calls in flight per prompt).
+- ``recovery_s`` (every scenario): seconds from the (last) fault to the last job it affected reaching
+  its final state; for the scenarios whose faults last throughout (provider faults, poison messages,
+  one idempotency key from ten threads), from their first job.
+- ``results_written_twice``: jobs whose final result was written more than once (every result write
+  is PUBLISHed; a subscriber counts them). Must be 0.
+- Model calls of one job that overlap in time (the mock provider, wrapped here, tracks calls in
+  flight per prompt and which process made each): ``calls_after_caller_died`` when the earlier call's
+  process was dead by then (the cost of at-least-once delivery: the provider finishes a call nobody
+  waits for), ``calls_after_own_timeout`` when the same process called again (it gave up at its read
+  timeout and retried while the provider still ran the first call), ``concurrent_live_runs`` when
+  two different live processes called: two live workers on one job, a bug. Must be 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
 import random
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,12 +47,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import redis
 import uvicorn
 from kombu import Connection
-from starlette.types import Message, Receive, Scope, Send
 
 from fleet.app import EXECUTE_TASK, NOTIFY_TASK, ROUTE_TASK
 from fleet.consumer import MAX_BODY_SLACK
@@ -49,17 +62,23 @@ from fleet.escalations import RedisEscalationStore
 from fleet.keys import QUEUES
 from fleet.procs import children_of
 from fleet.producer import Client
-from fleet.providers.mock_server import MockConfig, create_app
+from fleet.providers.mock_server import MockConfig
 from fleet.settings import Settings, load_settings
 from fleet.supervisor import FleetOptions, Supervisor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' RabbitMQ helper
+from _partition import CallWatch, ResultWrites, partition  # bench/: on the path as a script
+
+from tests.integration.rabbit import rabbit_vhost
 
 CRASH_MARKER = "BENCH-CHAOS-CRASH"
 TIERS = ("mini", "standard", "full", "fast")
 WORKER_ENV = {
     "FLEET_QUEUES__MINI__POOL": "prefork",
-    "FLEET_BROKER__VISIBILITY_TIMEOUT_S": "10",
     "FLEET_CHAOS__CRASH_MARKER": CRASH_MARKER,
     "FLEET_BREAKER__COOLDOWN_S": "2",
+    "FLEET_QUALITY__ENABLED": "false",  # the scenarios count exact calls and tiers
+    "FLEET_MOCK__SIMULATE_QUALITY": "false",
 }
 SCALE = {"router": 4, "mini": 4, "standard": 6, "full": 4, "fast": 6, "escalations": 2}
 
@@ -67,15 +86,12 @@ SCALE = {"router": 4, "mini": 4, "standard": 6, "full": 4, "fast": 6, "escalatio
 # --- the mock provider, watched ---------------------------------------------------------------------
 
 
-class WatchedMock:
-    """The mock provider in this process, recording how many calls per prompt overlap in time."""
+class WatchedMock(CallWatch):
+    """The watched mock provider (bench/_partition.py's CallWatch: model calls of one job that overlap
+    in time, and whether the earlier caller was alive), served on a free loopback port."""
 
     def __init__(self) -> None:
-        self.inner = create_app(MockConfig(latency_ms=20))
-        self.in_flight: Counter[str] = Counter()
-        self.overlapped: set[str] = set()
-        self.calls: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        super().__init__(MockConfig(latency_ms=20))
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -83,38 +99,6 @@ class WatchedMock:
         config = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/"):
-            await self.inner(scope, receive, send)
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
-        key = _prompt_of(body)
-        with self._lock:
-            self.calls[key] += 1
-            self.in_flight[key] += 1
-            if self.in_flight[key] > 1:
-                self.overlapped.add(key)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                await asyncio.sleep(3600)
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            await self.inner(scope, replay, send)
-        finally:
-            with self._lock:
-                self.in_flight[key] -= 1
 
     def start(self) -> WatchedMock:
         self.thread.start()
@@ -131,56 +115,6 @@ class WatchedMock:
         httpx.post(f"{self.url}/_mock/config", json=patch, timeout=5).raise_for_status()
 
 
-def _prompt_of(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-        users = [m.get("content") for m in data.get("messages", []) if m.get("role") == "user"]
-        return str(users[-1]) if users else ""
-    except (ValueError, AttributeError, TypeError):
-        return ""
-
-
-# --- result writes, counted -------------------------------------------------------------------------
-
-
-class ResultWrites:
-    """Counts final (SUCCESS) result writes per task id from the backend's PUBLISH, across restarts."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.writes: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.ready = threading.Event()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client = redis.Redis.from_url(self.url, socket_timeout=2)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.psubscribe("celery-task-meta-*")
-                self.ready.set()
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
-                    if message and message["type"] == "pmessage":
-                        meta = json.loads(message["data"])
-                        if meta.get("status") == "SUCCESS":
-                            self.writes[str(meta.get("task_id"))] += 1
-                pubsub.close()
-                client.close()
-            except (redis.RedisError, OSError):
-                time.sleep(0.05)  # the broker is down: resubscribe as soon as it is back
-
-    def start(self) -> ResultWrites:
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(5)
-
-
 # --- the fleet ----------------------------------------------------------------------------------------
 
 
@@ -193,12 +127,23 @@ class Rig:
     supervisor: Supervisor
     client: Client
     log: Callable[[str], None]
-    results: dict[str, dict[str, int]] = field(default_factory=dict)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: When each job was first seen final (monotonic seconds).
+    final_at: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def messages_url(self) -> str:
+        """Where messages go: RabbitMQ with --amqp, else the Redis that keeps the state."""
+        return self.settings.broker.url or self.broker.url
 
     def start_fleet(self) -> None:
+        env = {
+            **WORKER_ENV,
+            **({"FLEET_BROKER_URL": self.settings.broker.url} if self.settings.broker.url else {}),
+        }
         options = FleetOptions(
             queues=QUEUES, scale=SCALE, flower=False, publish_state=False,
-            log_dir=self.tmp / "logs", shutdown_grace_s=20, env=WORKER_ENV,
+            log_dir=self.tmp / "logs", shutdown_grace_s=20, env=env,
         )  # fmt: skip
         self.supervisor = Supervisor(self.settings, options)
         self.supervisor.start()
@@ -218,14 +163,17 @@ class Rig:
             try:
                 for task_id, res in self.client.peek([i for i in ids if i not in done]).items():
                     done[task_id] = res.status
-            except (redis.RedisError, OSError):
+                    self.final_at.setdefault(task_id, time.monotonic())
+            except (BrokerError, redis.RedisError, OSError):
                 pass
             for event in self.supervisor.check():
                 self.log(event)
             time.sleep(0.25)
         return done
 
-    def record(self, name: str, ids: list[str], done: dict[str, str], started: float) -> None:
+    def record(
+        self, name: str, ids: list[str], done: dict[str, str], started: float, fault_at: float | None = None
+    ) -> None:
         statuses = Counter(done.values())
         self.results[name] = {
             "submitted": len(ids),
@@ -234,6 +182,9 @@ class Rig:
             "lost": len(ids) - len(done),
             "seconds": round(time.monotonic() - started, 1),
         }
+        if fault_at is not None:
+            last = max((self.final_at[i] for i in ids if i in self.final_at), default=fault_at)
+            self.results[name]["recovery_s"] = round(max(0.0, last - fault_at), 1)
         self.log(f"{name}: {self.results[name]}")
 
 
@@ -249,9 +200,11 @@ def worker_kills(rig: Rig, n: int) -> None:
     rig.mock.configure(latency_ms=400, failure_rate=0.0, down_models=[])
     ids = [rig.submit(_job(i, "workers", "mini")) for i in range(n)]
     rng = random.Random(1)
+    fault_at = time.monotonic()
     for round_ in range(6):
         time.sleep(1.5)
         pool = rig.supervisor.pools["mini"]
+        fault_at = time.monotonic()
         if round_ == 3:
             rig.log("workers: SIGKILL the mini worker's main process")
             pool.signal(signal.SIGKILL)
@@ -261,7 +214,7 @@ def worker_kills(rig: Rig, n: int) -> None:
             victim = rng.choice(children)
             rig.log(f"workers: SIGKILL pool process {victim}")
             os.kill(victim, signal.SIGKILL)
-    rig.record("worker_kills", ids, rig.wait(ids, 180), started)
+    rig.record("worker_kills", ids, rig.wait(ids, 180), started, fault_at)
 
 
 def broker_restart(rig: Rig, n: int) -> None:
@@ -272,8 +225,18 @@ def broker_restart(rig: Rig, n: int) -> None:
     while len(rig.client.peek(first)) < n // 8:
         time.sleep(0.1)
     port = rig.broker.port
-    rig.log("broker: SIGKILL")
+    rig.log("broker: SIGKILL (the Redis that keeps the state, and the messages unless --amqp)")
+    fault_at = time.monotonic()
     rig.broker.kill()
+    if rig.settings.broker.url:
+        vhost = urlsplit(rig.settings.broker.url).path.lstrip("/") or "/"
+        closed = subprocess.run(
+            ["rabbitmqctl", "close_all_connections", "-p", unquote(vhost), "chaos: broker_restart"],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        rig.log(
+            f"broker: RabbitMQ closed every connection of the fleet (rabbitmqctl exit {closed.returncode})"
+        )
     second: list[str] = []
     producer = threading.Thread(
         target=lambda: second.extend(rig.submit(_job(i, "broker", TIERS[i % 4])) for i in range(n // 2, n))
@@ -285,7 +248,7 @@ def broker_restart(rig: Rig, n: int) -> None:
     rig.log("broker: restarted on the same port and data directory")
     producer.join(120)
     ids = first + second
-    rig.record("broker_restart", ids, rig.wait(ids, 180), started)
+    rig.record("broker_restart", ids, rig.wait(ids, 180), started, fault_at)
 
 
 def deploy(rig: Rig, n: int) -> None:
@@ -295,9 +258,10 @@ def deploy(rig: Rig, n: int) -> None:
     while len(rig.client.peek(ids)) < n // 5:
         time.sleep(0.1)
     rig.log("deploy: stopping the fleet (what SIGTERM to `fleet up` does), then starting it again")
+    fault_at = time.monotonic()
     rig.supervisor.stop()
     rig.start_fleet()
-    rig.record("deploy", ids, rig.wait(ids, 180), started)
+    rig.record("deploy", ids, rig.wait(ids, 180), started, fault_at)
 
 
 def provider_faults(rig: Rig, n: int) -> None:
@@ -306,7 +270,7 @@ def provider_faults(rig: Rig, n: int) -> None:
     ids = [rig.submit(_job(i, "providers", TIERS[i % 4])) for i in range(n)]
     done = rig.wait(ids, 240)
     rig.mock.configure(failure_rate=0.0, down_models=[])
-    rig.record("provider_faults", ids, done, started)
+    rig.record("provider_faults", ids, done, started, fault_at=started)
 
 
 def poison(rig: Rig, good: int) -> None:
@@ -330,7 +294,7 @@ def poison(rig: Rig, good: int) -> None:
             what[task_id] = f"{queue}:{task}:{str(args)[:40]}"
         for body in (b"{not json", b'{"prompt": "wrong shape"}'):
             task_id = uuid.uuid4().hex
-            with Connection(rig.broker.url) as conn:
+            with Connection(rig.messages_url) as conn:
                 conn.Producer().publish(
                     body, exchange="fleet", routing_key=queue, content_type="application/json",
                     content_encoding="utf-8", headers={"task": name, "id": task_id, "lang": "py"},
@@ -349,7 +313,7 @@ def poison(rig: Rig, good: int) -> None:
             done[task_id] = "escalated"
         else:
             rig.log(f"poison: no escalation for {task_id} ({what[task_id]})")
-    rig.record("poison", poisoned + crashers + ids, done, started)
+    rig.record("poison", poisoned + crashers + ids, done, started, fault_at=started)
 
 
 def idempotency(rig: Rig, keys: int) -> None:
@@ -374,9 +338,31 @@ def idempotency(rig: Rig, keys: int) -> None:
         seen.append(set(got))
         ids.append(got[0])
     split = sum(1 for s in seen if len(s) != 1)
-    rig.record("idempotency", ids, rig.wait(ids, 120), started)
+    rig.record("idempotency", ids, rig.wait(ids, 120), started, fault_at=started)
     rig.results["idempotency"]["keys_split"] = split
     rig.results["idempotency"]["submit_calls"] = 10 * keys
+
+
+def partition_here(rig: Rig, n: int) -> None:
+    """Host a of two worker hosts (network namespaces) cut off for 20 s mid-run (bench/_partition.py).
+    On RabbitMQ the hosts' messages would have to reach RabbitMQ over the namespaces' bridge, and the
+    RabbitMQ it starts with listens on 127.0.0.1 only: skipped there, saying so."""
+    if rig.settings.broker.url:
+        why = "the namespaced hosts reach the broker over a bridge; this RabbitMQ listens on 127.0.0.1 only"
+        rig.log(f"partition: skipped: {why}")
+        rig.results["partition"] = {"skipped": why}
+        return
+    partition(rig, n)
+
+
+def _rabbitmq_here() -> str | None:
+    url = os.environ.get("FLEET_TEST_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672//"
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.connect()
+    except Exception:
+        return None
+    return url
 
 
 def main() -> int:
@@ -386,7 +372,20 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's job count")
     parser.add_argument("--only", nargs="*", help="run only these scenarios (default: all)")
     parser.add_argument("--keep", action="store_true", help="keep the logs and broker data (prints where)")
+    parser.add_argument(
+        "--amqp", metavar="URL|auto", help="messages on this RabbitMQ, in a virtual host of their own "
+        "(Redis keeps the state); auto: FLEET_TEST_AMQP_URL or 127.0.0.1:5672, else skip",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.amqp == "auto":
+        args.amqp = _rabbitmq_here()
+        if args.amqp is None:
+            print(
+                json.dumps(
+                    {"broker": "rabbitmq", "skipped": "no RabbitMQ answers (FLEET_TEST_AMQP_URL, :5672)"}
+                )
+            )
+            return 0
 
     def log(msg: str) -> None:
         out = sys.stderr if args.json else sys.stdout
@@ -398,8 +397,9 @@ def main() -> int:
     began = time.monotonic()
     keep = tempfile.mkdtemp(prefix="fleet-chaos-") if args.keep else None
     workdir = contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="fleet-chaos-")
-    with workdir as tmp_name:
-        log(f"working in {tmp_name}")
+    rabbit = rabbit_vhost(args.amqp) if args.amqp else contextlib.nullcontext("")
+    with workdir as tmp_name, rabbit as amqp_url:
+        log(f"working in {tmp_name}" + (f"; messages on RabbitMQ ({amqp_url})" if amqp_url else ""))
         tmp = Path(tmp_name)
         mock = WatchedMock().start()
         broker = EmbeddedBroker(tmp / "broker")  # append-only file on, everysec
@@ -407,6 +407,8 @@ def main() -> int:
         base = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
         env = {**base, **WORKER_ENV, "FLEET_REDIS_URL": broker.url, "FLEET_STATE_DIR": str(tmp / "state"),
                "FLEET_MOCK__URL": mock.url}  # fmt: skip
+        if amqp_url:
+            env["FLEET_BROKER_URL"] = amqp_url
         settings = load_settings(profile="demo", env=env)
         writes = ResultWrites(broker.url).start()
         rig = Rig(tmp, mock, broker, settings, None, None, log)  # type: ignore[arg-type]
@@ -417,7 +419,7 @@ def main() -> int:
             plan: list[tuple[str, Callable[[Rig, int], None], int]] = [
                 ("worker_kills", worker_kills, 200), ("deploy", deploy, 150),
                 ("broker_restart", broker_restart, 300), ("provider_faults", provider_faults, 200),
-                ("poison", poison, 100), ("idempotency", idempotency, 50),
+                ("poison", poison, 100), ("idempotency", idempotency, 50), ("partition", partition_here, 300),
             ]  # fmt: skip
             for name, scenario, count in plan:
                 if not args.only or name in args.only:
@@ -432,22 +434,26 @@ def main() -> int:
             rig.broker.stop()
             mock.stop()
     rewritten = {t for t, count in writes.writes.items() if count > 1}
-    overlapped = len(mock.overlapped)
     scenarios = rig.results
     summary = {
-        "submitted": sum(s["submitted"] for s in scenarios.values()),
-        "completed": sum(s["completed"] for s in scenarios.values()),
-        "escalated": sum(s["escalated"] for s in scenarios.values()),
-        "lost": sum(s["lost"] for s in scenarios.values()),
-        "duplicate_results": len(rewritten) + overlapped,
+        "broker": "rabbitmq" if args.amqp else "redis",
+        "submitted": sum(s.get("submitted", 0) for s in scenarios.values()),
+        "completed": sum(s.get("completed", 0) for s in scenarios.values()),
+        "escalated": sum(s.get("escalated", 0) for s in scenarios.values()),
+        "lost": sum(s.get("lost", 0) for s in scenarios.values()),
         "results_written_twice": len(rewritten),
-        "prompts_run_concurrently": overlapped,
+        "calls_after_caller_died": len(mock.after_death),
+        "calls_after_own_timeout": len(mock.after_timeout),
+        "concurrent_live_runs": len(mock.concurrent),
+        "concurrent_live_run_prompts": sorted(mock.concurrent)[:10],
         "model_calls": sum(mock.calls.values()),
         "seconds": round(time.monotonic() - began, 1),
         "scenarios": scenarios,
     }
     print(json.dumps(summary))
-    return 0 if summary["lost"] == 0 and summary["duplicate_results"] == 0 else 1
+    recovered = all(s.get("recovery_s", 0) <= 30 for s in scenarios.values())
+    ok = summary["lost"] == 0 and not rewritten and not mock.concurrent and recovered
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ from typing import Any
 
 from celery import Celery
 from celery.backends.redis import RedisBackend
-from kombu.entity import Exchange, Queue
 
-from fleet import keys
-from fleet.keys import QUEUES
+from fleet import brokers, keys
 from fleet.settings import Settings, get_settings
 
 __all__ = [
@@ -30,6 +28,7 @@ __all__ = [
     "app",
     "celery_config",
     "create_app",
+    "encode_result",
     "queue_result",
 ]
 
@@ -55,27 +54,21 @@ class ResultBackend(RedisBackend):
         return None
 
 
-def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
-    """Celery settings for the fleet: JSON only, late acks, one message prefetched per slot."""
-    transport: dict[str, Any] = {
-        "visibility_timeout": settings.visibility_timeout(),
-        # kombu sweeps for messages past their visibility timeout only every 10 x 10 s by default; a
-        # job whose worker died must come back soon after the timeout, not minutes later.
-        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout() // 4)),
-        "unacked_restore_throttle": 1,
-        "health_check_interval": settings.broker.health_check_interval,
-        "socket_keepalive": True,
-        "retry_on_timeout": True,
-    }
+def celery_config(settings: Settings, redis_url: str, broker_url: str | None = None) -> dict[str, Any]:
+    """Celery settings for the fleet: JSON only, late acks, one message prefetched per slot. Messages
+    go through ``broker_url`` (RabbitMQ, or by default the Redis at ``redis_url``); results and the
+    fleet's state stay in Redis (:mod:`fleet.brokers`)."""
+    messages = broker_url or redis_url
     tls: dict[str, Any] = {}
     if redis_url.startswith("rediss://"):
-        tls = {"broker_use_ssl": settings.redis_tls(), "redis_backend_use_ssl": settings.redis_tls()}
-    exchange = Exchange("fleet", type="direct")
+        tls["redis_backend_use_ssl"] = settings.redis_tls()
+        if messages == redis_url:
+            tls["broker_use_ssl"] = settings.redis_tls()
     return {
         **tls,
-        "broker_url": redis_url,
+        **brokers.transport_config(settings, messages),
+        "broker_url": messages,
         "result_backend": f"fleet.app:ResultBackend+{redis_url}",
-        "broker_transport_options": transport,
         "result_backend_transport_options": {
             "health_check_interval": settings.broker.health_check_interval,
             "retry_policy": {"timeout": 5.0},
@@ -92,7 +85,7 @@ def celery_config(settings: Settings, redis_url: str) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_queues": [Queue(name, exchange, routing_key=name) for name in QUEUES],
+        "task_queues": brokers.queues(settings, messages),
         "task_default_queue": "router",
         "task_default_exchange": "fleet",
         "task_default_routing_key": "router",
@@ -130,21 +123,17 @@ class FleetCelery(Celery):
         return self._fleet_settings
 
     def _configure(self, **_: Any) -> None:
-        from fleet.discovery import broker_url  # deferred: reads the state directory
+        from fleet.discovery import broker_url, message_url  # deferred: reads the state directory
 
         url = self._fleet_redis_url or broker_url(self.fleet_settings)
         # Loaded by Celery right after this hook returns, before any key is read.
-        self.config_from_object(celery_config(self.fleet_settings, url))
+        self.config_from_object(
+            celery_config(self.fleet_settings, url, message_url(self.fleet_settings, url))
+        )
 
 
-def queue_result(app: Celery, pipe: Any, task_id: str, result: dict[str, Any]) -> None:
-    """Queue on ``pipe`` the writes Celery's Redis backend makes for a task's SUCCESS result (the
-    result key with its expiry, and a PUBLISH to anyone waiting on it).
-
-    For results written together with other state in one round trip: a person's answer in the
-    MULTI of its escalation's transition, a job's answer with its cost line and lock release.
-    Celery's own ``store_result`` would first read the key, then write it, in two more round trips.
-    """
+def encode_result(app: Celery, task_id: str, result: dict[str, Any]) -> tuple[str, str, int | None]:
+    """A task's SUCCESS result as Celery's Redis backend stores it: (key, value, expiry in seconds)."""
     backend: Any = app.backend
     meta: dict[str, Any] = {
         "status": "SUCCESS",
@@ -154,10 +143,25 @@ def queue_result(app: Celery, pipe: Any, task_id: str, result: dict[str, Any]) -
         "date_done": datetime.now(UTC).isoformat(),
         "task_id": task_id,
     }
-    key = keys.result(task_id)
-    value = backend.encode(meta)
     expires = backend.expires
-    pipe.set(key, value, ex=int(expires) if expires else None)
+    value = backend.encode(meta)
+    return (
+        keys.result(task_id),
+        value.decode() if isinstance(value, bytes) else str(value),
+        (int(expires) if expires else None),
+    )
+
+
+def queue_result(app: Celery, pipe: Any, task_id: str, result: dict[str, Any]) -> None:
+    """Queue on ``pipe`` the writes Celery's Redis backend makes for a task's SUCCESS result (the
+    result key with its expiry, and a PUBLISH to anyone waiting on it).
+
+    For results written together with other state in one round trip: a person's answer in the
+    MULTI of its escalation's transition. Celery's own ``store_result`` would first read the key,
+    then write it, in two more round trips.
+    """
+    key, value, expires = encode_result(app, task_id, result)
+    pipe.set(key, value, ex=expires)
     pipe.publish(key, value)
 
 

@@ -1,8 +1,9 @@
 """How a command finds the running fleet's broker.
 
-``FLEET_REDIS_URL`` (or ``broker.url`` in config) wins. Otherwise ``fleet up`` and ``fleet demo``
-write ``<state_dir>/fleet.json`` with the URL of the broker they started, and every other command
-in another terminal reads it from there, as long as the process that wrote it is alive.
+``FLEET_REDIS_URL`` (or ``broker.redis_url``, or a Redis ``broker.url``, in config) wins.
+Otherwise ``fleet up`` and ``fleet demo`` write ``<state_dir>/fleet.json`` with the URL of the
+broker they started, and every other command in another terminal reads it from there, as long
+as the process that wrote it is alive.
 """
 
 from __future__ import annotations
@@ -16,11 +17,20 @@ from typing import Any
 import redis
 
 from fleet.boundary import BoundaryRedis
+from fleet.brokers import is_amqp
 from fleet.errors import FleetNotRunning
 from fleet.procs import pid_alive
 from fleet.settings import Settings
 
-__all__ = ["broker_url", "clear_state", "read_state", "redis_client", "state_file", "write_state"]
+__all__ = [
+    "broker_url",
+    "clear_state",
+    "message_url",
+    "read_state",
+    "redis_client",
+    "state_file",
+    "write_state",
+]
 
 
 def state_file(settings: Settings) -> Path:
@@ -58,12 +68,15 @@ def clear_state(settings: Settings) -> None:
 
 
 def broker_url(settings: Settings) -> str:
-    """The Redis URL to use.
+    """The Redis URL of the fleet: its state, and its messages unless ``broker.url`` names a RabbitMQ
+    (:func:`message_url`).
 
     Raises:
         FleetNotRunning: no URL is configured and no running fleet wrote one.
     """
-    if settings.broker.url:
+    if settings.broker.redis_url:
+        return settings.broker.redis_url
+    if settings.broker.url and not is_amqp(settings.broker.url):
         return settings.broker.url
     state = read_state(settings)
     if state and state.get("redis_url"):
@@ -72,6 +85,12 @@ def broker_url(settings: Settings) -> str:
         f"no broker configured and no running fleet found under {settings.state_dir}/: "
         "start one with `fleet up` (in this directory) or set FLEET_REDIS_URL"
     )
+
+
+def message_url(settings: Settings, redis_url: str) -> str:
+    """Where the fleet's messages go: ``broker.url`` when it names a RabbitMQ, else its Redis."""
+    url = settings.broker.url
+    return url if url and is_amqp(url) else redis_url
 
 
 @lru_cache(maxsize=8)

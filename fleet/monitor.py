@@ -1,7 +1,8 @@
 """What the fleet looks like right now, read from Redis and from the workers.
 
 Queue depth and the age of the oldest waiting job come from the broker's lists (Flower cannot show
-them: mher/flower#1173); rates from the per-10-second counters the tasks keep; bucket fill from
+them: mher/flower#1173; on RabbitMQ the depth comes from a passive declare, and there is no age);
+rates from the per-10-second counters the tasks keep; bucket fill from
 the token buckets; workers, in-flight jobs and pool sizes from one Celery ``inspect`` broadcast.
 ``fleet status``, ``fleet metrics`` (Prometheus text for KEDA/HPA) and telemetry all read this.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 import redis
 
-from fleet import keys
+from fleet import brokers, keys
 from fleet.escalations import RedisEscalationStore
 from fleet.limits import Bucket, CircuitBreaker, RateLimiter
 from fleet.settings import Settings, mask_url, parse_rate
@@ -42,8 +43,10 @@ def oldest_submitted_at(client: redis.Redis, queue: str) -> float | None:
 
 
 def queue_snapshot(settings: Settings, client: redis.Redis) -> dict[str, dict[str, Any]]:
-    """Depth, oldest age, rate over the last minute and bucket fill of every queue (Redis only)."""
+    """Depth, oldest age (Redis only), rate over the last minute and bucket fill of every queue."""
     now = time.time()
+    url = settings.broker.url
+    amqp = brokers.amqp_depths(url, keys.QUEUES) if brokers.is_amqp(url) else None
     slot = int(now) // 10
     pipe = client.pipeline(transaction=False)
     for queue in keys.QUEUES:
@@ -56,9 +59,10 @@ def queue_snapshot(settings: Settings, client: redis.Redis) -> dict[str, dict[st
     out: dict[str, dict[str, Any]] = {}
     for i, queue in enumerate(keys.QUEUES):
         chunk = raw[i * steps : (i + 1) * steps]
-        depth = int(sum(chunk[:-1]))
+        depth = int(sum(chunk[:-1])) if amqp is None else amqp[queue]
         started = sum(int(v) for v in chunk[-1] if v is not None)
-        oldest = oldest_submitted_at(client, queue) if depth else None
+        # RabbitMQ cannot show a waiting message without taking it: no age there.
+        oldest = oldest_submitted_at(client, queue) if depth and amqp is None else None
         qs = settings.queues[queue]
         fill = None
         if qs.rate_limit:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.boundary import BROKER_ERRORS
+from fleet.brokers import is_amqp
 from fleet.discovery import clear_state, redis_client, write_state
 from fleet.embedded import EmbeddedBroker, free_port, port_in_use
 from fleet.errors import FleetError
@@ -71,7 +72,9 @@ class Supervisor:
         self.options = options or FleetOptions()
         self.on_event = on_event or (lambda _msg: None)
         self.broker: EmbeddedBroker | None = None
-        self.redis_url = settings.broker.url
+        broker = settings.broker
+        #: The Redis of the fleet's state (and its messages unless broker.url is a RabbitMQ).
+        self.redis_url = broker.redis_url or (broker.url if broker.url and not is_amqp(broker.url) else "")
         self.mock: Child | None = None
         self.mock_url = settings.mock.url
         self.pools: dict[str, Child] = {}
@@ -154,6 +157,8 @@ class Supervisor:
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["FLEET_REDIS_URL"] = self.redis_url
+        if self.settings.broker.url and is_amqp(self.settings.broker.url):
+            env["FLEET_BROKER_URL"] = self.settings.broker.url
         env["FLEET_CONFIG_DIR"] = self.settings.config_dir
         env["FLEET_STATE_DIR"] = self.settings.state_dir
         if self.settings.profile:
@@ -175,7 +180,7 @@ class Supervisor:
             # Before any pool starts: an unreachable broker is one line (BrokerError), not six pools
             # retrying their connections.
             redis_client(self.settings, self.redis_url).ping()
-            self.on_event(f"broker: {mask_url(self.redis_url)}")
+            self.on_event(f"redis: {mask_url(self.redis_url)}")
             return
         data_dir = self.options.broker_dir or Path(self.settings.state_dir) / "broker"
         self.broker = EmbeddedBroker(

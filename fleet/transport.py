@@ -1,4 +1,5 @@
-"""kombu's Redis transport with one client for a channel's synchronous commands (workers only).
+"""kombu's Redis transport, as workers use it: one client for a channel's synchronous commands, and
+reliable fetch.
 
 kombu builds a new ``redis.Redis`` for every ack, every unacked-index update and every publish
 (``Channel.conn_or_acquire``), and redis-py's constructor builds the client's response-callback
@@ -7,32 +8,157 @@ router publish (docs/performance.md). A ``redis.Redis`` over a connection pool i
 command takes a connection from the pool), so one per pool serves them all. A new pool (after a
 fork or a reconnect) gets a new client. ``fleet.worker`` registers this transport for the
 ``redis://`` and ``rediss://`` schemes in worker processes; producers keep kombu's own.
+
+**Reliable fetch** (``recovery.reliable_fetch``, on by default; Redis >= 6.2). kombu takes a
+message with BRPOP, which removes it from its queue, and records it as unacked only once the reply
+has reached the worker: a reply lost on the way (the worker's link went down, its connection was
+closed) loses the message. A worker that consumes one queue takes it with BLMOVE instead, into its
+in-flight list (:func:`fleet.keys.inflight`), and drops it from there in the same transaction that
+records it as unacked. Whatever else is in that list was lost on the way: the worker puts it back on
+its queue at its next delivery, and the reaper (:mod:`fleet.recovery`) puts back the contents of any
+in-flight list idle for ``recovery.orphan_after_s``. The same idea as Sidekiq Pro's super_fetch.
+A worker on several queues keeps kombu's BRPOP (one BLMOVE takes from one list).
 """
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import loads
 
-__all__ = ["Channel", "Transport"]
+from fleet import keys
 
-#: kombu's own client factory (private, and absent from the stubs).
-_kombu_create_client: Any = kombu_redis.Channel._create_client  # type: ignore[attr-defined]
+__all__ = ["Channel", "QoS", "Transport", "give_back"]
+
+#: kombu's Redis transport, most of which its type stubs leave out.
+_kombu: Any = kombu_redis
+#: kombu's own client factory (private).
+_kombu_create_client: Any = _kombu.Channel._create_client
 
 
-class Channel(kombu_redis.Channel):
+def give_back(client: Any, inflight_key: str) -> int:
+    """Put every message of an in-flight list back at the head of its queue (the end consumers
+    take from, as kombu's own restore does); how many."""
+    queue = keys.inflight_parts(inflight_key)[1]
+    moved = 0
+    while client.lmove(inflight_key, queue, "RIGHT", "RIGHT") is not None:
+        moved += 1
+    return moved
+
+
+class QoS(_kombu.QoS):  # type: ignore[misc]
+    def append(self, message: Any, delivery_tag: str) -> None:
+        fetched = self.channel._fetched
+        if fetched is None:
+            super().append(message, delivery_tag)
+            return
+        inflight_key, raw = fetched
+        delivery = message.delivery_info
+        record = _kombu.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        # kombu's unacked record and the in-flight copy's removal, in one transaction.
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: _kombu.time()})
+            pipe.hset(self.unacked_key, delivery_tag, record)
+            pipe.lrem(inflight_key, 1, raw)
+            pipe.llen(inflight_key)
+            *_, left = pipe.execute()
+        _kombu.virtual.QoS.append(self, message, delivery_tag)
+        if left:
+            # Nothing else can be in flight on this channel now: these replies were lost.
+            _kombu.logger.warning(
+                "reliable fetch: %d message(s) whose delivery to this worker was lost: back on %s",
+                give_back(self.channel.client, inflight_key), keys.inflight_parts(inflight_key)[1],
+            )  # fmt: skip
+
+
+class Channel(_kombu.Channel):  # type: ignore[misc]
+    QoS = QoS
+    from_transport_options = (*_kombu.Channel.from_transport_options, "fleet_reliable_fetch")
     _sync_client: Any = None
+    #: Take messages with BLMOVE into an in-flight list (set from the transport options).
+    fleet_reliable_fetch = False
+    #: The queue a BLMOVE is outstanding for, and (in-flight key, raw message) while it is delivered.
+    _fetching: str | None = None
+    _fetched: tuple[str, bytes] | None = None
+    _indexed: frozenset[str] = frozenset()
+    #: Queues consumed without acks.
+    _fleet_noack: frozenset[str] = frozenset()
 
     def _create_client(self, asynchronous: bool = False) -> Any:
-        if asynchronous:  # BRPOP and pub/sub hold their connection: one client each, as before
-            return _kombu_create_client(self, asynchronous=True)
-        pool = self.pool
-        client = self._sync_client
-        if client is None or client.connection_pool is not pool:
-            client = self._sync_client = _kombu_create_client(self)
-        return client
+        try:
+            if asynchronous:  # BRPOP and pub/sub hold their connection: one client each, as before
+                return _kombu_create_client(self, asynchronous=True)
+            pool = self.pool
+            client = self._sync_client
+            if client is None or client.connection_pool is not pool:
+                client = self._sync_client = _kombu_create_client(self)
+            return client
+        except AttributeError as exc:
+            # A channel whose connection closed (the broker went away) has no parameters to build a
+            # pool from: kombu raised AttributeError, which Celery takes for an unrecoverable error
+            # and exits on. It is a connection error: the consumer reconnects.
+            raise redis.ConnectionError(f"the broker connection is closed ({exc})") from exc
+
+    def _fetch_queue(self) -> str | None:
+        """The one queue this channel consumes, when reliable fetch applies to it."""
+        if not self.fleet_reliable_fetch or len(self.active_queues) != 1 or self.global_keyprefix:
+            return None
+        if list(self.priority_steps) != [0]:
+            return None
+        queue = str(next(iter(self.active_queues)))
+        # A consumer without acks (Celery's pidbox replies) never records its messages as unacked.
+        return None if queue in self._fleet_noack else queue
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("no_ack", args[0] if args else False):
+            self._fleet_noack = self._fleet_noack | {queue}
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queue = self._fetch_queue()
+        if queue is None:
+            super()._brpop_start(timeout)
+            return
+        from fleet.recovery import worker_id  # deferred: recovery imports the middleware package
+
+        inflight_key = keys.inflight(worker_id(), queue)
+        if inflight_key not in self._indexed:
+            self.client.sadd(keys.inflight_index(), inflight_key)
+            self._indexed = self._indexed | {inflight_key}
+        self._fetching = queue
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        wait = self.brpop_timeout if timeout is None else timeout
+        self.client.connection.send_command("BLMOVE", queue, inflight_key, "RIGHT", "LEFT", wait or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        queue = self._fetching
+        if queue is None:
+            return bool(super()._brpop_read(**options))
+        from fleet.recovery import worker_id
+
+        try:
+            try:
+                raw = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if raw is None:
+                raise _kombu.Empty()
+            self._fetched = (keys.inflight(worker_id(), queue), raw)
+            try:
+                self.connection._deliver(loads(_kombu.bytes_to_str(raw)), queue)
+            finally:
+                self._fetched = None
+            return True
+        finally:
+            self._fetching = None
+            self._in_poll = None
+            self._flush_brpop_reauth()
 
 
-class Transport(kombu_redis.Transport):
+class Transport(_kombu.Transport):  # type: ignore[misc]
     Channel = Channel

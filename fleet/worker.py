@@ -7,12 +7,20 @@ import importlib.util
 from typing import Any
 
 import celery.concurrency
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from kombu.transport import TRANSPORT_ALIASES as _TRANSPORT_ALIASES
 
 from fleet import tasks as _tasks  # noqa: F401 - registers the tasks on the app
 from fleet.app import app
+from fleet.deadletters import DeadLetters
 from fleet.errors import ConfigError
+from fleet.recovery import worker_id
 from fleet.runtime import get_runtime, reset_runtime
 
 __all__ = ["app", "worker_argv"]
@@ -22,16 +30,24 @@ _POOL_ALIASES: dict[str, str] = celery.concurrency.ALIASES  # type: ignore[attr-
 _POOL_ALIASES["threads"] = "fleet.pool:ResizableThreadPool"
 # One Redis client per connection pool for kombu's commands, not one per ack and publish.
 _TRANSPORT_ALIASES["redis"] = _TRANSPORT_ALIASES["rediss"] = "fleet.transport:Transport"
+# On RabbitMQ, the escalations worker turns dead letters into escalations (fleet/deadletters.py).
+app.steps["consumer"].add(DeadLetters)
 
 
 @worker_init.connect
 def _before_worker_boot(sender: Any = None, **_: Any) -> None:
+    worker_id()  # fixed in the main process, before the pool forks: its children are this worker
     get_runtime().emit("before_worker_boot", sender)
 
 
 @worker_ready.connect
 def _after_worker_boot(**_: Any) -> None:
     get_runtime().emit("after_worker_boot")
+
+
+@worker_shutdown.connect
+def _before_worker_shutdown(**_: Any) -> None:
+    get_runtime().emit("before_worker_shutdown")
 
 
 @worker_process_init.connect

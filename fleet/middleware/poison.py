@@ -3,7 +3,9 @@
 Redis only says a message was "redelivered", not how often (SQS's maxReceiveCount is the model), so
 the count lives in Redis and is taken with the job's start. Past the limit the job goes to people
 (``poison_message``) instead of looping. A late copy of a finished job and a copy waiting for another
-worker's lock are not counted: the start checks those first.
+worker's lock are not counted: the start checks those first. A redelivery that went back to its
+queue behind a lock (the lock of the pool process that just died running it, say) is counted when
+its copy runs (``JobEnvelope.uncounted_redelivery``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fleet.errors import Reason
-from fleet.middleware.base import Finish, Job, Middleware
+from fleet.middleware.base import Finish, Job, Middleware, Requeue
 from fleet.middleware.start import StartAnswer, StartPlan
 from fleet.models import TaskResult
 
@@ -27,14 +29,20 @@ class PoisonGuard(Middleware):
         self.hand_over = hand_over
 
     def before_start(self, job: Job, plan: StartPlan) -> None:
-        if job.redelivered:
+        if job.redelivered or job.envelope.uncounted_redelivery:
             plan.count_delivery = True
             plan.max_deliveries = self.max_deliveries
 
     def after_start(self, job: Job, answer: StartAnswer) -> None:
+        job.notes["counted"] = "1"
+        job.envelope.uncounted_redelivery = False
         if answer.state == "poison":
             detail = (
                 f"delivered {answer.deliveries} times without finishing "
                 "(the worker died or was killed each time)"
             )
             raise Finish(self.hand_over(job, Reason.POISON_MESSAGE, detail))
+
+    def on_requeue(self, job: Job, requeue: Requeue) -> None:
+        if "counted" not in job.notes:
+            job.envelope.uncounted_redelivery = job.redelivered or job.envelope.uncounted_redelivery

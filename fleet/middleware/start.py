@@ -142,6 +142,8 @@ class MemoryJobs:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     deliveries: dict[str, int] = field(default_factory=dict)
     costs: list[dict[str, str]] = field(default_factory=list)
+    #: Seconds left on each lock (no clock runs here: a lock set without one reads as about to lapse).
+    lock_left: dict[str, float] = field(default_factory=dict)
     #: Counters in hashes (quality counts): key -> field -> count.
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -152,6 +154,7 @@ class MemoryJobs:
             if self.locks.get(task_id) != owner:
                 return False
             del self.locks[task_id]
+            self.lock_left.pop(task_id, None)
             return True
 
 
@@ -169,9 +172,10 @@ class MemoryJobStarter:
                 return StartAnswer("done")
             holder = jobs.locks.get(task_id)
             if plan.lock_owner and holder is not None:
-                return StartAnswer("locked", holder=holder, holder_ttl_s=plan.lock_ttl_ms / 1000.0)
+                return StartAnswer("locked", holder=holder, holder_ttl_s=jobs.lock_left.get(task_id, 0.0))
             if plan.lock_owner:
                 jobs.locks[task_id] = plan.lock_owner
+                jobs.lock_left[task_id] = plan.lock_ttl_ms / 1000.0
             deliveries = 1
             if plan.count_delivery:
                 jobs.deliveries[task_id] = jobs.deliveries.get(task_id, 0) + 1

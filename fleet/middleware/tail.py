@@ -1,29 +1,39 @@
 """A job's last writes, sent in one round trip when its delivery ends: its result (and the PUBLISH
-that wakes a waiting producer), its cost line, the tpm corrections of its calls, its lock's release.
+that wakes a waiting producer), its cost line, the tpm corrections of its calls, quality counts, and
+its lock's release.
 
-:class:`RedisTail` queues them on one pipeline; :class:`MemoryTail` applies them to a
+They are applied only while the job is still this run's (``fleet/lua/job_finish.lua``): a run whose
+worker was judged dead (a partition, a stall) and whose job another worker took over writes nothing,
+so no result is written twice. A broker that is away when they are sent is waited for, up to
+``broker.outage_grace_s``: the results of calls in flight are written when it returns.
+
+:class:`RedisTail` sends them with one EVALSHA; :class:`MemoryTail` applies them to a
 :class:`fleet.middleware.start.MemoryJobs`, for unit tests.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from fleet import keys
+from fleet import keys, scripts
 from fleet.costs import MAX_RECORDS
 from fleet.errors import BrokerError
 from fleet.limits import Bucket, MemoryLimiter
 from fleet.middleware.start import MemoryJobs
-from fleet.scripts import source
 
-__all__ = ["MemoryTail", "RedisTail", "Tail"]
+__all__ = ["Flushed", "MemoryTail", "RedisTail", "Tail"]
 
 log = logging.getLogger(__name__)
 
-#: How a result is written: Celery's result-backend format, on the tail's pipeline.
-ResultWriter = Callable[[Any, str, dict[str, Any]], None]
+#: What a flush did: "written" (with a result), "sent" (no result queued), "superseded" (another
+#: worker owns the job now: nothing written).
+Flushed = Literal["written", "sent", "superseded"]
+#: Seconds between tries while the broker is away (doubling up to the cap).
+_RETRY_S, _RETRY_CAP_S = 0.25, 4.0
 
 
 class Tail(Protocol):
@@ -38,75 +48,99 @@ class Tail(Protocol):
     def adjust(self, bucket: Bucket, delta: float) -> None:
         """Correct a rate-limit reservation by ``delta`` units."""
 
-    def release(self, task_id: str) -> None:
-        """Release the job's lock."""
-
     def incr(self, key: str, field: str, by: int, ttl_s: int) -> None:
         """Add ``by`` to a counter in a hash, which lives ``ttl_s`` seconds."""
 
-    def flush(self) -> bool:
-        """Send everything queued; whether a result was queued and written."""
+    def guard(self, task_id: str, owner: str) -> None:
+        """Apply the writes only while ``owner`` holds the job's lock (then release it)."""
+
+    def flush(self) -> Flushed:
+        """Send everything queued.
+
+        Raises:
+            BrokerError: the broker stayed away longer than the grace period.
+        """
         ...
 
 
 class RedisTail:
-    """The job's last writes on one Redis pipeline (one round trip)."""
+    """The job's last writes as one guarded script call (``job_finish.lua``)."""
 
-    def __init__(self, client: Any, write_result: ResultWriter) -> None:
-        self._pipe = client.pipeline(transaction=False)
-        self._write_result = write_result
-        self._result_at: int | None = None
-        self._what: list[str] = []
-
-    def _queued(self, what: str) -> None:
-        self._what.extend([what] * (len(self._pipe) - len(self._what)))
+    def __init__(
+        self,
+        client: Any,
+        encode_result: Callable[[str, dict[str, Any]], tuple[str, str, int | None]],
+        *,
+        grace_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client = client
+        self._script = scripts.register(client, "job_finish")
+        #: (key, value, expiry) of a task's result, as Celery's backend stores it.
+        self._encode_result = encode_result
+        self._ops: list[list[Any]] = []
+        self._task_id = ""
+        self._owner = ""
+        self._has_result = False
+        self.grace_s = grace_s
+        self._sleep = sleep
 
     def store_result(self, task_id: str, result: dict[str, Any]) -> None:
-        self._result_at = len(self._pipe)
-        self._write_result(self._pipe, task_id, result)
-        self._queued("result")
+        key, value, expires = self._encode_result(task_id, result)
+        self._ops.append(["SET", key, value, "EX", expires] if expires else ["SET", key, value])
+        self._ops.append(["PUBLISH", key, value])
+        self._task_id, self._has_result = task_id, True
 
     def append_cost(self, fields: dict[str, str]) -> None:
-        self._pipe.xadd(keys.costs(), fields, maxlen=MAX_RECORDS, approximate=True)
-        self._queued("cost line")
+        flat = [item for pair in fields.items() for item in pair]
+        self._ops.append(["XADD", keys.costs(), "MAXLEN", "~", MAX_RECORDS, "*", *flat])
 
     def adjust(self, bucket: Bucket, delta: float) -> None:
         if delta:
-            # EVAL, not EVALSHA: a pipeline would check SCRIPT EXISTS in a round trip of its own.
-            self._pipe.eval(source("adjust"), 1, bucket.key, bucket.emission_ms, delta)
-            self._queued("tpm correction")
-
-    def release(self, task_id: str) -> None:
-        self._pipe.delete(keys.running(task_id))
-        self._queued("lock release")
+            self._ops.append(["ADJUST", bucket.key, bucket.emission_ms, delta])
 
     def incr(self, key: str, field: str, by: int, ttl_s: int) -> None:
-        self._pipe.hincrby(key, field, by)
-        self._pipe.expire(key, ttl_s)
-        self._queued("count")
+        self._ops.append(["HINCRBY", key, field, by])
+        self._ops.append(["EXPIRE", key, ttl_s])
 
-    def flush(self) -> bool:
-        """Raises BrokerError: the broker is down (nothing of this tail was written)."""
-        if not len(self._pipe):
-            return False
-        answers = self._pipe.execute(raise_on_error=False)
-        for what, answer in zip(self._what, answers, strict=False):
-            if isinstance(answer, Exception):  # a cost line or a correction that failed: the job goes on
-                log.warning("a job's last write (%s) failed: %s", what, answer)
-        at = self._result_at
-        return at is not None and not isinstance(answers[at], Exception)
+    def guard(self, task_id: str, owner: str) -> None:
+        self._task_id, self._owner = task_id, owner
+
+    def flush(self) -> Flushed:
+        if not self._ops and not self._owner:
+            return "sent"
+        script_keys = [keys.running(self._task_id), keys.result(self._task_id)]
+        args = [self._owner, json.dumps(self._ops, separators=(",", ":"))]
+        deadline, delay = time.monotonic() + self.grace_s, _RETRY_S
+        while True:
+            try:
+                answer = self._script(keys=script_keys, args=args, client=self._client)
+                break
+            except BrokerError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "task %s: the broker is away (%s); its last writes wait for it", self._task_id, exc
+                )
+                self._sleep(delay)
+                delay = min(_RETRY_CAP_S, delay * 2)
+        if (answer.decode() if isinstance(answer, bytes) else str(answer)) == "superseded":
+            log.warning("task %s: another worker took it over; this run's writes were dropped", self._task_id)
+            return "superseded"
+        return "written" if self._has_result else "sent"
 
 
 class MemoryTail:
-    """The job's last writes applied to memory state (for unit tests)."""
+    """The job's last writes applied to memory state (for unit tests), guarded as the script is."""
 
     def __init__(self, jobs: MemoryJobs, limiter: MemoryLimiter | None = None, *, fail: bool = False) -> None:
         self.jobs = jobs
         self.limiter = limiter
-        #: A broker that is down: flush raises, as RedisTail's would.
+        #: A broker that is down: flush raises, as RedisTail's would after its grace period.
         self.fail = fail
         self._ops: list[Callable[[], None]] = []
         self._has_result = False
+        self._guard: tuple[str, str] | None = None
 
     def store_result(self, task_id: str, result: dict[str, Any]) -> None:
         self._has_result = True
@@ -127,17 +161,24 @@ class MemoryTail:
 
         self._ops.append(incr)
 
-    def release(self, task_id: str) -> None:
-        def release() -> None:
-            self.jobs.locks.pop(task_id, None)
+    def guard(self, task_id: str, owner: str) -> None:
+        self._guard = (task_id, owner)
 
-        self._ops.append(release)
-
-    def flush(self) -> bool:
+    def flush(self) -> Flushed:
         if self.fail:
             raise BrokerError("the broker (memory) is down")
         with self.jobs.lock:
+            if self._guard is not None:
+                task_id, owner = self._guard
+                holder = self.jobs.locks.get(task_id)
+                if (holder is not None and holder != owner) or (
+                    holder is None and task_id in self.jobs.results
+                ):
+                    return "superseded"
             for op in self._ops:
                 op()
+            if self._guard is not None:
+                self.jobs.locks.pop(self._guard[0], None)
+                self.jobs.lock_left.pop(self._guard[0], None)
         self._ops.clear()
-        return self._has_result
+        return "written" if self._has_result else "sent"

@@ -75,4 +75,5 @@ def build_provider(name: str, settings: Settings, client: httpx.Client) -> Provi
         client,
         connect_timeout_s=cfg.connect_timeout_s,
         read_timeout_s=cfg.read_timeout_s,
+        name_caller=settings.mock.enabled,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -162,6 +163,7 @@ class HTTPProvider:
         *,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 60.0,
+        name_caller: bool = False,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -169,6 +171,9 @@ class HTTPProvider:
         self._client = client
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        #: Send ``x-fleet-caller: <pid>`` (to the mock provider only: chaos runs tell a call whose
+        #: caller died from two live runs of one job by it).
+        self.name_caller = name_caller
 
     def __repr__(self) -> str:
         # The key is deliberately absent: reprs end up in logs and tracebacks.
@@ -183,6 +188,8 @@ class HTTPProvider:
     def _post(self, url: str, request: ChatRequest, headers: dict[str, str], payload: Any) -> httpx.Response:
         """POST ``payload`` as JSON; transport failures become ProviderTimeout/ProviderConnectionError."""
         timeout = self._timeout(request)
+        if self.name_caller:
+            headers = {**headers, "x-fleet-caller": str(os.getpid())}
         try:
             return self._client.post(url, json=payload, headers=headers, timeout=timeout)
         except httpx.TimeoutException as exc:

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from fleet import keys
 from fleet.embedded import EmbeddedBroker
 from fleet.escalations import EscalationStore, RedisEscalationStore
 from fleet.models import TaskResult
@@ -87,6 +88,18 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) 
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def kill_worker_mid_call(fleet: ChaosFleet, queue: str = "mini") -> tuple[str, float]:
+    """Submit a job pinned to ``queue``, SIGKILL that queue's whole worker once the job runs (no chance
+    to give anything back), and restart it as `fleet up` does; the job's id and when it was killed."""
+    task_id = fleet.client.submit({"prompt": "Rename variable n to count", "tier": queue})
+    wait_for(lambda: fleet.client.redis.exists(keys.running(task_id)), 20, "the job to start")
+    killed_at = time.monotonic()
+    fleet.supervisor.pools[queue].signal(signal.SIGKILL)
+    wait_for(lambda: not fleet.supervisor.pools[queue].alive(), 5, "the worker to die")
+    fleet.supervisor.check()
+    return task_id, killed_at
 
 
 def kill(pid: int, sig: int = signal.SIGKILL) -> None:

@@ -41,31 +41,28 @@ def fleet(prefork_fleet: ChaosFleet) -> Iterator[ChaosFleet]:
     yield prefork_fleet
 
 
-def _lock_holder(fleet: ChaosFleet, task_id: str) -> int:
-    """Pid of the process running ``task_id`` (the execution lock says "host:pid")."""
+def _wait_running(fleet: ChaosFleet, task_id: str) -> str:
+    """The identity of the worker running ``task_id`` (its lock's holder: "host:pid:nonce")."""
+    wait_for(lambda: fleet.client.redis.exists(keys.running(task_id)), 15, f"task {task_id} to start")
     raw = fleet.client.redis.get(keys.running(task_id))
     assert raw is not None
-    return int(raw.split(b":")[-1])
-
-
-def _wait_running(fleet: ChaosFleet, task_id: str) -> int:
-    wait_for(lambda: fleet.client.redis.exists(keys.running(task_id)), 15, f"task {task_id} to start")
-    return _lock_holder(fleet, task_id)
+    return str(raw.decode())
 
 
 def test_pool_process_killed_mid_call_the_job_is_redelivered_and_completes_once(fleet: ChaosFleet) -> None:
     # Given a job in flight in a prefork child (the model call takes 1 s)
     fleet.mock_config(latency_ms=1000)
     task_id = fleet.client.submit({"prompt": "Rename variable n to count", "tier": "mini"})
-    child = _wait_running(fleet, task_id)
-    assert child in fleet.pool_children("mini")
+    holder = _wait_running(fleet, task_id)
+    assert holder.split(":")[1] == str(fleet.supervisor.pools["mini"].pid)  # the worker, not a child
 
-    # When that child is SIGKILLed mid-call
+    # When the pool's children are SIGKILLed mid-call (the main process lives on)
     started = time.monotonic()
-    kill(child)
+    for child in fleet.pool_children("mini"):
+        kill(child)
 
-    # Then the job is requeued at once (reject_on_worker_lost), the dead child's lock does not hold
-    # it back, and it completes: one final result for the producer
+    # Then the job is requeued at once (reject_on_worker_lost), its lock does not hold it back (the
+    # worker's heartbeat no longer lists it as running), and it completes: one final result
     result = fleet.client.result(task_id, timeout=20)
     assert result.status == "completed"
     assert time.monotonic() - started < 15  # not the lock's TTL (50 s), not a visibility timeout

@@ -56,12 +56,14 @@ def test_config_show_masks_secrets(fleet: RunningFleet) -> None:
     env = fleet.env()
     env["OPENAI_API_KEY"] = "sk-canary-0123456789"
     env["FLEET_REDIS_URL"] = "redis://:hunter2-canary@127.0.0.1:1/0"
+    env["FLEET_BROKER_URL"] = "amqp://fleet:hunter2-canary@127.0.0.1:5672/"
     shown = run(["config", "show", "--json"], env)
     assert shown.returncode == 0, shown.stderr
     assert "sk-canary" not in shown.stdout and "hunter2-canary" not in shown.stdout
     data = json.loads(shown.stdout)
     assert data["providers"]["openai"]["api_key"] == "***"
-    assert data["broker"]["url"] == "redis://:***@127.0.0.1:1/0"
+    assert data["broker"]["redis_url"] == "redis://:***@127.0.0.1:1/0"
+    assert data["broker"]["url"] == "amqp://fleet:***@127.0.0.1:5672/"
 
 
 def test_bad_config_names_the_file_and_key(fleet: RunningFleet, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -76,8 +76,13 @@ def twin(request: pytest.FixtureRequest, clean_redis: redis.Redis, broker_url: s
     jobs = MemoryJobs()
     yield Twin(
         limiter, memory_breaker, MemoryJobStarter(jobs, limiter), advance,
-        lambda t: jobs.results.__setitem__(t, {}), lambda t, owner: jobs.locks.__setitem__(t, owner),
+        lambda t: jobs.results.__setitem__(t, {}), lambda t, owner: _hold(jobs, t, owner),
     )  # fmt: skip
+
+
+def _hold(jobs: MemoryJobs, task_id: str, owner: str) -> None:
+    jobs.locks[task_id] = owner
+    jobs.lock_left[task_id] = 60.0
 
 
 def _bucket(per_minute: float, burst: float = 1.0, cost: float = 1.0) -> Bucket:

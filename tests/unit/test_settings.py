@@ -46,7 +46,12 @@ def test_env_overrides_use_toml_values() -> None:
         env={"FLEET_QUEUES__FULL__CONCURRENCY": "9", "FLEET_REDIS_URL": "redis://h:6379/2"}
     )
     assert settings.queues["full"].concurrency == 9
-    assert settings.broker.url == "redis://h:6379/2"
+    assert settings.broker.redis_url == "redis://h:6379/2"
+    rabbit = load_settings(
+        env={"FLEET_BROKER_URL": "amqp://guest:pw@rabbit:5672//", "FLEET_REDIS_URL": "redis://h"}
+    )
+    assert (rabbit.broker.url, rabbit.broker.redis_url) == ("amqp://guest:pw@rabbit:5672//", "redis://h")
+    assert rabbit.masked()["broker"]["url"] == "amqp://guest:***@rabbit:5672//"
 
 
 def test_api_keys_come_from_the_named_variable_and_are_masked() -> None:

@@ -72,7 +72,9 @@ class Harness:
             self.settings, providers=scripted, breaker=self.breaker, limiter=self.limiter,  # type: ignore[arg-type]
             sleep=self.slept.append,
         )  # fmt: skip
-        self.lock = JobLock(self.jobs.drop, owner=lambda: owner)
+        #: Workers whose heartbeat is live, and the jobs each runs (the test's say).
+        self.live: dict[str, set[str]] = {owner: set()}
+        self.lock = JobLock(self.jobs.drop, self.holds, owner=lambda: owner)
         self.middlewares: list[Middleware] = [
             self.lock,
             PoisonGuard(self.settings.limits.max_deliveries, self.hand_over),
@@ -84,6 +86,10 @@ class Harness:
             self.middlewares, MemoryJobStarter(self.jobs, self.limiter), self.chain, self.hand_over,
             self.settings.limits,
         )  # fmt: skip
+
+    def holds(self, holder: str, task_id: str, age_s: float) -> bool:
+        worker = holder.partition("#")[0]  # a lock names "worker#retries"
+        return worker in self.live and (task_id in self.live[worker] or age_s < 4.0)
 
     def hand_over(self, job: Job, reason: Reason, detail: str) -> TaskResult:
         self.escalations.append((job.id, reason, detail))

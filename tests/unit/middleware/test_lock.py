@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.middleware.base import Requeue, Skip
+from fleet.middleware.base import Job, Middleware, Requeue, Skip
 
 from .harness import Harness
 
@@ -22,8 +22,9 @@ def test_a_finished_job_is_skipped_and_takes_no_lock() -> None:
 
 
 def test_a_job_another_host_runs_waits_in_its_queue() -> None:
-    # Given the job's lock held by a worker on another machine
+    # Given the job's lock held by a worker on another machine, whose heartbeat says it runs the job
     h = Harness()
+    h.live["host-b:42"] = {"t1"}
     h.jobs.locks["t1"] = "host-b:42"
     # When a copy is delivered here, Then it goes back to its queue (bounded wait), the lock untouched
     with pytest.raises(Requeue) as info:
@@ -32,12 +33,10 @@ def test_a_job_another_host_runs_waits_in_its_queue() -> None:
     assert h.jobs.locks == {"t1": "host-b:42"}
 
 
-def test_the_lock_of_a_dead_local_holder_is_dropped() -> None:
-    # Given the lock held by a process of this machine that no longer exists
-    import socket
-
-    h = Harness(owner=f"{socket.gethostname()}:1")
-    h.jobs.locks["t1"] = f"{socket.gethostname()}:999999999"
+def test_the_lock_of_a_dead_holder_is_taken_over() -> None:
+    # Given the lock held by a worker (on any machine) whose heartbeat lapsed
+    h = Harness()
+    h.jobs.locks["t1"] = "host-b:42"
     h.jobs.deliveries["t1"] = h.settings.limits.max_deliveries - 1
     # When its redelivery arrives, Then the dead holder's lock is dropped and this delivery takes it,
     # counted as a delivery (a job that kills every worker must still reach the poison limit)
@@ -57,7 +56,33 @@ def test_a_lock_whose_release_failed_is_released_before_the_next_job() -> None:
     # Given a job whose last writes could not go out (the broker was down)
     h = Harness()
     ran = h.runner.run(h.job(fail_flush=True))
-    assert not ran.written and h.jobs.locks == {"t1": "host-a:1"}
+    assert not ran.written and h.jobs.locks == {"t1": "host-a:1#0"}  # "worker#retries"
     # When this process starts its next job, Then the stale lock is released first
     h.runner.run(h.job(task_id="t2"))
     assert "t1" not in h.jobs.locks
+
+
+def test_a_live_worker_that_no_longer_runs_the_job_loses_its_lock() -> None:
+    # Given the lock held by a live worker whose heartbeat no longer lists the job (its pool child
+    # died), and which took it long enough ago to have beaten since
+    h = Harness()
+    h.live["host-b:42"] = set()
+    h.jobs.locks["t1"] = "host-b:42"
+    ran = h.runner.run(h.job(tier="standard"))  # the lock's TTL (timeout + 30 s) is far from fresh
+    assert ran.result.status == "completed" and "t1" not in h.jobs.locks
+
+
+def test_a_run_whose_job_was_taken_over_writes_nothing() -> None:
+    # Given a run that took the lock, and another worker that took the job over meanwhile
+    h = Harness()
+
+    class TakeOver(Middleware):
+        def before_call(self, job: Job) -> None:
+            h.jobs.locks[job.id] = "host-b:42"  # the other worker judged this one dead
+
+    h.middlewares.insert(1, TakeOver())
+    h.runner.middlewares = h.middlewares
+    ran = h.runner.run(h.job())
+    # Then its last writes (result, cost line) are dropped, and the other worker's lock stays
+    assert ran.flushed == "superseded" and not ran.written
+    assert "t1" not in h.jobs.results and h.jobs.costs == [] and h.jobs.locks == {"t1": "host-b:42"}

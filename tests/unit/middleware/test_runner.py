@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.errors import Reason, ServerError
+from fleet.errors import BrokerError, Reason, ServerError
+from fleet.escalations import EscalationRecord, MemoryEscalationStore, NewEscalation
+from fleet.handoff import Handoff
 from fleet.middleware.base import Middleware, Requeue
 from fleet.models import Attempt, JobEnvelope, RoutingDecision, TaskResult, Tier
 from fleet.providers import ChatRequest, ChatResponse
@@ -77,3 +79,37 @@ def test_a_middleware_can_replace_the_result_after_the_call() -> None:
     h = Harness(extra=[Shout()])
     ran = h.runner.run(h.job())
     assert ran.result.answer == "FINE" and h.jobs.results["t1"]["answer"] == "FINE"
+
+
+class _ReplyLost(MemoryEscalationStore):
+    """A store whose first create is applied but whose reply never arrives (the broker died after
+    EXEC), as a worker sees it: BrokerError."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = 0
+
+    def create(self, new: NewEscalation) -> tuple[EscalationRecord, bool]:
+        made = super().create(new)
+        if not self.lost:
+            self.lost += 1
+            raise BrokerError("connection lost")
+        return made
+
+
+def test_a_hand_off_whose_write_was_cut_off_is_recorded_once_and_announced() -> None:
+    # Given every provider failing, and the broker dying while the escalation is being written
+    down = {"openai": [_down], "anthropic": [_down], "groq": [_down]}
+    h = Harness(providers=down)
+    h.store = _ReplyLost()
+    h.handoff = Handoff(h.store, announce=h.announced.append)
+    # When the delivery fails with the broker error (its message goes back to the queue; FleetTask)
+    with pytest.raises(BrokerError):
+        h.runner.run(h.job())
+    assert "t1" not in h.jobs.results and h.jobs.locks == {}
+    # And the job is delivered again
+    ran = h.runner.run(h.job(redelivered=True))
+    # Then there is one escalation, the one the result names, and it was announced (once)
+    [record] = h.store.list()
+    assert ran.result.status == "escalated" and ran.result.escalation_id == record.id
+    assert h.announced == [record.id]

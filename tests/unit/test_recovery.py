@@ -1,0 +1,183 @@
+"""Recovery's parts on a real Redis: a lock holder judged by its heartbeat, the reaper of orphaned
+unacked messages and of in-flight lists, and reliable fetch in the fleet's kombu transport."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+from kombu.message import Message
+
+from fleet import keys
+from fleet.recovery import Beat, Liveness, Reaper, restore_orphan, worker_id
+from fleet.transport import Transport
+
+from ..conftest import flush_fleet_keys, other_db_url
+
+TTL_S = 12.0
+
+
+@pytest.fixture
+def quiet_url(broker_url: str) -> str:
+    """A database no test fleet's workers consume from (they would take the messages put back)."""
+    return other_db_url(other_db_url(other_db_url(broker_url)))
+
+
+@pytest.fixture
+def clean_redis(quiet_url: str) -> Iterator[redis.Redis]:
+    flush_fleet_keys(quiet_url)
+    client = redis.Redis.from_url(quiet_url)
+    yield client
+    client.close()
+
+
+def _beat(client: redis.Redis, worker: str, jobs: list[str], tags: list[str] | None = None) -> None:
+    client.set(keys.worker(worker), Beat(worker, time.time(), tags or [], jobs).dumps(), px=int(TTL_S * 1000))
+    client.sadd(keys.workers(), worker)
+
+
+class TestLiveness:
+    def test_a_holder_without_a_heartbeat_is_gone(self, clean_redis: redis.Redis) -> None:
+        assert not Liveness(clean_redis, TTL_S).holds("host:1:aa#0", "t1", 0.1)
+
+    def test_a_holder_whose_heartbeat_lists_the_job_holds_it(self, clean_redis: redis.Redis) -> None:
+        _beat(clean_redis, "host:1:aa", ["t1@0"])
+        assert Liveness(clean_redis, TTL_S).holds("host:1:aa#0", "t1", 600.0)
+
+    def test_a_heartbeat_written_after_the_lock_without_the_job_proves_it_stale(
+        self, clean_redis: redis.Redis
+    ) -> None:
+        # Given a live worker whose latest heartbeat (just now) does not list the job
+        _beat(clean_redis, "host:1:aa", ["other@0"])
+        live = Liveness(clean_redis, TTL_S)
+        # Then a lock it took 5 s ago is stale (its pool process died), but one it took just now is
+        # not judged yet: the heartbeat may predate it
+        assert not live.holds("host:1:aa#0", "t1", 5.0)
+        assert live.holds("host:1:aa#0", "t1", 0.2)
+
+    def test_a_lock_names_its_delivery_and_a_later_copy_does_not_vouch_for_it(
+        self, clean_redis: redis.Redis
+    ) -> None:
+        # Given a worker that took the lock for the job's first delivery (its pool process died since),
+        # and now holds a requeued copy of the same job (Celery's retry: retries 1, waiting for its
+        # countdown)
+        _beat(clean_redis, "host:1:aa", ["t1@1"])
+        live = Liveness(clean_redis, TTL_S)
+        # Then the first delivery's lock is stale once a heartbeat written after it leaves it out; a
+        # lock of the copy is held
+        assert not live.holds("host:1:aa#0", "t1", 5.0)
+        assert live.holds("host:1:aa#1", "t1", 5.0)
+
+
+class TestReaper:
+    def _unacked(self, client: redis.Redis, tag: str, age_s: float) -> None:
+        payload = json.dumps([{"body": "x", "properties": {"delivery_tag": tag}}, "fleet", "mini"])
+        client.hset("unacked", tag, payload)
+        client.zadd("unacked_index", {tag: time.time() - age_s})
+
+    def test_only_old_messages_no_live_worker_holds_are_restored(self, clean_redis: redis.Redis) -> None:
+        # Given three unacked messages: one held by a live worker, one young, one orphaned
+        self._unacked(clean_redis, "held", 60)
+        self._unacked(clean_redis, "young", 1)
+        self._unacked(clean_redis, "orphan", 60)
+        _beat(clean_redis, "host:1:aa", ["t1"], tags=["held"])
+        clean_redis.sadd(keys.workers(), "host:2:gone")  # a worker whose heartbeat lapsed
+        restored: list[str] = []
+        # When the reaper runs
+        count = Reaper(clean_redis, restored.append, orphan_after_s=12).reap()
+        # Then only the orphan goes back, and the lapsed worker leaves the set
+        assert restored == ["orphan"] and count == 1
+        assert clean_redis.smembers(keys.workers()) == {b"host:1:aa"}
+
+    def test_an_idle_in_flight_list_goes_back_on_its_queue(self, clean_redis: redis.Redis) -> None:
+        # Given a message lost on its way to a worker (in its in-flight list), and a fresh one
+        lost = keys.inflight("host:3:bb", "reaper-test")  # a queue no session worker consumes
+        clean_redis.lpush(lost, "lost-message")
+        clean_redis.sadd(keys.inflight_index(), lost, keys.inflight("host:4:cc", "fast"))
+        # When the reaper runs before the list has been idle long enough, nothing moves
+        assert Reaper(clean_redis, lambda tag: None, orphan_after_s=12).reap() == 0
+        assert clean_redis.llen("reaper-test") == 0
+        # Then once it is idle past orphan_after_s, its message is back on its queue, and the empty
+        # list of a worker that is gone leaves the index
+        assert Reaper(clean_redis, lambda tag: None, orphan_after_s=0).reap() == 1
+        assert clean_redis.lrange("reaper-test", 0, -1) == [b"lost-message"]
+        assert not clean_redis.exists(lost)
+        assert clean_redis.smembers(keys.inflight_index()) == {lost.encode()}
+
+
+def test_an_orphan_goes_back_under_a_new_tag_so_a_late_ack_of_the_old_one_is_harmless(
+    clean_redis: redis.Redis,
+) -> None:
+    # Given an orphaned message of the full queue (its worker was cut off), as kombu records it
+    message = {"body": "e30=", "headers": {"id": "t1"},
+               "properties": {"delivery_tag": "old", "delivery_info": {"exchange": "fleet"}}}  # fmt: skip
+    clean_redis.hset("unacked", "old", json.dumps([message, "fleet", "full"]))
+    clean_redis.zadd("unacked_index", {"old": time.time() - 60})
+    # When it is restored
+    restore_orphan(clean_redis)("old")
+    # Then it is at the head of its queue, redelivered, under a new tag, and no longer unacked
+    [raw] = clean_redis.lrange("full", 0, -1)
+    back = json.loads(raw)
+    assert back["properties"]["delivery_tag"] != "old"
+    assert back["properties"]["delivery_info"]["redelivered"] and back["headers"]["redelivered"]
+    assert not clean_redis.hexists("unacked", "old") and clean_redis.zcard("unacked_index") == 0
+
+
+def test_a_message_of_another_queue_is_left_to_kombu(clean_redis: redis.Redis) -> None:
+    message = {"body": "e30=", "properties": {"delivery_tag": "x"}}
+    clean_redis.hset("unacked", "x", json.dumps([message, "", "celery.pidbox"]))
+    restore_orphan(clean_redis)("x")
+    assert clean_redis.hexists("unacked", "x")
+
+
+@pytest.fixture
+def connection(quiet_url: str, clean_redis: redis.Redis) -> Iterator[Connection]:
+    options = {"priority_steps": [0], "fleet_reliable_fetch": True}
+    with Connection(quiet_url, transport=Transport, transport_options=options) as conn:
+        yield conn
+
+
+def _consume(conn: Connection, queue: Queue) -> list[Message]:
+    got: list[Message] = []
+    with conn.Consumer(queue, callbacks=[lambda body, message: got.append(message)], accept=["json"]):
+        conn.drain_events(timeout=5)
+    return got
+
+
+def test_reliable_fetch_records_a_message_as_unacked_and_leaves_no_copy(
+    connection: Connection, clean_redis: redis.Redis
+) -> None:
+    queue = Queue("rf", Exchange("rf", type="direct"), routing_key="rf")
+    connection.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key="rf", declare=[queue])
+    [message] = _consume(connection, queue)
+    inflight = keys.inflight(worker_id(), "rf")
+    # The message went through this worker's in-flight list, which it left in the same transaction
+    # that recorded it as unacked
+    assert clean_redis.sismember(keys.inflight_index(), inflight)
+    assert clean_redis.llen(inflight) == 0 and clean_redis.llen("rf") == 0
+    assert clean_redis.hexists("unacked", message.delivery_tag)
+    message.ack()
+    assert not clean_redis.hexists("unacked", message.delivery_tag)
+
+
+def test_a_delivery_lost_on_its_way_goes_back_at_the_next_one(
+    connection: Connection, clean_redis: redis.Redis
+) -> None:
+    # Given a message whose delivery to this worker was lost (still in its in-flight list)
+    queue = Queue("rf2", Exchange("rf2", type="direct"), routing_key="rf2")
+    producer = connection.Producer()
+    producer.publish({"n": "lost"}, exchange=queue.exchange, routing_key="rf2", declare=[queue])
+    inflight = keys.inflight(worker_id(), "rf2")
+    assert clean_redis.lmove("rf2", inflight, "RIGHT", "LEFT") is not None
+    # When the next message is delivered
+    producer.publish({"n": "next"}, exchange=queue.exchange, routing_key="rf2")
+    [message] = _consume(connection, queue)
+    # Then the lost one is back on its queue, to be consumed next
+    assert message.decode() == {"n": "next"}
+    assert clean_redis.llen(inflight) == 0
+    [back] = _consume(connection, queue)
+    assert back.decode() == {"n": "lost"}
