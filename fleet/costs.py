@@ -109,6 +109,9 @@ class CostRecord:
     cost_usd: float
     full_cost_usd: float
     by_model: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    #: A pipeline step's line: the pipeline's name and the step's ("" for a job of its own).
+    pipeline: str = ""
+    step: str = ""
 
 
 def _text(value: Any) -> str:
@@ -131,6 +134,8 @@ def _parse(entry_id: Any, raw: dict[Any, Any]) -> CostRecord | None:
             cost_usd=float(data["cost"]),
             full_cost_usd=float(data["full"]),
             by_model=models,
+            pipeline=data.get("pipeline", ""),
+            step=data.get("step", ""),
         )
     except (KeyError, ValueError, TypeError, IndexError):
         return None  # not one of ours: skip it rather than fail the report
@@ -163,7 +168,8 @@ def _rounded(groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> dict[str, Any]:
-    """Spend and tokens by tier, model and kind, and the saving against running everything on full.
+    """Spend and tokens by tier, model and kind (and pipeline and step), and the saving against
+    running everything on full.
 
     ``by_model`` splits each job's calls by the model that made them (failed calls included);
     its ``jobs`` counts the jobs that called the model at least once.
@@ -171,6 +177,8 @@ def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> di
     by_tier: dict[str, dict[str, Any]] = defaultdict(_bucket)
     by_kind: dict[str, dict[str, Any]] = defaultdict(_bucket)
     by_model: dict[str, dict[str, Any]] = defaultdict(_bucket)
+    by_pipeline: dict[str, dict[str, Any]] = defaultdict(_bucket)
+    by_step: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(_bucket))
     totals = _bucket()
     shadow = _bucket()
     statuses: dict[str, int] = defaultdict(int)
@@ -180,7 +188,10 @@ def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> di
             shadow["jobs"] += 1
             shadow["cost_usd"] += rec.cost_usd
             continue
-        for row in (totals, by_tier[rec.tier], by_kind[rec.kind]):
+        rows = [totals, by_tier[rec.tier], by_kind[rec.kind]]
+        if rec.pipeline:
+            rows += [by_pipeline[rec.pipeline], by_step[rec.pipeline][rec.step]]
+        for row in rows:
             row["jobs"] += 1
             row["input_tokens"] += rec.input_tokens
             row["output_tokens"] += rec.output_tokens
@@ -208,5 +219,9 @@ def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> di
         "by_tier": _rounded(by_tier),
         "by_model": _rounded(by_model),
         "by_kind": _rounded(by_kind),
+        # Pipelines' steps (each a job, counted above too), by pipeline and by step.
+        "by_pipeline": {
+            name: {**row, "by_step": _rounded(by_step[name])} for name, row in _rounded(by_pipeline).items()
+        },
         "shadow": {"runs": shadow["jobs"], "cost_usd": round(shadow["cost_usd"], 6)},
     }

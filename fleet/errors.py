@@ -255,6 +255,7 @@ class Reason(StrEnum):
     COST_CEILING = "cost_ceiling"  # max_cost_usd was spent before an acceptable answer
     THROTTLED = "throttled"  # requeued for rate limits more often than allowed
     QUALITY_CHECK_FAILED = "quality_check_failed"  # the quality gate's judge failed the answer
+    PIPELINE_INPUT = "pipeline_input"  # a pipeline step's input could not be built from earlier steps
     TIMEOUT = "timeout"  # the queue's timeout_s ran out (also a provider outcome)
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"

@@ -52,6 +52,10 @@ class Handoff:
                 reason=f"shadow run: {reason}", submitted_at=job.envelope.submitted_at,
                 finished_at=time.time(),
             )  # fmt: skip
+        step = job.envelope.step
+        if step is not None:  # people see where in its pipeline the job failed
+            item = "" if step.index is None else f" item {step.index + 1}"
+            detail = f"pipeline {step.pipeline} ({step.pipeline_id}) step {step.step}{item}: {detail}"
         new = NewEscalation(
             task_id=job.id,
             reason=reason,
@@ -78,6 +82,9 @@ class Handoff:
         record, created = self.store.create(new)
         if created:
             telemetry.record_escalation(new.reason, new.tier)
+        if created or record.notified_at is None:
+            # A run that died between the record and its announcement announces it on its next
+            # delivery (the notify task does nothing for a record already notified).
             self.announce(record.id)
         log.warning("task %s escalated: %s %s", new.task_id, new.reason, new.detail[:200])
         return TaskResult.from_attempts(

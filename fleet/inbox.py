@@ -30,6 +30,7 @@ from fleet.escalations import (
     result_for,
 )
 from fleet.models import JobEnvelope, RoutingDecision, TaskRequest, Tier, validate_request
+from fleet.pipelines.engine import Pipelines, step_of
 from fleet.producer import enqueue
 from fleet.quality.feedback import QUALITY_REASONS, RedisTally, tally_human
 from fleet.settings import Settings
@@ -60,6 +61,7 @@ class Inbox:
             if store is not None
             else RedisEscalationStore(self.redis, retention_days=settings.escalation.retention_days)
         )
+        self.pipelines = Pipelines(settings, self.redis, self.app)
         telemetry.setup(settings, role="inbox")  # a no-op unless OTEL_* or a trace file asks
 
     def close(self) -> None:
@@ -97,6 +99,7 @@ class Inbox:
         with telemetry.span("escalation.resolve", attributes={"fleet.escalation.id": esc_id}) as span:
             record = self.store.transition(esc_id, "resolve", by, answer=answer, on_commit=self._deliver)
             telemetry.link_back(span, record.trace_id)
+        self._move_pipeline(record)  # outside the span: the pipeline goes on in its own trace
         if record.tier is not None and str(record.reason) in QUALITY_REASONS:
             # A person had to answer what a model's answer failed: the tier's pass rate says so.
             tally_human(RedisTally(self.redis), str(record.tier), record.kind)
@@ -111,7 +114,8 @@ class Inbox:
         with telemetry.span("escalation.discard", attributes={"fleet.escalation.id": esc_id}) as span:
             record = self.store.transition(esc_id, "discard", by, reason=reason, on_commit=self._deliver)
             telemetry.link_back(span, record.trace_id)
-            return record
+        self._move_pipeline(record)
+        return record
 
     def retry(self, esc_id: str, by: str, *, tier: str | None = None) -> EscalationRecord:
         """Enqueue the original request again under the same task id (pinned to ``tier`` if given).
@@ -160,6 +164,15 @@ class Inbox:
 
     def _forget_result(self, pipe: CommitSink, record: EscalationRecord) -> None:
         pipe.delete(keys.result(record.task_id))
+        step = step_of(record.task_id)
+        if step is not None and self.pipelines.ref(record.task_id) is not None:
+            pipe.delete(keys.result(step[0]))  # the pipeline waits for its retried step again
+
+    def _move_pipeline(self, record: EscalationRecord) -> None:
+        """A person answered (or discarded) a pipeline's step: the pipeline moves on (or ends)."""
+        ref = self.pipelines.ref(record.task_id)
+        if ref is not None:
+            self.pipelines.advance(ref, result_for(record))
 
     def _retryable(self, record: EscalationRecord) -> TaskRequest:
         try:
@@ -172,6 +185,10 @@ class Inbox:
             ) from None
 
     def _enqueue(self, record: EscalationRecord, req: TaskRequest, by: str, tier: Tier | None) -> None:
+        ref = self.pipelines.ref(record.task_id)
+        if ref is not None:  # a pipeline's step runs again alone, its input built again
+            self.pipelines.resend(ref, retry_of=record.id, tier=tier, by=by)
+            return
         envelope = JobEnvelope(
             id=record.task_id,
             submitted_at=record.submitted_at or time.time(),

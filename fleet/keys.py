@@ -21,11 +21,14 @@ __all__ = [
     "escalations_state",
     "idempotency",
     "job",
+    "pipeline",
     "quality_bucket",
     "queue_lists",
     "rate_counter",
     "result",
     "running",
+    "worker",
+    "workers",
 ]
 
 #: Prefix of every key the fleet itself writes.
@@ -103,6 +106,13 @@ def deliveries(task_id: str) -> str:
     return f"{PREFIX}deliveries:{task_id}"
 
 
+def pipeline(pipeline_id: str) -> str:
+    """A pipeline's state, a hash: its name and request, and each finished step's summary and output
+    (``res:<step>[:<item>]``, ``out:...``), each map step's item count and each step's done count.
+    Expires with the results."""
+    return f"{PREFIX}pipeline:{pipeline_id}"
+
+
 def running(task_id: str) -> str:
     """A job's execution lock: held while one worker runs it, so a redelivery waits."""
     return f"{PREFIX}running:{task_id}"
@@ -112,6 +122,33 @@ def quality_bucket(bucket: int) -> str:
     """Quality counts of one five-minute bucket (epoch seconds // 300): a hash of
     ``tier|kind|judged``, ``...|passed``, ``...|human`` and the shadow comparisons' counts."""
     return f"{PREFIX}qa:{bucket}"
+
+
+def worker(worker_id: str) -> str:
+    """A worker's heartbeat (JSON: the messages it holds, the jobs it runs), lapsing unless renewed."""
+    return f"{PREFIX}worker:{worker_id}"
+
+
+def workers() -> str:
+    """The set of worker ids that have heartbeated (a lapsed one is removed by the next reaper)."""
+    return f"{PREFIX}workers"
+
+
+def inflight(worker_id: str, queue: str) -> str:
+    """A worker's in-flight list for one queue (reliable fetch): a message between the broker handing
+    it out and the worker recording it as unacked. Empty but for a reply lost on the way."""
+    return f"{PREFIX}inflight:{worker_id}:{queue}"
+
+
+def inflight_parts(key: str) -> tuple[str, str]:
+    """The worker id and the queue of an in-flight list's key (:func:`inflight`)."""
+    worker_id, queue = key[len(f"{PREFIX}inflight:") :].rsplit(":", 1)
+    return worker_id, queue
+
+
+def inflight_index() -> str:
+    """The set of every in-flight list's key, for the reaper."""
+    return f"{PREFIX}inflight"
 
 
 def costs() -> str:

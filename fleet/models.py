@@ -38,6 +38,8 @@ __all__ = [
     "QualityCheck",
     "RoutingDecision",
     "ShadowOf",
+    "StepRef",
+    "StepResult",
     "TaskRequest",
     "TaskResult",
     "Tier",
@@ -105,6 +107,16 @@ class TaskRequest(_Strict):
     idempotency_key: StrictStr | None = Field(default=None, min_length=1, max_length=256)
     metadata: dict[ShortStr, ShortStr] = Field(default_factory=dict, max_length=64)
     max_cost_usd: float | None = Field(default=None, gt=0.0)
+    #: Run the request through this pipeline of ``config/pipelines.toml`` (its prompt is the input).
+    pipeline: StrictStr | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _pipeline_alone(self) -> TaskRequest:
+        if self.pipeline is not None:
+            clash = [f for f in ("tier", "response_schema") if getattr(self, f) is not None]
+            if clash:
+                raise ValueError(f"a pipeline request cannot set {' or '.join(clash)}: its steps do")
+        return self
 
     @field_validator("prompt", mode="after")
     @classmethod
@@ -244,6 +256,36 @@ class ShadowOf(_Strict):
     answer: str
 
 
+class StepRef(_Strict):
+    """Which pipeline step a job is: the pipeline's id (its producer's task id), the pipeline's name,
+    the step, and the item of a map step."""
+
+    pipeline_id: str
+    pipeline: str
+    step: str
+    index: int | None = None
+
+
+class StepResult(_Strict):
+    """One finished step (or map item) of a pipeline, as its final result shows it."""
+
+    step: str
+    index: int | None = None
+    task_id: str
+    status: Literal["completed", "escalated", "discarded"]
+    tier: Tier | None = None
+    provider: str | None = None
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    resolved_by: Literal["model", "human"] | None = None
+    escalation_id: str | None = None
+    #: The step's quality checks (its own gate: a judged draft, a rewrite).
+    quality: list[QualityCheck] = Field(default_factory=list)
+    output: str | None = None
+
+
 class JobEnvelope(_Strict):
     """What travels beside the request from hop to hop: identity, timing, routing, history."""
 
@@ -258,12 +300,17 @@ class JobEnvelope(_Strict):
     requeues: int = 0
     #: The job's next delivery already holds its queue rate-limit slot.
     slot_reserved: bool = False
+    #: The broker redelivered this job's message and the job went back to its queue before that
+    #: delivery was counted (another run's lock was in its way): its next run counts it.
+    uncounted_redelivery: bool = False
     #: The escalation this job is a retry of (people sent it again from the inbox).
     retry_of: str | None = None
     #: The quality checks of earlier hops (an answer the gate sent up a tier).
     quality: list[QualityCheck] = Field(default_factory=list)
     #: Set on a shadow run: the job it re-runs on the full tier, in the background.
     shadow: ShadowOf | None = None
+    #: Set on a pipeline's step: the pipeline, the step and the item it is.
+    step: StepRef | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -295,6 +342,9 @@ class TaskResult(_Strict):
     resolver: str | None = None
     #: The quality checks the answer went through, on every tier it ran on.
     quality: list[QualityCheck] = Field(default_factory=list)
+    #: A pipeline's result: its name and its finished steps, in order.
+    pipeline: str | None = None
+    steps: list[StepResult] = Field(default_factory=list)
     submitted_at: float | None = None
     finished_at: float | None = None
 

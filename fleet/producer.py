@@ -29,9 +29,10 @@ from fleet.boundary import BoundaryRedis, broker_errors
 from fleet.discovery import broker_url, redis_client
 from fleet.errors import ResultTimeout, TaskFailed, TaskNotFound
 from fleet.models import JobEnvelope, JobStatus, RoutingDecision, TaskRequest, TaskResult, validate_request
+from fleet.pipelines.config import known
 from fleet.settings import Settings, get_settings
 
-__all__ = ["Client", "default_client", "enqueue", "result", "submit"]
+__all__ = ["Client", "decode_result", "default_client", "enqueue", "result", "submit"]
 
 #: How often ``result(..., until_answered=True)`` looks for a person's answer, in seconds.
 _ANSWER_POLL_S = 0.2
@@ -61,6 +62,8 @@ class Client:
         if isinstance(request, Mapping):
             request = dict(request)
         req = validate_request(request, max_prompt_bytes=self.settings.limits.max_prompt_bytes)
+        if req.pipeline is not None:
+            known(self.settings.pipelines, req.pipeline)
         payload = req.model_dump(mode="json", exclude_defaults=True)
         task_id = uuid.uuid4().hex
         attributes = {
@@ -171,15 +174,22 @@ class Client:
         raw = self.redis.mget([keys.result(i) for i in ids])
         out: dict[str, TaskResult] = {}
         for task_id, value in zip(ids, raw, strict=True):
-            if value is None:
-                continue
-            meta = json.loads(value)
-            if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
-                out[task_id] = TaskResult.model_validate(meta["result"])
+            res = decode_result(value) if value is not None else None
+            if res is not None:
+                out[task_id] = res
         return out
 
     def close(self) -> None:
         self.app.close()
+
+
+def decode_result(value: bytes | str) -> TaskResult | None:
+    """A job's final result from its result key's value (None for Celery's state of a task that
+    raised, which is no job's final result)."""
+    meta = json.loads(value)
+    if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
+        return TaskResult.model_validate(meta["result"])
+    return None
 
 
 def _text(value: Any) -> str:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fleet.chain import THROTTLED, Chain
 from fleet.errors import BrokerError, Reason
 from fleet.limits import Bucket
-from fleet.middleware.base import Finish, Job, Middleware, Requeue, Restart
+from fleet.middleware.base import Finish, Job, Middleware, Requeue, Restart, Skip
 from fleet.middleware.start import JobStarter, StartPlan
+from fleet.middleware.tail import Flushed
 from fleet.models import TaskResult
 from fleet.settings import LimitsSettings
 
@@ -39,12 +40,17 @@ SUMMARY_FIELDS = ("task_id", "status", "tier", "model", "cost_usd", "escalation_
 
 @dataclass(frozen=True, slots=True)
 class Ran:
-    """A delivery that ended with a result; ``written``: the result went out with the job's tail.
-    ``stored`` is the result as JSON data, as it was written."""
+    """A delivery that ended with a result. ``flushed``: what its last writes did ("written": the
+    result went out with them; "superseded": another worker owns the job now, nothing was written;
+    "failed": the broker stayed away). ``stored`` is the result as JSON data."""
 
     result: TaskResult
     stored: dict[str, Any]
-    written: bool
+    flushed: Flushed | Literal["failed"]
+
+    @property
+    def written(self) -> bool:
+        return self.flushed == "written"
 
     def summary(self) -> dict[str, Any]:
         return {key: self.stored.get(key) for key in SUMMARY_FIELDS}
@@ -82,11 +88,14 @@ class JobRunner:
             result = self._through(job)
             stored = result.model_dump(mode="json")
             job.tail.store_result(job.id, stored)
+        except Skip:
+            job.skipped = True
+            raise
         finally:
             for m in self.middlewares:
                 m.after_job(job)
-            written = self._flush(job)
-        return Ran(result, stored, written)
+            flushed = self._flush(job)
+        return Ran(result, stored, flushed)
 
     def _plan(self, job: Job) -> StartPlan:
         plan = StartPlan(job.id)
@@ -132,16 +141,16 @@ class JobRunner:
             m.before_finish(job, result)
         return result
 
-    def _flush(self, job: Job) -> bool:
+    def _flush(self, job: Job) -> Flushed | Literal["failed"]:
         try:
-            written = job.tail.flush()
+            flushed = job.tail.flush()
         except BrokerError as exc:
             for m in self.middlewares:
                 m.on_flush_failed(job, exc)
-            return False
+            return "failed"
         for m in self.middlewares:
-            m.after_flush(job, written)
-        return written
+            m.after_flush(job, flushed == "written")
+        return flushed
 
     def call(self, job: Job) -> TaskResult:
         """The tier's chain for the job: a model's answer, or the job handed to people.

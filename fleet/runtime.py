@@ -19,8 +19,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from fleet import telemetry
-from fleet.app import EXECUTE_TASK, NOTIFY_TASK, ROUTE_TASK, FleetCelery, queue_result
+from fleet.app import EXECUTE_TASK, NOTIFY_TASK, ROUTE_TASK, FleetCelery, encode_result
 from fleet.boundary import BoundaryRedis, broker_errors
+from fleet.brokers import is_redis
 from fleet.chain import Chain
 from fleet.discovery import redis_client
 from fleet.errors import BrokerError, InvalidRequest, ProviderError, Reason
@@ -38,11 +39,14 @@ from fleet.middleware.start import RedisJobStarter
 from fleet.middleware.tail import RedisTail
 from fleet.middleware.telemetry import Telemetry
 from fleet.models import JobEnvelope, RoutingDecision, TaskRequest, TaskResult, Tier, validate_request
+from fleet.pipelines.engine import Pipelines
+from fleet.pipelines.middleware import PipelineStep
 from fleet.providers.config import split_links
 from fleet.quality.feedback import PassRates, read_rates
 from fleet.quality.gate import QualityGate
 from fleet.quality.judge import Judge
 from fleet.quality.shadow import ShadowRun
+from fleet.recovery import Heartbeat, Liveness, Reaper, Recovery, restore_orphan
 from fleet.router import Feedback
 from fleet.router.llm import VERDICT_SCHEMA
 from fleet.runner import JobRunner
@@ -70,6 +74,7 @@ class Runtime:
         )
         self.store = RedisEscalationStore(self.client, retention_days=self.settings.escalation.retention_days)
         self.handoff = Handoff(self.store, announce=self._announce)
+        self.pipelines = Pipelines(self.settings, self.client, app, escalate=self.handoff.escalate)
         self.middlewares: Sequence[Middleware] = self._middlewares()
         self._rates: PassRates | None = None
         self._rates_at = 0.0
@@ -92,17 +97,29 @@ class Runtime:
         return [
             Telemetry(),
             WorkerLifecycle(),
-            JobLock(redis_drop(self.client)),
+            JobLock(redis_drop(self.client), Liveness(self.client, settings.recovery.worker_ttl_s).holds),
             PoisonGuard(settings.limits.max_deliveries, self.handoff.job),
             QueueRateLimit(settings.limits),
             ChaosHook(settings.chaos),
             QualityGate(quality, judge, self.handoff.job, self._polish_links),
             ShadowRun(settings.router.shadow_rate, judge, self._send_shadow),
             CostRecord(settings),
+            Recovery(self._heartbeat),
+            PipelineStep(self.pipelines),
         ]
 
-    def _polish_links(self, tier: str) -> list[tuple[str, str]]:
-        return split_links(self.settings.quality.polish) or self.settings.tier(tier).links()
+    def _heartbeat(self) -> Heartbeat:
+        """This worker's heartbeat, with the reaper on Redis (RabbitMQ redelivers by itself)."""
+        recovery = self.settings.recovery
+        reaper = Reaper(self.client, restore_orphan(self.client), recovery.orphan_after_s)
+        return Heartbeat(
+            self.client, heartbeat_s=recovery.heartbeat_s, worker_ttl_s=recovery.worker_ttl_s,
+            reaper=reaper if is_redis(str(self.app.conf.broker_url or "")) else None,
+        )  # fmt: skip
+
+    def _polish_links(self, tier: str, exact: bool = False) -> list[tuple[str, str]]:
+        own = self.settings.tier(tier).links()
+        return own if exact else split_links(self.settings.quality.polish) or own
 
     def _send_shadow(self, payload: object, envelope: JobEnvelope) -> None:
         with broker_errors(self.client.fleet_url):
@@ -129,7 +146,11 @@ class Runtime:
     # -- jobs --------------------------------------------------------------------------------------
 
     def new_tail(self) -> RedisTail:
-        return RedisTail(self.client, functools.partial(queue_result, self.app))
+        return RedisTail(
+            self.client,
+            functools.partial(encode_result, self.app),
+            grace_s=self.settings.broker.outage_grace_s,
+        )
 
     def _announce(self, escalation_id: str) -> None:
         self.app.send_task(NOTIFY_TASK, args=[escalation_id], queue="escalations")
@@ -182,6 +203,7 @@ class Runtime:
             queue=self.settings.tier(routing.tier),
             consumed_from=queue,
             redelivered=bool(info.get("redelivered")),
+            retries=int(task.request.retries or 0),
             tail=self.new_tail(),
         )
 

@@ -2,9 +2,9 @@
 ``rate_limits/backends/redis.py`` is the model).
 
 A script is built from its library files (functions shared by several scripts: ``gcra.lua``,
-``breaker_allow.lua``, ``gate.lua``) followed by its main part. The typed wrappers that build each
-script's KEYS and ARGV, and turn its reply into a dataclass, live beside their callers:
-:mod:`fleet.limits.redis` and :mod:`fleet.middleware.start`.
+``breaker_allow.lua``, ``gate.lua``, ``adjust_fn.lua``) followed by its main part. The typed wrappers
+that build each script's KEYS and ARGV, and turn its reply into a dataclass, live beside their
+callers: :mod:`fleet.limits.redis`, :mod:`fleet.middleware.start` and :mod:`fleet.middleware.tail`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ __all__ = ["SCRIPTS", "register", "source"]
 SCRIPTS: dict[str, tuple[str, ...]] = {
     "acquire": ("gcra", "acquire"),
     "admit": ("gcra", "breaker_allow", "gate", "admit"),
-    "adjust": ("adjust",),
+    "adjust": ("adjust_fn", "adjust"),
     "breaker_check": ("breaker_allow", "breaker_check"),
     "breaker_record": ("breaker_record",),
     "drop_if_owner": ("drop_if_owner",),
+    "job_finish": ("adjust_fn", "job_finish"),
     "job_start": ("gcra", "breaker_allow", "gate", "job_start"),
+    "pipeline_step": ("pipeline_step",),
 }
 
 

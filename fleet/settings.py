@@ -6,7 +6,8 @@ The order of precedence, lowest first:
    ``config/fleet.toml``, ``config/router.toml`` (over the shipped one, key by key) and ``queues/*.toml``,
 2. the profile named by ``FLEET_PROFILE`` or ``--profile`` (``[profiles.<name>]`` in ``fleet.toml``),
 3. ``FLEET_<SECTION>__<KEY>=value`` variables (``FLEET_QUEUES__FULL__CONCURRENCY=8``), values in TOML
-   syntax where they parse as TOML, else taken as strings; ``FLEET_REDIS_URL`` sets ``broker.url``.
+   syntax where they parse as TOML, else taken as strings; ``FLEET_REDIS_URL`` sets
+   ``broker.redis_url`` and ``FLEET_BROKER_URL`` sets ``broker.url``.
 
 Each owner declares its own section in a leaf module: the router's in :mod:`fleet.router.config`, the
 retry policy in :mod:`fleet.retry`, the providers' and the mock's in :mod:`fleet.providers.config`,
@@ -40,10 +41,12 @@ from pydantic import (
     model_validator,
 )
 
+from fleet.brokers import AMQP_SCHEMES, REDIS_SCHEMES
 from fleet.errors import ConfigError
 from fleet.keys import QUEUES, TIER_QUEUES
 from fleet.middleware.chaos import ChaosSettings
 from fleet.models import DEFAULT_MAX_PROMPT_BYTES, Tier
+from fleet.pipelines.config import PIPELINES_FILE, Pipeline, load_pipelines
 from fleet.providers.config import (
     MockSettings,
     ModelSettings,
@@ -52,7 +55,7 @@ from fleet.providers.config import (
     resolve_api_keys,
     split_links,
 )
-from fleet.quality.config import QualitySettings
+from fleet.quality.config import PolicyOverride, QualitySettings
 from fleet.retry import RetrySettings
 from fleet.router.config import (
     ROUTER_FILE,
@@ -83,6 +86,7 @@ _RESERVED_ENV = {
     "FLEET_PROFILE",
     "FLEET_STATE_DIR",
     "FLEET_REDIS_URL",
+    "FLEET_BROKER_URL",
     "FLEET_API_TOKEN",
     "FLEET_FLOWER_BASIC_AUTH",
 }
@@ -120,10 +124,18 @@ class _Section(BaseModel):
 
 
 class BrokerSettings(_Section):
-    #: Redis or Valkey URL (``redis://``, ``rediss://``); empty -> the embedded valkey-server.
+    #: The message broker: a Redis or Valkey URL (``redis://``, ``rediss://``: messages and state on
+    #: one server), or a RabbitMQ URL (``amqp://``, ``amqps://``: quorum queues; the state stays in
+    #: ``redis_url``); ``FLEET_BROKER_URL`` sets it. Empty: the Redis of ``redis_url``.
     url: str = ""
+    #: The Redis of the fleet's state (limits, breakers, locks, escalations, results);
+    #: ``FLEET_REDIS_URL`` sets it. Empty: ``url`` when that is Redis, else the embedded valkey-server.
+    redis_url: str = ""
     #: Seconds between Redis health checks on idle connections.
     health_check_interval: int = Field(default=25, ge=0)
+    #: How long a worker rides out a broker that went away: its calls in flight finish and their
+    #: results wait for the broker this long (then the message is redelivered when it returns).
+    outage_grace_s: float = Field(default=60.0, gt=0)
     #: How long task results are kept in the backend, in seconds (default 7 days).
     result_expires_s: int = Field(default=7 * 24 * 3600, gt=0)
     #: How long an idempotency key maps to its first task id, in seconds (default 24 h).
@@ -141,7 +153,14 @@ class BrokerSettings(_Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix", "valkey", "valkeys"):
+        if value and urlsplit(value).scheme not in (*REDIS_SCHEMES, *AMQP_SCHEMES):
+            raise ValueError("expected a redis://, rediss://, amqp:// or amqps:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in REDIS_SCHEMES:
             raise ValueError("expected a redis:// or rediss:// URL")
         return value
 
@@ -226,6 +245,27 @@ class QueueSettings(_Section):
         return split_links(self.chain)
 
 
+class RecoverySettings(_Section):
+    """``[recovery]``: how fast a dead worker's jobs come back (Redis; RabbitMQ needs none of it)."""
+
+    #: Seconds between a worker's heartbeats (what it holds and runs).
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    #: A worker whose heartbeat is this old is gone: its locks are taken over.
+    worker_ttl_s: float = Field(default=12.0, gt=0)
+    #: An unacked message this old that no live worker holds goes back on its queue (and so does
+    #: an in-flight list idle this long).
+    orphan_after_s: float = Field(default=12.0, gt=0)
+    #: Take messages with BLMOVE into a per-worker in-flight list, so none is lost when a reply is
+    #: (fleet/transport.py; needs Redis or Valkey >= 6.2). Off: kombu's BRPOP.
+    reliable_fetch: bool = True
+
+    @model_validator(mode="after")
+    def _beats_fit(self) -> RecoverySettings:
+        if self.worker_ttl_s < 3 * self.heartbeat_s:
+            raise ValueError("worker_ttl_s must be at least 3 heartbeats (heartbeat_s)")
+        return self
+
+
 class EscalationSettings(_Section):
     #: Days a resolved, retried or discarded escalation is kept.
     retention_days: float = Field(default=30.0, gt=0)
@@ -303,6 +343,9 @@ class Settings(_Section):
     mock: MockSettings = Field(default_factory=MockSettings)
     chaos: ChaosSettings = Field(default_factory=ChaosSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
+    #: ``config/pipelines.toml``: read and checked by :func:`fleet.pipelines.config.load_pipelines`.
+    pipelines: dict[str, Pipeline] = Field(default_factory=dict, exclude=True)
 
     @model_validator(mode="after")
     def _cross_check(self) -> Settings:
@@ -350,6 +393,7 @@ class Settings(_Section):
         """The effective configuration as plain data, with every secret masked."""
         data = self.model_dump(mode="json")
         data["broker"]["url"] = mask_url(self.broker.url)
+        data["broker"]["redis_url"] = mask_url(self.broker.redis_url)
         for name, provider in self.providers.items():
             data["providers"][name]["api_key"] = "***" if provider.api_key else None
         data["flower"]["basic_auth"] = "***" if self.flower.basic_auth else None
@@ -433,11 +477,25 @@ def load_settings(
     except ValidationError as exc:
         raise _config_error(exc, sources) from None
 
+    settings.pipelines = load_pipelines(root / PIPELINES_FILE)
+    _step_gates(settings)
     resolve_api_keys(settings.providers, settings.mock, environ)
     auth = environ.get("FLEET_FLOWER_BASIC_AUTH")
     if auth:
         settings.flower.basic_auth = SecretStr(auth)
     return settings
+
+
+def _step_gates(settings: Settings) -> None:
+    """Each pipeline step's own quality gate, as a policy override of its kind (ahead of the
+    ``[quality.kinds]`` globs: a step's kind is exact, so it is the more specific)."""
+    own: dict[str, PolicyOverride] = {}
+    for pipeline in settings.pipelines.values():
+        for step in pipeline.steps:
+            if step.quality is not None:
+                own[pipeline.kind(step)] = PolicyOverride(**step.quality.model_dump(exclude_none=True))
+    if own:
+        settings.quality.kinds = {**own, **settings.quality.kinds}
 
 
 #: Where each key came from: a key path (its longest known prefix) -> file, profile or variable.
@@ -494,9 +552,10 @@ def _router_table(root: Path, fleet_data: dict[str, Any], sources: _Sources) -> 
 
 def _apply_env(data: dict[str, Any], environ: dict[str, str], sources: _Sources) -> None:
     """``FLEET_REDIS_URL``, then every ``FLEET_<SECTION>__<KEY>`` variable, over ``data``."""
-    if environ.get("FLEET_REDIS_URL"):
-        data.setdefault("broker", {})["url"] = environ["FLEET_REDIS_URL"]
-        sources[("broker", "url")] = "environment variable FLEET_REDIS_URL"
+    for var, key in (("FLEET_REDIS_URL", "redis_url"), ("FLEET_BROKER_URL", "url")):
+        if environ.get(var):
+            data.setdefault("broker", {})[key] = environ[var]
+            sources[("broker", key)] = f"environment variable {var}"
     for var, raw in sorted(environ.items()):
         if not var.startswith("FLEET_") or var in _RESERVED_ENV or var.startswith("FLEET_TEST_"):
             continue

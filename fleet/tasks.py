@@ -25,11 +25,13 @@ from fleet.app import (
     app,
 )
 from fleet.boundary import BROKER_ERRORS
+from fleet.errors import InvalidRequest, Reason
+from fleet.escalations import NewEscalation
 from fleet.middleware.base import Requeue, Skip
-from fleet.models import TaskResult
+from fleet.models import JobEnvelope, TaskRequest, TaskResult
 from fleet.notify import notify_people
 from fleet.router import decide
-from fleet.runtime import get_runtime
+from fleet.runtime import Runtime, get_runtime
 
 __all__ = ["FleetTask", "execute", "notify", "route"]
 
@@ -59,6 +61,9 @@ def route(self: Task[Any, Any], request: Any = None, job: Any = None) -> None:
         app.backend.store_result(checked.task_id, checked.model_dump(mode="json"), "SUCCESS")
         return
     req, envelope = checked
+    if req.pipeline is not None:
+        _start_pipeline(runtime, req, envelope, request)
+        return
     settings = runtime.settings
     ask = runtime.ask_mini if settings.router.classifier == "llm" else None
     envelope.routing = decide(req, settings.router, ask=ask, feedback=runtime.feedback())
@@ -70,6 +75,24 @@ def route(self: Task[Any, Any], request: Any = None, job: Any = None) -> None:
         queue=str(envelope.routing.tier), time_limit=math.ceil(timeout + 30),
         soft_time_limit=math.ceil(timeout), argsrepr=ARGS_REPR, kwargsrepr="{}",
     )  # fmt: skip
+
+
+def _start_pipeline(runtime: Runtime, req: TaskRequest, envelope: JobEnvelope, request: Any) -> None:
+    """A pipeline's request: record it and send its first step (a pipeline this fleet does not know,
+    a producer with another config, goes to people as an invalid message)."""
+    telemetry.task_span("route", {"fleet.task_id": envelope.id, "fleet.pipeline": req.pipeline})
+    try:
+        runtime.pipelines.start(req, envelope)
+    except InvalidRequest as exc:
+        escalated = runtime.handoff.escalate(
+            NewEscalation(
+                task_id=envelope.id, reason=Reason.INVALID_MESSAGE,
+                detail=f"{ROUTE_TASK}: {'; '.join(exc.errors)}",
+                request=request if isinstance(request, dict | str) else repr(request)[:2000], queue="router",
+                submitted_at=envelope.submitted_at,
+            )
+        )  # fmt: skip
+        app.backend.store_result(escalated.task_id, escalated.model_dump(mode="json"), "SUCCESS")
 
 
 # Requeues are bounded by fleet.runner.MAX_REQUEUES. A short repr of the result: Celery builds it for
@@ -91,8 +114,8 @@ def execute(self: Task[Any, Any], request: Any = None, job: Any = None) -> dict[
             args=args, kwargs={}, countdown=round(again.countdown_s, 3), max_retries=None,
             **runtime.queue_options(again.queue),
         ) from None  # fmt: skip
-    if not ran.written:
-        return ran.stored  # the broker was down: Celery stores it, with its own retries
+    if ran.flushed == "failed":
+        return ran.stored  # the broker stayed away: Celery stores it, with its own retries
     self.request.ignore_result = True  # stored with the job's last round trip; Celery gets a summary
     return ran.summary()
 

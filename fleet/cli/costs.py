@@ -33,8 +33,9 @@ def costs(
     since: Annotated[str, typer.Option(help="How far back: 30m, 1h, 2d (units s, m, h, d, w).")] = "1h",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Spend and tokens by tier, model and kind over a time window, and what the same tokens would
-    have cost with every job on the full tier's first model (the saving routing makes).
+    """Spend and tokens by tier, model, kind, and pipeline and step, over a time window, and what
+    the same tokens would have cost with every job on the full tier's first model (the saving
+    routing makes).
 
     Read from the per-job cost records the tier workers write (Redis stream fleet:costs). Failed
     calls count where they cost tokens; a job retried by people is charged once per run; a quality
@@ -55,6 +56,9 @@ def costs(
     out_console.print(_table(f"spend in the last {since} by tier", data["by_tier"], full=True))
     out_console.print(_table(f"spend in the last {since} by model", data["by_model"], full=False))
     out_console.print(_table(f"spend in the last {since} by kind", data["by_kind"], full=True))
+    for name, row in data["by_pipeline"].items():
+        title = f"pipeline {name}: ${row['cost_usd']:.4f} over {row['jobs']} step jobs, by step"
+        out_console.print(_table(title, row["by_step"], full=True))
     statuses = ", ".join(f"{n} {s}" for s, n in data["by_status"].items()) or "no jobs"
     out_console.print(
         f"{data['jobs']} jobs ({statuses}): ${data['cost_usd']:.4f} for "

@@ -60,6 +60,9 @@ def submit(
     ] = None,
     tier: Annotated[Tier | None, typer.Option(help="Pin the job to a tier (skips the router).")] = None,
     kind: Annotated[str | None, typer.Option(help="Label of the job type, for cost reports.")] = None,
+    pipeline: Annotated[
+        str | None, typer.Option(help="Run the prompt through this pipeline of config/pipelines.toml.")
+    ] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     complexity: Annotated[Complexity | None, typer.Option(help="Hint: low, medium or high.")] = None,
     requires_reasoning: Annotated[
@@ -82,6 +85,8 @@ def submit(
     """Validate and enqueue one job; print its task id.
 
     Example: fleet submit "Add a docstring to parse_rate()" --kind code.docstring --complexity low
+
+    A pipeline: fleet submit --pipeline extract_reason - < meeting-notes.txt
     """
     from fleet.producer import Client
 
@@ -102,7 +107,7 @@ def submit(
             "hints": hints,
             **_given(
                 tier=tier.value if tier else None, kind=kind, system=system, max_tokens=max_tokens,
-                idempotency_key=idempotency_key,
+                idempotency_key=idempotency_key, pipeline=pipeline,
             ),
         }  # fmt: skip
         if metadata:
@@ -151,6 +156,19 @@ def _show(res: TaskResult, as_json: bool) -> None:
                 f"{a.input_tokens}/{a.output_tokens}", f"${a.cost_usd:.6f}",
             )  # fmt: skip
         out_console.print(attempts)
+    if res.steps:
+        steps = Table(
+            "step", "status", "tier", "model", "tokens", "cost", "output", title=f"pipeline {res.pipeline}"
+        )
+        for st in res.steps:
+            name = st.step if st.index is None else f"{st.step}[{st.index + 1}]"
+            output = (st.output or "").replace("\n", " ")
+            steps.add_row(
+                name, st.status + (" (by a person)" if st.resolved_by == "human" else ""), str(st.tier or ""),
+                st.model or "", f"{st.input_tokens}/{st.output_tokens}", f"${st.cost_usd:.6f}",
+                output[:80] + ("…" if len(output) > 80 else ""),
+            )  # fmt: skip
+        out_console.print(steps)
     if res.answer is not None:
         out_console.rule("answer")
         out_console.print(res.answer, highlight=False, markup=False)
@@ -168,7 +186,8 @@ def result(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the TaskResult as JSON.")] = False,
 ) -> None:
-    """Show a job's result: tier, routing reasons, model, attempts, tokens, cost and the answer.
+    """Show a job's result: tier, routing reasons, model, attempts, tokens, cost and the answer (and a
+    pipeline's steps: tier, model, tokens, cost and output of each; --json has every output whole).
 
     Without --wait a job still in flight prints its state and exits 0; with --wait, a job without
     a final state in time exits 5. An id nobody submitted exits 8 at once. With --until-answered,

@@ -56,10 +56,14 @@ class Job:
     redelivered: bool
     #: The job's last writes (result, cost line, tpm corrections, lock release): one round trip.
     tail: Tail
+    #: Times Celery sent this job again (requeues): a lock names its delivery by it.
+    retries: int = 0
     #: The first chain link's admission, when the job's start asked it.
     first_link: GateAnswer | None = None
     #: What the chain ended with, once it ran.
     outcome: ChainOutcome | None = None
+    #: The delivery was skipped: the job already had its final result (a late redelivery).
+    skipped: bool = False
     #: Middleware notes for each other (a middleware's own key, by convention its class name).
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -118,6 +122,9 @@ class Middleware:
 
     def after_process_boot(self, runtime: Runtime) -> None:
         """A process that runs jobs has started (a prefork child after the fork; else the main one)."""
+
+    def before_worker_shutdown(self, runtime: Runtime) -> None:
+        """The worker's main process is shutting down (a warm shutdown: jobs in flight finish first)."""
 
     def before_process_shutdown(self, runtime: Runtime) -> None:
         """A process that runs jobs is about to exit."""

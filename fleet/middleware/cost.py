@@ -19,4 +19,6 @@ class CostRecord(Middleware):
         fields = job_fields(self.settings, result, job.charged(result))
         if job.envelope.shadow is not None:
             fields["status"] = "shadow"  # a shadow run's cost is its own line, not the job's
+        if job.envelope.step is not None:
+            fields["pipeline"], fields["step"] = job.envelope.step.pipeline, job.envelope.step.step
         job.tail.append_cost(fields)

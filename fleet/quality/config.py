@@ -50,6 +50,9 @@ class GatePolicy(_Section):
     #: A low-confidence answer: "judge" it even when the sample skipped it, "upgrade" it without a
     #: judge, or "ignore" the signals.
     on_low_confidence: Literal["judge", "upgrade", "ignore"] = "judge"
+    #: The tier whose chain rewrites a failed answer ("polish"); None: ``quality.polish``, else the
+    #: next tier up.
+    polish_tier: Literal["standard", "full"] | None = None
 
 
 class PolicyOverride(_Section):
@@ -59,6 +62,7 @@ class PolicyOverride(_Section):
     threshold: int | None = Field(default=None, ge=1, le=5)
     action: GateAction | None = None
     on_low_confidence: Literal["judge", "upgrade", "ignore"] | None = None
+    polish_tier: Literal["standard", "full"] | None = None
 
 
 class ConfidenceSettings(_Section):

@@ -40,8 +40,9 @@ class HandOver(Protocol):
     ) -> TaskResult: ...
 
 
-#: The chain of ``(provider, model)`` links of a tier.
-LinksOf = Callable[[str], list[tuple[str, str]]]
+#: The chain of ``(provider, model)`` links that rewrites for a tier (``True``: that tier's own chain,
+#: never ``quality.polish``).
+LinksOf = Callable[[str, bool], list[tuple[str, str]]]
 
 
 def sampled(task_id: str, salt: str, rate: float) -> bool:
@@ -126,7 +127,7 @@ class QualityGate(Middleware):
             check.action = "upgrade"
             self._upgrade(job, result, check, judged.attempts, failed)
         if policy.action in ("polish", "upgrade"):  # full has no tier above it: its best model rewrites
-            polished = self._polish(job, result, check, judged.attempts)
+            polished = self._polish(job, result, check, judged.attempts, policy)
             if polished is not None:
                 return polished
         check.action = "escalate"
@@ -137,10 +138,15 @@ class QualityGate(Middleware):
         return escalated.model_copy(update={"quality": checks})
 
     def _polish(
-        self, job: Job, result: TaskResult, check: QualityCheck, judge_attempts: list[Attempt]
+        self,
+        job: Job,
+        result: TaskResult,
+        check: QualityCheck,
+        judge_attempts: list[Attempt],
+        policy: GatePolicy,
     ) -> TaskResult | None:
         tier = str(job.routing.tier)
-        links = self.links_of(NEXT_UP.get(tier, "full"))
+        links = self.links_of(policy.polish_tier or NEXT_UP.get(tier, "full"), policy.polish_tier is not None)
         rewrite = self.judge.polish(links, job.request, result.answer or "", check.problems)
         check.cost_usd = round(check.cost_usd + rewrite.cost_usd, 8)
         if rewrite.answer is None or rewrite.link is None:

@@ -20,6 +20,7 @@ from fleet.telemetry.runtime import (
 )
 from fleet.telemetry.spans import (
     chat_span,
+    continued,
     current_traceparent,
     end_attempt,
     inject_context,
@@ -35,6 +36,7 @@ from fleet.telemetry.spans import (
 
 __all__ = [
     "chat_span",
+    "continued",
     "current_traceparent",
     "end_attempt",
     "inject_context",

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import signals
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind, Status, StatusCode
@@ -36,6 +37,7 @@ from fleet.telemetry import runtime
 
 __all__ = [
     "chat_span",
+    "continued",
     "current_traceparent",
     "end_attempt",
     "inject_context",
@@ -196,6 +198,20 @@ def current_traceparent() -> str | None:
         return None
     _TRACECONTEXT.inject(carrier)
     return carrier.get("traceparent")
+
+
+@contextmanager
+def continued(traceparent: str | None) -> Iterator[None]:
+    """Within this block, what is sent continues the trace ``traceparent`` names, when no span is
+    current (a pipeline a person resumed from the inbox goes on in the pipeline's trace)."""
+    if not traceparent or trace.get_current_span().get_span_context().is_valid:
+        yield
+        return
+    token = otel_context.attach(_TRACECONTEXT.extract({"traceparent": traceparent}))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def link_to(traceparent: str | None) -> list[Link]:

@@ -156,3 +156,27 @@ def test_a_shadow_run_on_full_is_judged_side_by_side_and_reported(fleet: ChaosFl
 
     lines = {r.task_id: r.status for r in read_records(fleet.client.redis, None)}
     assert lines[task_id] == "completed" and lines[f"shadow-{task_id}"] == "shadow"
+
+
+def test_draft_polish_rewrites_on_full_only_the_drafts_below_its_threshold(fleet: ChaosFleet) -> None:
+    # Given the draft_polish pipeline (its draft step judges every mini draft; full rewrites a failure)
+    # When mini's draft is wrong
+    failed = fleet.client.result(
+        fleet.client.submit(
+            {"prompt": "Draft a two-line status update on the migration.", "pipeline": "draft_polish"}
+        ),
+        timeout=60,
+    )
+    # Then the judge fails it and the full tier's model rewrites it
+    assert failed.status == "completed" and [s.step for s in failed.steps] == ["draft"]
+    assert [c.action for c in failed.quality] == ["polish"] and failed.steps[0].quality[0].score is not None
+    assert failed.model == "claude-opus-4-1"  # queues/full.toml's first link, not standard's
+    # And when mini's draft is right, it ships as drafted: judged, not rewritten
+    fleet.mock_config(quality={**CERTAIN, "capability": {"gpt-4.1-mini": 5, "claude-sonnet-4-5": 5}})
+    passed = fleet.client.result(
+        fleet.client.submit(
+            {"prompt": "Draft a two-line status update on the backup job.", "pipeline": "draft_polish"}
+        ),
+        timeout=60,
+    )
+    assert [c.action for c in passed.quality] == ["pass"] and passed.model == "gpt-4.1-mini"

@@ -327,3 +327,27 @@ def test_fleet_costs_json_sums_match_the_results(clean: TracedFleet) -> None:
     # and a window that ends before the jobs holds none of them
     done = run(["costs", "--since", "1s", "--json"], env)
     assert done.returncode == 0 and json.loads(done.stdout)["jobs"] < 12
+
+
+def test_a_pipeline_is_one_trace_from_submit_through_every_step(clean: TracedFleet) -> None:
+    # Given a pipeline of two steps (mini extracts, full reasons)
+    task_id = clean.client.submit({"prompt": "Notes: Dana owns the cut-over on 2026-03-15.",
+                                   "pipeline": "extract_reason"})  # fmt: skip
+    res = clean.client.result(task_id, timeout=60)
+    assert res.status == "completed" and len(res.steps) == 2
+    # Then the submit span's trace holds the route span and both steps' execute and chat spans
+    deadline = time.monotonic() + 15
+    while True:
+        spans = clean.spans()
+        submit = [
+            s for s in spans if s["name"] == "submit" and s["attributes"].get("fleet.task_id") == task_id
+        ]
+        trace = [s for s in spans if submit and s["trace_id"] == submit[0]["trace_id"]]
+        executed = {s["attributes"].get("fleet.task_id") for s in trace if s["name"] == "execute"}
+        if executed >= {f"{task_id}.extract", f"{task_id}.reason"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert executed >= {f"{task_id}.extract", f"{task_id}.reason"}
+    assert any(s["name"] == "route" for s in trace)
+    models = {s["attributes"].get("gen_ai.request.model") for s in trace if s["name"].startswith("chat")}
+    assert {res.steps[0].model, res.steps[1].model} <= models

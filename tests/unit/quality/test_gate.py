@@ -52,7 +52,8 @@ def harness(settings: Settings, score_of: Callable[[str], int], **kw: object) ->
     model = brain(score_of, **kw)  # type: ignore[arg-type]
     h = Harness(settings, providers={"openai": [model], "anthropic": [model], "groq": [model]})
     judge = Judge(h.chain, settings.tier("standard").links())
-    gate = QualityGate(settings.quality, judge, h.handoff.job, lambda tier: settings.tier(tier).links())
+    links = lambda tier, _exact=False: settings.tier(tier).links()  # noqa: E731
+    gate = QualityGate(settings.quality, judge, h.handoff.job, links)
     h.middlewares.insert(-1, gate)  # before the cost record, as the fleet orders them
     h.runner.middlewares = h.middlewares
     return h
