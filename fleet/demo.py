@@ -14,7 +14,7 @@ from fleet.models import TaskResult
 from fleet.producer import Client
 from fleet.settings import Settings, mask_url
 
-__all__ = ["Progress", "percentile", "run_workload", "summarise"]
+__all__ = ["Progress", "percentile", "pipeline_counts", "run_workload", "summarise"]
 
 
 @dataclass
@@ -27,6 +27,9 @@ class Progress:
     escalated: int = 0
     by_tier: Counter[str] = field(default_factory=Counter)
     rejected: int = 0
+    #: Pipeline jobs by pipeline name: how many the workload holds, and how many reached a final state.
+    pipelines_total: Counter[str] = field(default_factory=Counter)
+    pipelines_done: Counter[str] = field(default_factory=Counter)
 
     @property
     def done(self) -> int:
@@ -54,7 +57,9 @@ def run_workload(
 
     Returns the results by task id, every submitted task id, and the final progress.
     """
-    progress = Progress(total=len(jobs))
+    progress = Progress(
+        total=len(jobs), pipelines_total=Counter(str(j["pipeline"]) for j in jobs if j.get("pipeline"))
+    )
     task_ids: list[str] = []
     submit_error: list[BaseException] = []
 
@@ -80,6 +85,8 @@ def run_workload(
                 progress.escalated += 1
             if res.tier is not None:
                 progress.by_tier[str(res.tier)] += 1
+            if res.pipeline is not None:
+                progress.pipelines_done[res.pipeline] += 1
         if on_progress is not None:
             on_progress(progress)
         if submit_error:
@@ -97,10 +104,43 @@ def _answer_tokens(result: TaskResult) -> tuple[int, int]:
     return sum(a.input_tokens for a in answering), sum(a.output_tokens for a in answering)
 
 
+def _all_full_tokens(result: TaskResult) -> tuple[int, int]:
+    """The tokens of a job answered once by the full tier: its answering calls' for a job; for a
+    pipeline, its first step's input (every item of a map: the whole input) and its last step's output."""
+    if result.pipeline is None:
+        return _answer_tokens(result)
+    if not result.steps:
+        return 0, 0
+    first = result.steps[0].step
+    return sum(s.input_tokens for s in result.steps if s.step == first), result.steps[-1].output_tokens
+
+
+def pipeline_counts(
+    task_ids: list[str], jobs: list[dict[str, Any]], results: dict[str, TaskResult]
+) -> dict[str, dict[str, int]]:
+    """Per pipeline name: its jobs submitted, completed, escalated (escalated or discarded) and lost
+    (no final state). ``jobs[i]`` is the request submitted as ``task_ids[i]``."""
+    counts: dict[str, dict[str, int]] = {}
+    for task_id, job in zip(task_ids, jobs, strict=False):
+        name = job.get("pipeline")
+        if not name:
+            continue
+        row = counts.setdefault(str(name), {"submitted": 0, "completed": 0, "escalated": 0, "lost": 0})
+        row["submitted"] += 1
+        res = results.get(task_id)
+        row["lost" if res is None else "completed" if res.status == "completed" else "escalated"] += 1
+    return dict(sorted(counts.items()))
+
+
 def summarise(
-    settings: Settings, redis_url: str, task_ids: list[str], results: dict[str, TaskResult]
+    settings: Settings,
+    redis_url: str,
+    task_ids: list[str],
+    results: dict[str, TaskResult],
+    jobs: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The demo's JSON summary (see ``fleet demo --help``)."""
+    """The demo's JSON summary (see ``fleet demo --help``). ``jobs``: the submitted requests, in the
+    order of ``task_ids`` (the pipelines' counts need them: a lost job has no result to name its pipeline)."""
     completed = [r for r in results.values() if r.status == "completed"]
     escalated = [r for r in results.values() if r.status != "completed"]
     full_provider, full_model = settings.tier("full").links()[0]
@@ -118,7 +158,7 @@ def summarise(
         "by_model": dict(by_model.most_common()),
         "fallbacks": sum(1 for r in completed if (r.fallback_index or 0) > 0),
         "cost_usd": round(sum(r.cost_usd for r in results.values()), 6),
-        "cost_all_full_usd": round(sum(full_prices.cost(*_answer_tokens(r)) for r in results.values()), 6),
+        "cost_all_full_usd": round(sum(full_prices.cost(*_all_full_tokens(r)) for r in results.values()), 6),
         "judge_cost_usd": round(
             sum(a.cost_usd for r in results.values() for a in r.attempts if a.purpose != "answer"), 6
         ),
@@ -126,6 +166,7 @@ def summarise(
         "upgraded": sum(1 for r in results.values() if any(c.action == "upgrade" for c in r.quality)),
         "polished": sum(1 for r in results.values() if any(c.action == "polish" for c in r.quality)),
         "escalated_by_gate": sum(1 for r in escalated if r.reason == "quality_check_failed"),
+        "pipelines": pipeline_counts(task_ids, jobs, results),
         "low_confidence": sum(1 for c in checks if c.signals),
         "p50_ms": round(statistics.median(latencies), 1) if latencies else 0.0,
         "p99_ms": round(percentile(latencies, 99), 1),

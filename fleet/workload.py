@@ -2,6 +2,8 @@
 
 ``fleet/data/workload.jsonl`` holds one ``TaskRequest`` (as JSON) per line, across code, writing,
 extraction, support, analysis and ops work, mixed so every tier gets a fair share.
+``fleet/data/pipelines.jsonl`` holds the demo's pipeline jobs (``"pipeline": NAME``, docs/pipelines.md):
+two of each shipped pipeline, over long meeting notes, a postmortem, long reports and short asks.
 """
 
 from __future__ import annotations
@@ -11,7 +13,37 @@ import random
 from importlib.resources import files
 from typing import Any
 
-__all__ = ["load_workload", "sample"]
+__all__ = ["demo_jobs", "load_pipeline_jobs", "load_workload", "sample", "sample_pipelines"]
+
+
+def _read(name: str) -> list[dict[str, Any]]:
+    """The jobs of ``fleet/data/<name>``, in file order (fresh dicts on each call)."""
+    text = (files("fleet") / "data" / name).read_text(encoding="utf-8")
+    jobs: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        if not isinstance(job, dict):
+            raise ValueError(f"{name} line {number}: expected a JSON object")
+        jobs.append(job)
+    return jobs
+
+
+def _cycle(jobs: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """``n`` jobs through ``jobs`` again and again, `` (variant k)`` on the prompt of the k-th repeat."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not jobs:
+        return []
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        k, index = divmod(i, len(jobs))
+        job = dict(jobs[index])
+        if k:
+            job["prompt"] = f"{job['prompt']} (variant {k})"
+        out.append(job)
+    return out
 
 
 def load_workload() -> list[dict[str, Any]]:
@@ -20,16 +52,16 @@ def load_workload() -> list[dict[str, Any]]:
     Raises:
         ValueError: a line is not a JSON object (the file ships with the package, so this is a packaging bug).
     """
-    text = (files("fleet") / "data" / "workload.jsonl").read_text(encoding="utf-8")
-    jobs: list[dict[str, Any]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        job = json.loads(line)
-        if not isinstance(job, dict):
-            raise ValueError(f"workload.jsonl line {number}: expected a JSON object")
-        jobs.append(job)
-    return jobs
+    return _read("workload.jsonl")
+
+
+def load_pipeline_jobs() -> list[dict[str, Any]]:
+    """Return every pipeline job of the demo, in file order (fresh dicts on each call).
+
+    Raises:
+        ValueError: a line is not a JSON object (a packaging bug).
+    """
+    return _read("pipelines.jsonl")
 
 
 def sample(n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -44,15 +76,31 @@ def sample(n: int, seed: int = 0) -> list[dict[str, Any]]:
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     jobs = load_workload()
-    if not jobs:
-        return []
     if seed:
         random.Random(seed).shuffle(jobs)
-    out: list[dict[str, Any]] = []
-    for i in range(n):
-        k, index = divmod(i, len(jobs))
-        job = dict(jobs[index])
-        if k:
-            job["prompt"] = f"{job['prompt']} (variant {k})"
-        out.append(job)
-    return out
+    return _cycle(jobs, n)
+
+
+def sample_pipelines(n: int) -> list[dict[str, Any]]:
+    """Return ``n`` pipeline jobs in file order, cycling (with `` (variant k)``) as :func:`sample` does.
+
+    Raises:
+        ValueError: ``n`` is negative.
+    """
+    return _cycle(load_pipeline_jobs(), n)
+
+
+def demo_jobs(n: int, pipelines: int = 8, seed: int = 0) -> list[dict[str, Any]]:
+    """Return the ``n`` jobs ``fleet demo`` submits: ``min(pipelines, n)`` pipeline jobs spread evenly
+    among ``n - pipelines`` jobs of :func:`sample` (so they run under the same load, not after it).
+
+    Raises:
+        ValueError: ``n`` or ``pipelines`` is negative.
+    """
+    if n < 0 or pipelines < 0:
+        raise ValueError(f"n and pipelines must be >= 0, got {n} and {pipelines}")
+    count = min(pipelines, n)
+    singles = iter(sample(n - count, seed))
+    # The i-th pipeline job at the middle of the i-th of ``count`` equal stretches: distinct slots.
+    slots = {(2 * i + 1) * n // (2 * count): job for i, job in enumerate(sample_pipelines(count))}
+    return [slots[pos] if pos in slots else next(singles) for pos in range(n)]

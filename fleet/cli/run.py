@@ -125,7 +125,13 @@ def _render(progress: DemoProgress, bar: Progress, task_id: Any) -> Group:
         f"[yellow]{progress.escalated}[/]",
         *(str(progress.by_tier.get(t, 0)) for t in ("mini", "standard", "full", "fast")),
     )
-    return Group(bar, table)
+    if not progress.pipelines_total:
+        return Group(bar, table)
+    line = "  ".join(
+        f"{name} {progress.pipelines_done.get(name, 0)}/{total}"
+        for name, total in sorted(progress.pipelines_total.items())
+    )
+    return Group(bar, table, f"[bold]pipelines[/] (done/submitted): {line}")
 
 
 def _simulated(
@@ -155,6 +161,11 @@ def _summary_table(summary: dict[str, Any]) -> Table:
         table.add_row(key, f"[{style}]{summary[key]}[/]" if style else str(summary[key]))
     for tier, count in summary["by_tier"].items():
         table.add_row(f"tier {tier}", str(count))
+    for name, row in summary.get("pipelines", {}).items():
+        lost = f", [red]{row['lost']} lost[/]" if row["lost"] else ""
+        table.add_row(
+            f"pipeline {name}", f"{row['completed']}/{row['submitted']} ({row['escalated']} escalated{lost})"
+        )
     saving = 1 - summary["cost_usd"] / summary["cost_all_full_usd"] if summary["cost_all_full_usd"] else 0.0
     table.add_row("cost (judge included)", f"${summary['cost_usd']:.4f}")
     table.add_row("cost if all on full", f"${summary['cost_all_full_usd']:.4f}")
@@ -175,6 +186,12 @@ def _summary_table(summary: dict[str, Any]) -> Table:
 @handle_errors
 def demo(
     tasks: Annotated[int, typer.Option(min=1, max=100_000, help="How many jobs to submit.")] = 200,
+    pipelines: Annotated[
+        int,
+        typer.Option(
+            min=0, max=100_000, help="How many of those jobs run a pipeline (docs/pipelines.md); 0: none."
+        ),
+    ] = 8,
     failure_rate: Annotated[
         float,
         typer.Option(min=0.0, max=1.0, help="Probability each mock call fails (spread over fault kinds)."),
@@ -193,19 +210,24 @@ def demo(
     """Run the whole fleet on an embedded broker with the mock provider, submit a sample workload,
     show live progress, print a summary, and stop everything it started.
 
+    Of the --tasks jobs, --pipelines (default 8, at most --tasks) are pipeline jobs spread through
+    the run, two of each shipped pipeline (extract_reason, research, review, draft_polish): each is
+    one task id whose steps run on several tiers. They count in every total like any job.
+
     The mock SIMULATES model quality (some answers of a model below a job's difficulty are flawed; a
     judge catches most of them): the summary's quality figures are the mock's hidden truth, labelled
     simulated. See docs/quality.md.
 
     JSON summary keys: submitted, completed, escalated, lost, by_tier, fallbacks, cost_usd (judge
-    included), cost_all_full_usd, judge_cost_usd, judged, upgraded, polished, escalated_by_gate,
-    quality, quality_all_full (simulated), shadow_runs, shadow_cost_usd, p50_ms, p99_ms, broker.
-    Exits 0 only when lost is 0.
+    included), cost_all_full_usd (a pipeline: its input answered once on full), judge_cost_usd,
+    judged, upgraded, polished, escalated_by_gate, pipelines ({NAME: {submitted, completed,
+    escalated, lost}}), quality, quality_all_full (simulated), shadow_runs, shadow_cost_usd, p50_ms,
+    p99_ms, broker. Exits 0 only when lost is 0 (pipeline jobs included).
 
     Example: fleet demo --tasks 200 --failure-rate 0.3 --json
     """
     from fleet.producer import Client
-    from fleet.workload import sample
+    from fleet.workload import demo_jobs
 
     settings = settings_for(
         "demo",
@@ -239,7 +261,7 @@ def demo(
             sup.start()
         console.print(f"fleet ready in {time.monotonic() - started:.1f} s; logs in {log_dir}/")
         client = Client(settings, redis_url=sup.redis_url)
-        jobs = sample(tasks)
+        jobs = demo_jobs(tasks, pipelines)
         bar = Progress(
             TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         )
@@ -253,7 +275,7 @@ def demo(
             )
         if not console.is_terminal:
             console.line()  # off a terminal, Live leaves its last row unterminated
-        summary = summarise(settings, sup.redis_url, task_ids, results)
+        summary = summarise(settings, sup.redis_url, task_ids, results, jobs)
         summary.update(_simulated(settings, sup, jobs, results, task_ids))
         client.close()
     except (KeyboardInterrupt, _Stop):

@@ -1,4 +1,5 @@
-"""The demo workload: every line a valid request, distinct prompts, known kinds, sampling."""
+"""The demo workload: every line a valid request, distinct prompts, known kinds, sampling; the demo's
+pipeline jobs (fleet/data/pipelines.jsonl), and how the demo spreads them among the others."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import collections
 import pytest
 
 from fleet.models import Tier, validate_request
-from fleet.workload import load_workload, sample
+from fleet.settings import load_settings
+from fleet.workload import demo_jobs, load_pipeline_jobs, load_workload, sample, sample_pipelines
 
 #: The kind labels the workload may use (cost reports group by them; keep the set small).
 KNOWN_KINDS = frozenset(
@@ -105,3 +107,40 @@ def test_sample_with_a_seed_is_deterministic() -> None:
     assert sample(0) == []
     with pytest.raises(ValueError):
         sample(-1)
+
+
+def test_the_pipeline_jobs_run_each_shipped_pipeline_twice_over_fitting_inputs() -> None:
+    # Given the demo's pipeline jobs / Then each is a valid request naming a configured pipeline,
+    # two of each, distinct from each other and from the workload, the reading ones over long texts
+    jobs = load_pipeline_jobs()
+    for job in jobs:
+        assert validate_request(job).pipeline is not None
+    configured = set(load_settings(env={}).pipelines)
+    names = collections.Counter(job["pipeline"] for job in jobs)
+    assert set(names) == configured and set(names.values()) == {2}
+    prompts = [job["prompt"] for job in jobs]
+    assert len(set(prompts)) == len(prompts)
+    assert not set(prompts) & {job["prompt"] for job in load_workload()}
+    assert all(len(j["prompt"]) >= 5000 for j in jobs if j["pipeline"] in ("extract_reason", "research"))
+    assert any(len(j["prompt"]) > 8000 for j in jobs if j["pipeline"] == "research")  # more than 2 chunks
+
+
+@pytest.mark.parametrize(("n", "pipelines"), [(200, 8), (40, 8), (9, 8), (5, 8), (30, 20), (10, 0)])
+def test_demo_jobs_spread_the_pipeline_jobs_among_the_sample(n: int, pipelines: int) -> None:
+    jobs = demo_jobs(n, pipelines)
+    assert len(jobs) == n
+    assert len({job["prompt"] for job in jobs}) == n
+    picked = [i for i, job in enumerate(jobs) if "pipeline" in job]
+    assert [jobs[i] for i in picked] == sample_pipelines(min(pipelines, n))
+    assert [job for job in jobs if "pipeline" not in job] == sample(n - len(picked))
+    if 0 < len(picked) < n:  # spread out: neither all first nor all last
+        assert picked[0] < n // len(picked) and picked[-1] >= n - n // len(picked)
+
+
+def test_sample_pipelines_cycles_with_variants() -> None:
+    base = load_pipeline_jobs()
+    jobs = sample_pipelines(len(base) + 1)
+    assert jobs[: len(base)] == base
+    assert jobs[-1] == {**base[0], "prompt": base[0]["prompt"] + " (variant 1)"}
+    with pytest.raises(ValueError):
+        demo_jobs(10, -1)
