@@ -8,7 +8,8 @@
     print(res.status, res.tier, res.model, res.cost_usd, res.answer)
 
 ``submit``/``result`` use the fleet found through FLEET_REDIS_URL or a running ``fleet up``;
-``fleet.Client(settings, redis_url=...)`` talks to a given one.
+``fleet.Client(settings, redis_url=...)`` talks to a given one; ``fleet.AsyncClient`` is the same
+for asyncio code (``await client.submit(...)``, ``await client.result(...)``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from fleet.errors import BrokerError, FleetError, InvalidRequest, ResultTimeout,
 from fleet.models import Attempt, Hints, JobStatus, RoutingDecision, TaskRequest, TaskResult, Tier
 
 if TYPE_CHECKING:
+    from fleet.aio import AsyncClient
     from fleet.producer import Client, result, submit
 
 __all__ = [
+    "AsyncClient",
     "Attempt",
     "BrokerError",
     "Client",
@@ -51,4 +54,8 @@ def __getattr__(name: str) -> Any:
         from fleet import producer
 
         return getattr(producer, name)
+    if name == "AsyncClient":
+        from fleet import aio
+
+        return aio.AsyncClient
     raise AttributeError(f"module 'fleet' has no attribute {name!r}")

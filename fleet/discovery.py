@@ -23,6 +23,7 @@ from fleet.procs import pid_alive
 from fleet.settings import Settings
 
 __all__ = [
+    "REDIS_OPTIONS",
     "broker_url",
     "clear_state",
     "message_url",
@@ -93,11 +94,18 @@ def message_url(settings: Settings, redis_url: str) -> str:
     return url if url and is_amqp(url) else redis_url
 
 
+#: Connection options of the fleet's own Redis clients (sync, and :mod:`fleet.aio`'s redis.asyncio):
+#: give up connecting after 5 s, on a reply after 10 s; PING a connection idle for 25 s before use.
+REDIS_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 5,
+    "socket_timeout": 10,
+    "health_check_interval": 25,
+}
+
+
 @lru_cache(maxsize=8)
 def _client(url: str, pid: int, tls: tuple[tuple[str, Any], ...]) -> BoundaryRedis:
-    pool = redis.ConnectionPool.from_url(
-        url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=25, **dict(tls)
-    )
+    pool = redis.ConnectionPool.from_url(url, **REDIS_OPTIONS, **dict(tls))
     client = BoundaryRedis(connection_pool=pool)
     client.fleet_url = url
     return client

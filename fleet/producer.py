@@ -10,6 +10,12 @@ Every job gets a record when it is enqueued (``fleet:job:<id>``), so an id nobod
 read with the fleet's own Redis client: a GET of the result key, and a subscription to the channel
 the worker publishes it on, so waiting costs no polling. Every broker failure is a
 :class:`fleet.errors.BrokerError` (:mod:`fleet.boundary`).
+
+A submission is the same three steps for one job or many (``submit`` is a batch of one): validate
+every request (:func:`prepare_many`; nothing is written unless all are valid), claim the idempotency
+keys (one script call, :func:`claims` / :func:`settle`), then write the job records in one pipeline
+and publish the messages on one broker connection (:func:`enqueue_many`). :mod:`fleet.aio` runs the
+same steps on ``redis.asyncio``.
 """
 
 from __future__ import annotations
@@ -18,26 +24,74 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.trace import SpanKind
 
-from fleet import keys, telemetry
+from fleet import keys, scripts, telemetry
 from fleet.app import ARGS_REPR, EXECUTE_TASK, ROUTE_TASK, FleetCelery, create_app
 from fleet.boundary import BoundaryRedis, broker_errors
 from fleet.discovery import broker_url, redis_client
-from fleet.errors import ResultTimeout, TaskFailed, TaskNotFound
-from fleet.models import JobEnvelope, JobStatus, RoutingDecision, TaskRequest, TaskResult, validate_request
+from fleet.errors import InvalidRequest, ResultTimeout, TaskFailed, TaskNotFound
+from fleet.models import (
+    JobEnvelope,
+    JobStatus,
+    RoutingDecision,
+    TaskRequest,
+    TaskResult,
+    Tier,
+    validate_request,
+)
 from fleet.pipelines.config import known
 from fleet.settings import Settings, get_settings
 
-__all__ = ["Client", "decode_result", "default_client", "enqueue", "result", "submit"]
+__all__ = [
+    "ANSWER_POLL_S",
+    "RECHECK_S",
+    "Client",
+    "Outgoing",
+    "Request",
+    "claims",
+    "decode_result",
+    "default_client",
+    "enqueue",
+    "enqueue_many",
+    "prepare",
+    "prepare_many",
+    "publish",
+    "queue_records",
+    "result",
+    "settle",
+    "status_of",
+    "submit",
+]
 
 #: How often ``result(..., until_answered=True)`` looks for a person's answer, in seconds.
-_ANSWER_POLL_S = 0.2
+ANSWER_POLL_S = 0.2
 #: Longest a waiting ``result`` trusts its subscription alone before it reads the key again.
-_RECHECK_S = 1.0
+RECHECK_S = 1.0
+
+#: What ``submit`` takes: a ``TaskRequest``, a dict of its fields, or that dict as a JSON string.
+Request = TaskRequest | Mapping[str, Any] | str
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A job ready to be sent: its request as it travels, its envelope (id, submission time, a pinned
+    tier's routing), its idempotency key, and its ``submit`` span's attributes (None: no span of its
+    own, for a job a worker or a person sends on)."""
+
+    payload: dict[str, Any]
+    envelope: JobEnvelope
+    idempotency_key: str | None = None
+    span: dict[str, Any] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
 
 
 class Client:
@@ -48,9 +102,10 @@ class Client:
         self.redis_url = redis_url or broker_url(self.settings)
         self.app: FleetCelery = create_app(self.settings, self.redis_url)
         self.redis: BoundaryRedis = redis_client(self.settings, self.redis_url)
+        self._claim = scripts.register(self.redis, "claim")
         telemetry.setup(self.settings, role="producer")  # a no-op unless OTEL_* or a trace file asks
 
-    def submit(self, request: TaskRequest | Mapping[str, Any] | str) -> str:
+    def submit(self, request: Request) -> str:
         """Validate and enqueue a job; return its task id.
 
         An idempotency key seen before returns the first task id and enqueues nothing.
@@ -59,38 +114,29 @@ class Client:
             InvalidRequest: the request is not valid; nothing was enqueued.
             BrokerError: the broker cannot be reached.
         """
-        if isinstance(request, Mapping):
-            request = dict(request)
-        req = validate_request(request, max_prompt_bytes=self.settings.limits.max_prompt_bytes)
-        if req.pipeline is not None:
-            known(self.settings.pipelines, req.pipeline)
-        payload = req.model_dump(mode="json", exclude_defaults=True)
-        task_id = uuid.uuid4().hex
-        attributes = {
-            "fleet.task_id": task_id,
-            "fleet.kind": req.kind,
-            "fleet.tier": req.tier and str(req.tier),
-        }
-        with telemetry.span("submit", kind=SpanKind.PRODUCER, attributes=attributes):
-            return self._send(req, payload, task_id)
+        return self._send([prepare(self.settings, request)])[0]
 
-    def _send(self, req: TaskRequest, payload: dict[str, Any], task_id: str) -> str:
-        """Enqueue a validated request (the trace context rides in the message headers)."""
-        if req.idempotency_key is not None:
-            key = keys.idempotency(req.idempotency_key)
-            ttl = self.settings.broker.idempotency_ttl_s
-            if not self.redis.set(key, task_id, nx=True, ex=ttl):
-                existing = self.redis.get(key)
-                if existing is not None:
-                    return existing.decode() if isinstance(existing, bytes) else str(existing)
-        envelope = JobEnvelope(id=task_id, submitted_at=time.time())
-        if req.tier is not None:
-            # A pinned job skips the router hop (precedence rule 1).
-            envelope.routing = RoutingDecision(
-                tier=req.tier, reasons=[f"pinned to tier {req.tier} by the producer"], classifier="pinned"
-            )
-        enqueue(self.app, self.settings, payload, envelope, self.redis)
-        return task_id
+    def submit_many(self, requests: Iterable[Request]) -> list[str]:
+        """Validate every request, then enqueue them all; return their task ids, in order.
+
+        The Redis writes are pipelined (the idempotency keys in one script call, the job records in
+        one round trip) and the messages go out on one broker connection. A request whose
+        idempotency key was seen before, earlier or earlier in this batch, gets the first task id
+        and is not enqueued again.
+
+        Raises:
+            InvalidRequest: a request is not valid, each problem named by its index
+                (``requests[3].prompt: ...``); nothing was enqueued.
+            BrokerError: the broker cannot be reached.
+        """
+        return self._send(prepare_many(self.settings, requests))
+
+    def _send(self, jobs: Sequence[Outgoing]) -> list[str]:
+        names, args = claims(jobs, self.settings.broker.idempotency_ttl_s)
+        firsts = self._claim(keys=names, args=args) if names else []
+        ids, fresh = settle(jobs, firsts)
+        enqueue_many(self.app, self.settings, fresh, self.redis)
+        return ids
 
     def result(
         self, task_id: str, timeout: float | None = None, *, until_answered: bool = False
@@ -115,7 +161,7 @@ class Client:
                 raise ResultTimeout(
                     f"task {task_id} is escalated ({res.escalation_id}); nobody answered within {timeout} s"
                 )
-            time.sleep(_ANSWER_POLL_S)
+            time.sleep(ANSWER_POLL_S)
             res = self.peek([task_id]).get(task_id, res)
         return res
 
@@ -127,15 +173,10 @@ class Client:
             try:
                 pubsub.subscribe(keys.result(task_id))
                 while True:
-                    status = self.status(task_id)
-                    if status.state == "failed":
-                        raise TaskFailed(f"task {task_id} failed in the worker (see the worker's log)")
-                    if status.result is not None:
-                        return status.result
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise ResultTimeout(f"task {task_id} has no final state after {timeout} s")
-                    pubsub.get_message(timeout=_RECHECK_S if left is None else min(left, _RECHECK_S))
+                    got = settled(self.status(task_id), deadline, timeout)
+                    if isinstance(got, TaskResult):
+                        return got
+                    pubsub.get_message(timeout=got)
             finally:
                 pubsub.close()
 
@@ -150,21 +191,23 @@ class Client:
         pipe.get(keys.result(task_id))
         pipe.hgetall(keys.job(task_id))
         raw, record = pipe.execute()
-        fields = {_text(k): _text(v) for k, v in (record or {}).items()}
-        queue = fields.get("queue")
-        submitted = float(fields["submitted_at"]) if "submitted_at" in fields else None
-        if raw is not None:
-            meta = json.loads(raw)
-            if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
-                res = TaskResult.model_validate(meta["result"])
-                return JobStatus(
-                    task_id=task_id, state=res.status, queue=queue, submitted_at=res.submitted_at, result=res
-                )
-            if meta.get("status") == "FAILURE":
-                return JobStatus(task_id=task_id, state="failed", queue=queue, submitted_at=submitted)
-        if not fields:
+        return status_of(task_id, raw, record)
+
+    def cancel(self, task_id: str) -> JobStatus:
+        """Cancel a job: one still queued ends ``cancelled`` when a worker reaches it, without a call;
+        one running stops after its current call and is charged only the calls it made; a pipeline
+        sends no further step. A job already final is left as it is; cancelling twice is harmless.
+        Returns the job's status after the mark.
+
+        Raises:
+            TaskNotFound: no job was ever submitted under ``task_id``.
+            BrokerError: the broker cannot be reached.
+        """
+        script = self.redis.register_script(scripts.source("cancel"))
+        marked = script(keys=[keys.result(task_id), keys.job(task_id)], args=[repr(time.time())])
+        if _text(marked) == "unknown":
             raise TaskNotFound(task_id)
-        return JobStatus(task_id=task_id, state="queued", queue=queue, submitted_at=submitted)
+        return self.status(task_id)
 
     def peek(self, task_ids: Iterable[str]) -> dict[str, TaskResult]:
         """The final results among ``task_ids`` that have one, in one round trip."""
@@ -181,6 +224,153 @@ class Client:
 
     def close(self) -> None:
         self.app.close()
+
+
+def prepare(settings: Settings, request: Request) -> Outgoing:
+    """A request validated into a job ready to send, under a new task id (no I/O).
+
+    Raises:
+        InvalidRequest: the request is not valid (or names a pipeline that is not configured).
+    """
+    if isinstance(request, Mapping):
+        request = dict(request)
+    req = validate_request(request, max_prompt_bytes=settings.limits.max_prompt_bytes)
+    if req.pipeline is not None:
+        known(settings.pipelines, req.pipeline)
+    task_id = uuid.uuid4().hex
+    envelope = JobEnvelope(id=task_id, submitted_at=time.time())
+    if req.tier is not None:
+        # A pinned job skips the router hop (precedence rule 1).
+        envelope.routing = RoutingDecision(
+            tier=req.tier, reasons=[f"pinned to tier {req.tier} by the producer"], classifier="pinned"
+        )
+    return Outgoing(
+        payload=req.model_dump(mode="json", exclude_defaults=True),
+        envelope=envelope,
+        idempotency_key=req.idempotency_key,
+        span={"fleet.task_id": task_id, "fleet.kind": req.kind, "fleet.tier": req.tier and str(req.tier)},
+    )
+
+
+def prepare_many(settings: Settings, requests: Iterable[Request]) -> list[Outgoing]:
+    """Every request validated (:func:`prepare`), or an error naming each bad one by its index.
+
+    Raises:
+        InvalidRequest: one line per problem, ``requests[3].prompt: ...``.
+    """
+    if isinstance(requests, str | bytes | Mapping | TaskRequest):
+        raise InvalidRequest([f"requests: a list of task requests, got {type(requests).__name__}"])
+    jobs: list[Outgoing] = []
+    errors: list[str] = []
+    for index, request in enumerate(requests):
+        try:
+            jobs.append(prepare(settings, request))
+        except InvalidRequest as exc:
+            errors.extend(_at(index, line) for line in exc.errors)
+    if errors:
+        raise InvalidRequest(errors)
+    return jobs
+
+
+def _at(index: int, line: str) -> str:
+    """One request's error line as one of many: ``prompt: ...`` -> ``requests[3].prompt: ...``."""
+    where, sep, what = line.partition(": ")
+    if not sep or " " in where:
+        return f"requests[{index}]: {line}"
+    if where == "request":
+        return f"requests[{index}]: {what}"
+    return f"requests[{index}].{line}"
+
+
+def claims(jobs: Sequence[Outgoing], ttl_s: int) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of the ``claim`` script for the jobs that carry an idempotency key (two empty
+    lists when none does: no round trip)."""
+    keyed = [job for job in jobs if job.idempotency_key is not None]
+    if not keyed:
+        return [], []
+    return [keys.idempotency(str(job.idempotency_key)) for job in keyed], [str(ttl_s), *(j.id for j in keyed)]
+
+
+def settle(jobs: Sequence[Outgoing], firsts: Sequence[bytes | str]) -> tuple[list[str], list[Outgoing]]:
+    """Each job's task id given the ``claim`` script's reply (the first id under each key, in the
+    order of the keyed jobs), and the jobs to send: those whose id is their own."""
+    replies = iter(firsts)
+    ids = [job.id if job.idempotency_key is None else _text(next(replies)) for job in jobs]
+    return ids, [job for job, task_id in zip(jobs, ids, strict=True) if task_id == job.id]
+
+
+def settled(status: JobStatus, deadline: float | None, timeout: float | None) -> TaskResult | float:
+    """A waiting producer's next step: the job's final result, or how long to wait for it to be
+    published before looking again.
+
+    Raises:
+        TaskFailed: the task raised in the worker.
+        ResultTimeout: ``deadline`` passed.
+    """
+    if status.state == "failed":
+        raise TaskFailed(f"task {status.task_id} failed in the worker (see the worker's log)")
+    if status.result is not None:
+        return status.result
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left <= 0:
+        raise ResultTimeout(f"task {status.task_id} has no final state after {timeout} s")
+    return RECHECK_S if left is None else min(left, RECHECK_S)
+
+
+def status_of(task_id: str, raw: bytes | str | None, record: Mapping[Any, Any] | None) -> JobStatus:
+    """A job's status from its result key's value and its record (:meth:`Client.status`).
+
+    Raises:
+        TaskNotFound: neither exists.
+    """
+    fields = {_text(k): _text(v) for k, v in (record or {}).items()}
+    queue = fields.get("queue")
+    submitted = float(fields["submitted_at"]) if "submitted_at" in fields else None
+    if raw is not None:
+        meta = json.loads(raw)
+        if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
+            res = TaskResult.model_validate(meta["result"])
+            return JobStatus(
+                task_id=task_id, state=res.status, queue=queue, submitted_at=res.submitted_at, result=res
+            )
+        if meta.get("status") == "FAILURE":
+            return JobStatus(task_id=task_id, state="failed", queue=queue, submitted_at=submitted)
+    if not fields:
+        raise TaskNotFound(task_id)
+    return on_its_way(task_id, fields)
+
+
+def record_routing(client: BoundaryRedis, task_id: str, decision: RoutingDecision, ttl_s: int) -> None:
+    """The router's decision on the job's record (state ``routed``): one write, before the job is sent
+    on to its tier (so the tier's ``running`` cannot be overwritten by it)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(
+        keys.job(task_id),
+        mapping={"state": "routed", "queue": str(decision.tier), "tier": str(decision.tier),
+                 "reasons": json.dumps(decision.reasons), "since": repr(time.time())},
+    )  # fmt: skip
+    pipe.expire(keys.job(task_id), ttl_s)
+    pipe.execute()
+
+
+def on_its_way(task_id: str, fields: dict[str, str]) -> JobStatus:
+    """A job's status from its record, before it has a final result (``queued``, ``routed`` or
+    ``running``; a record written by an older fleet says only ``queued``)."""
+    state = fields.get("state", "queued")
+    reasons = json.loads(fields["reasons"]) if "reasons" in fields else []
+    return JobStatus(
+        task_id=task_id,
+        state=state if state in ("queued", "routed", "running") else "queued",
+        queue=fields.get("queue"),
+        submitted_at=float(fields["submitted_at"]) if "submitted_at" in fields else None,
+        since=float(fields["since"]) if "since" in fields else None,
+        tier=Tier.of(fields.get("tier")),
+        reasons=reasons if isinstance(reasons, list) else [],
+        worker=fields.get("worker"),
+        link=fields.get("link"),
+        attempt=int(fields["attempt"]) if fields.get("attempt", "").isdigit() else None,
+        cancelling="cancelled" in fields,
+    )
 
 
 def decode_result(value: bytes | str) -> TaskResult | None:
@@ -206,39 +396,91 @@ def enqueue(
     """Send a job on its way under its own id: to its tier's queue when the envelope already
     carries a routing decision (a pinned job, a person's retry on a tier), else to the router.
 
-    The job's record is written first (its state ``queued`` and the queue), so the id is known
-    from the moment the message can be consumed.
+    Raises:
+        BrokerError: the broker cannot be reached.
+    """
+    enqueue_many(app, settings, [Outgoing(payload, envelope)], client)
+
+
+def enqueue_many(
+    app: FleetCelery, settings: Settings, jobs: Sequence[Outgoing], client: BoundaryRedis
+) -> None:
+    """Send jobs on their way (:func:`enqueue`): their records in one round trip first (state
+    ``queued`` and the queue), so each id is known from the moment its message can be consumed, then
+    their messages on one broker connection (:func:`publish`).
 
     Raises:
         BrokerError: the broker cannot be reached.
     """
-    args = [payload, envelope.model_dump(mode="json")]
-    queue = str(envelope.routing.tier) if envelope.routing is not None else "router"
-    record = keys.job(envelope.id)
+    if not jobs:
+        return
     pipe = client.pipeline(transaction=False)
-    pipe.hset(
-        record, mapping={"state": "queued", "queue": queue, "submitted_at": repr(envelope.submitted_at)}
-    )
-    pipe.expire(record, settings.broker.result_expires_s)
+    queue_records(pipe, jobs, settings.broker.result_expires_s)
     pipe.execute()
-    with broker_errors(client.fleet_url):
-        if envelope.routing is not None:
-            timeout = settings.tier(queue).timeout_s
-            app.send_task(
-                EXECUTE_TASK,
-                args=args,
-                task_id=envelope.id,
-                queue=queue,
-                time_limit=math.ceil(timeout + 30),
-                soft_time_limit=math.ceil(timeout),
-                argsrepr=ARGS_REPR,
-                kwargsrepr="{}",
-            )
-        else:
-            app.send_task(
-                ROUTE_TASK, args=args, task_id=f"route-{envelope.id}", queue="router",
-                argsrepr=ARGS_REPR, kwargsrepr="{}",
-            )  # fmt: skip
+    publish(app, settings, jobs, client.fleet_url)
+
+
+def queue_records(pipe: Any, jobs: Iterable[Outgoing], ttl_s: int) -> None:
+    """Queue on ``pipe`` (redis-py's, or redis.asyncio's) each job's record: state ``queued``, the
+    queue its message goes to, when it was submitted."""
+    since = repr(time.time())
+    for job in jobs:
+        record = keys.job(job.id)
+        pipe.hset(
+            record,
+            mapping={"state": "queued", "queue": _queue(job.envelope),
+                     "submitted_at": repr(job.envelope.submitted_at), "since": since},
+        )  # fmt: skip
+        pipe.expire(record, ttl_s)
+
+
+def publish(app: FleetCelery, settings: Settings, jobs: Iterable[Outgoing], url: str | None) -> None:
+    """Publish each job's message (the trace context rides in its headers), all on one producer
+    connection. Blocking: :mod:`fleet.aio` calls it in a worker thread.
+
+    Raises:
+        BrokerError: the broker cannot be reached.
+    """
+    with broker_errors(url), app.producer_or_acquire() as producer:
+        for job in jobs:
+            with _submit_span(job):
+                _send_task(app, settings, job, producer)
+
+
+@contextmanager
+def _submit_span(job: Outgoing) -> Iterator[None]:
+    if job.span is None:
+        yield
+        return
+    with telemetry.span("submit", kind=SpanKind.PRODUCER, attributes=job.span):
+        yield
+
+
+def _queue(envelope: JobEnvelope) -> str:
+    return str(envelope.routing.tier) if envelope.routing is not None else "router"
+
+
+def _send_task(app: FleetCelery, settings: Settings, job: Outgoing, producer: Any) -> None:
+    args = [job.payload, job.envelope.model_dump(mode="json")]
+    queue = _queue(job.envelope)
+    if job.envelope.routing is not None:
+        timeout = settings.tier(queue).timeout_s
+        app.send_task(
+            EXECUTE_TASK,
+            args=args,
+            task_id=job.id,
+            queue=queue,
+            time_limit=math.ceil(timeout + 30),
+            soft_time_limit=math.ceil(timeout),
+            argsrepr=ARGS_REPR,
+            kwargsrepr="{}",
+            producer=producer,
+        )
+    else:
+        app.send_task(
+            ROUTE_TASK, args=args, task_id=f"route-{job.id}", queue="router",
+            argsrepr=ARGS_REPR, kwargsrepr="{}", producer=producer,
+        )  # fmt: skip
 
 
 _default: Client | None = None
@@ -252,7 +494,7 @@ def default_client() -> Client:
     return _default
 
 
-def submit(request: TaskRequest | Mapping[str, Any] | str) -> str:
+def submit(request: Request) -> str:
     """Validate and enqueue a job on the default fleet; return its task id (see :meth:`Client.submit`)."""
     return default_client().submit(request)
 

@@ -22,6 +22,8 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "adjust": ("adjust_fn", "adjust"),
     "breaker_check": ("breaker_allow", "breaker_check"),
     "breaker_record": ("breaker_record",),
+    "cancel": ("cancel",),
+    "claim": ("claim",),
     "drop_if_owner": ("drop_if_owner",),
     "job_finish": ("adjust_fn", "job_finish"),
     "job_start": ("gcra", "breaker_allow", "gate", "job_start"),

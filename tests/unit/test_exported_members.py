@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import fleet
-from fleet import errors, models, producer
+from fleet import aio, errors, models, producer
 
 #: Where each public name is defined: ``fleet.X`` must be that very object.
 PUBLIC = {
+    "AsyncClient": aio,
     "Attempt": models,
     "BrokerError": errors,
     "Client": producer,
