@@ -47,7 +47,7 @@ from fleet.providers import ChatRequest, ChatResponse, Provider, build_provider,
 from fleet.providers.base import estimate_tokens
 from fleet.settings import Settings
 
-__all__ = ["CIRCUIT_OPEN", "THROTTLED", "Chain", "ChainOutcome", "check_answer"]
+__all__ = ["CANCELLED", "CIRCUIT_OPEN", "THROTTLED", "Chain", "ChainOutcome", "check_answer"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ CIRCUIT_OPEN = "circuit_open"
 _TPM_PREFIX = keys.bucket("tpm", "")
 #: The outcome recorded for a link whose rpm/tpm bucket had no token within the wait bound.
 THROTTLED = "throttled"
+#: The walk stopped because its job was cancelled (no link was called after that).
+CANCELLED = "cancelled"
 
 
 @dataclass
@@ -126,6 +128,15 @@ class _Walk:
     min_context: int = 0
     #: The shortest wait until a throttled link has a token again.
     throttled_wait: float | None = None
+    #: Asked before every call after the first: True stops the walk (the job was cancelled).
+    cancelled: Callable[[], bool] | None = None
+
+    def stops_here(self) -> bool:
+        """The job was cancelled: no more calls (asked only once a call was made)."""
+        if self.cancelled is not None and self.outcome.attempts and self.cancelled():
+            self.outcome.reason = CANCELLED
+            return True
+        return False
 
     def stop(self, reason: str) -> ChainOutcome:
         self.outcome.reason = reason
@@ -196,6 +207,7 @@ class Chain:
         first: GateAnswer | None = None,
         purpose: Purpose = "answer",
         logprobs: bool = False,
+        cancelled: Callable[[], bool] | None = None,
     ) -> ChainOutcome:
         """Walk ``links`` (``(provider, model)`` pairs) for ``request``; never raises a ProviderError.
 
@@ -207,18 +219,24 @@ class Chain:
         """
         chat = ChatRequest(
             model="",
-            prompt=request.prompt,
-            system=request.system,
+            prompt=request.ask,
+            system=request.instructions,
+            history=tuple((m.role, m.content) for m in request.history),
+            stop=tuple(request.stop or ()),
+            seed=request.seed,
+            json_mode=request.json_mode,
             max_tokens=request.max_tokens,
             temperature=request.temperature,
             response_schema=request.response_schema,
             logprobs=logprobs,
         )
         deadline = time.monotonic() + timeout_s if timeout_s else None
-        walk = _Walk(request, chat, deadline, corrections, purpose)
+        walk = _Walk(request, chat, deadline, corrections, purpose, cancelled=cancelled)
         for index, (provider, model) in enumerate(links):
             if provider in walk.skipped_providers:
                 continue
+            if walk.stops_here():
+                return walk.outcome
             if self.settings.model(provider, model).context_window <= walk.min_context:
                 continue
             if request.max_cost_usd is not None and walk.outcome.cost_usd >= request.max_cost_usd:
@@ -235,6 +253,8 @@ class Chain:
         for try_no in range(1, retry.max_attempts_per_link + 1):
             if walk.deadline is not None and time.monotonic() >= walk.deadline:
                 walk.stop("timeout")
+                return True
+            if try_no > 1 and walk.stops_here():
                 return True
             permit, skipped, wait = self._admit(provider, model, buckets, first if try_no == 1 else None)
             if skipped is not None:
@@ -376,7 +396,7 @@ class Chain:
             buckets.append(Bucket(keys.bucket("rpm", f"{provider}:{model}"), rate, burst=max(1.0, rate)))
         if settings.tpm:
             rate = settings.tpm / 60.0
-            estimate = estimate_tokens(request.prompt + (request.system or "")) + (
+            estimate = estimate_tokens(request.text + (request.instructions or "")) + (
                 request.max_tokens or self.settings.limits.default_output_tokens
             )
             buckets.append(

@@ -13,11 +13,16 @@ a test may pass the in-memory store); this layer adds what a transition does to 
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 from fleet import keys, telemetry
 from fleet.app import FleetCelery, create_app, queue_result
+from fleet.callbacks import request_callback, send_callback
 from fleet.discovery import broker_url, redis_client
 from fleet.errors import BrokerError, EscalationError, IllegalTransition, InvalidRequest
 from fleet.escalations import (
@@ -35,9 +40,50 @@ from fleet.producer import enqueue
 from fleet.quality.feedback import QUALITY_REASONS, RedisTally, tally_human
 from fleet.settings import Settings
 
-__all__ = ["Inbox"]
+__all__ = ["Filter", "Inbox", "Redrive"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which open escalations a bulk retry or discard moves (every given key must match)."""
+
+    reason: str | None = None
+    tier: str | None = None
+    kind: str | None = None
+    #: The provider of the escalated job's last call.
+    provider: str | None = None
+    #: Created within the last this many seconds.
+    since_s: float | None = None
+
+    #: The keys ``--where KEY=VALUE`` takes.
+    KEYS: ClassVar[tuple[str, ...]] = ("reason", "tier", "kind", "provider")
+
+    def matches(self, record: EscalationRecord, now: float) -> bool:
+        last = record.attempts[-1].provider if record.attempts else None
+        return (
+            (self.reason is None or str(record.reason) == self.reason)
+            and (self.tier is None or str(record.tier) == self.tier)
+            and (self.kind is None or record.kind == self.kind)
+            and (self.provider is None or last == self.provider)
+            and (self.since_s is None or record.created_at >= now - self.since_s)
+        )
+
+
+@dataclass
+class Redrive:
+    """What a bulk retry or discard did: how many matched, which moved, which were left and why."""
+
+    action: str
+    matched: int
+    moved: list[str] = field(default_factory=list)
+    left: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "matched": self.matched, "moved": len(self.moved),
+                "moved_ids": self.moved, "left": self.left, "dry_run": self.dry_run}  # fmt: skip
 
 
 class Inbox:
@@ -155,6 +201,48 @@ class Inbox:
                 raise
             return record
 
+    # -- in bulk -----------------------------------------------------------------------------------
+
+    def matching(self, where: Filter) -> builtins.list[EscalationRecord]:
+        """The open escalations ``where`` matches, oldest first."""
+        now = time.time()
+        return [r for r in self.store.list(state="open", limit=100_000) if where.matches(r, now)]
+
+    def redrive(
+        self, action: Literal["retry", "discard"], where: Filter, by: str, *, reason: str = "",
+        tier: str | None = None, dry_run: bool = False, on_progress: Callable[[Redrive], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Redrive:  # fmt: skip
+        """Retry (or discard, with ``reason``) every open escalation ``where`` matches, at most
+        ``escalation.redrive_per_s`` a second. One that another person claimed or closed meanwhile
+        is left, with why; a broker error stops the redrive (what moved stays moved).
+
+        Raises:
+            EscalationError: discard without a reason, or an unknown tier.
+            BrokerError: the broker went away (the report so far is lost with it; run it again).
+        """
+        if action == "discard" and not reason.strip():
+            raise EscalationError("a bulk discard needs a reason (the producers receive it)")
+        records = self.matching(where)
+        report = Redrive(action, len(records), dry_run=dry_run)
+        if dry_run:
+            return report
+        pause = 1.0 / self.settings.escalation.redrive_per_s
+        for n, record in enumerate(records):
+            if n:
+                sleep(pause)
+            try:
+                if action == "retry":
+                    self.retry(record.id, by, tier=tier)
+                else:
+                    self.discard(record.id, reason, by)
+                report.moved.append(record.id)
+            except IllegalTransition as exc:
+                report.left[record.id] = exc.message
+            if on_progress is not None:
+                on_progress(report)
+        return report
+
     # -- effects -----------------------------------------------------------------------------------
 
     def _deliver(self, pipe: CommitSink, record: EscalationRecord) -> None:
@@ -169,7 +257,11 @@ class Inbox:
             pipe.delete(keys.result(step[0]))  # the pipeline waits for its retried step again
 
     def _move_pipeline(self, record: EscalationRecord) -> None:
-        """A person answered (or discarded) a pipeline's step: the pipeline moves on (or ends)."""
+        """A person answered (or discarded) a job: its callback gets the new final result, and a
+        pipeline's step moves its pipeline on (or ends it)."""
+        url = request_callback(record.request)
+        if url:
+            send_callback(self.app, record.task_id, url)
         ref = self.pipelines.ref(record.task_id)
         if ref is not None:
             self.pipelines.advance(ref, result_for(record))

@@ -7,6 +7,7 @@ Requests are validated at the producer and again at the worker (a message can co
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -29,6 +30,7 @@ from fleet.errors import InvalidRequest
 __all__ = [
     "DEFAULT_MAX_PROMPT_BYTES",
     "Attempt",
+    "ChatMessage",
     "Complexity",
     "Hints",
     "JobEnvelope",
@@ -54,6 +56,7 @@ MAX_SYSTEM_CHARS = 1024 * 1024
 MAX_SHORT_TEXT = 4096
 
 ShortStr = Annotated[StrictStr, Field(max_length=MAX_SHORT_TEXT)]
+StopText = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 
 
 class Tier(StrEnum):
@@ -93,10 +96,19 @@ class Hints(_Strict):
     files: list[ShortStr] = Field(default_factory=list, max_length=10_000)
 
 
-class TaskRequest(_Strict):
-    """One job: a prompt with optional hints. ``prompt`` is required and non-empty."""
+class ChatMessage(_Strict):
+    """One turn of a conversation."""
 
-    prompt: StrictStr
+    role: Literal["system", "user", "assistant"]
+    content: StrictStr
+
+
+class TaskRequest(_Strict):
+    """One job: a ``prompt``, or a conversation (``messages``), with optional hints. Exactly one of
+    the two is required; the size limit applies to the whole conversation."""
+
+    prompt: StrictStr | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=10_000)
     system: StrictStr | None = Field(default=None, max_length=MAX_SYSTEM_CHARS)
     kind: StrictStr | None = Field(default=None, min_length=1, max_length=128)
     tier: Tier | None = None
@@ -104,11 +116,30 @@ class TaskRequest(_Strict):
     max_tokens: StrictInt | None = Field(default=None, gt=0, le=1_000_000)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     response_schema: dict[str, Any] | None = None
+    #: Ask for a JSON object (OpenAI's JSON mode; an instruction where a provider has none).
+    json_mode: StrictBool = False
+    #: Sequences that end the answer (up to 4); passed through where the provider takes them.
+    stop: list[StopText] | None = Field(default=None, max_length=4)
+    #: A sampling seed, passed through where the provider takes one (OpenAI's; not Anthropic's).
+    seed: StrictInt | None = None
     idempotency_key: StrictStr | None = Field(default=None, min_length=1, max_length=256)
     metadata: dict[ShortStr, ShortStr] = Field(default_factory=dict, max_length=64)
     max_cost_usd: float | None = Field(default=None, gt=0.0)
     #: Run the request through this pipeline of ``config/pipelines.toml`` (its prompt is the input).
     pipeline: StrictStr | None = Field(default=None, min_length=1, max_length=64)
+    #: POST the job's final result here (http or https), signed (``[callbacks]``).
+    callback_url: StrictStr | None = Field(default=None, max_length=2048)
+
+    @field_validator("callback_url", mode="after")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("expected an http:// or https:// URL")
+        return value
 
     @model_validator(mode="after")
     def _pipeline_alone(self) -> TaskRequest:
@@ -118,18 +149,63 @@ class TaskRequest(_Strict):
                 raise ValueError(f"a pipeline request cannot set {' or '.join(clash)}: its steps do")
         return self
 
-    @field_validator("prompt", mode="after")
-    @classmethod
-    def _prompt_size(cls, value: str, info: ValidationInfo) -> str:
-        if not value.strip():
-            raise ValueError("prompt must not be empty")
+    @model_validator(mode="after")
+    def _one_input(self, info: ValidationInfo) -> TaskRequest:
+        if (self.prompt is None) == (self.messages is None):
+            both = "both prompt and messages are set" if self.prompt is not None else "neither is set"
+            raise ValueError(f"give exactly one of prompt and messages ({both})")
+        if self.messages is not None:
+            if self.messages[-1].role != "user":
+                raise ValueError("messages: the last message must be the user's (role 'user')")
+            if not self.messages[-1].content.strip():
+                raise ValueError("messages: the last user message must not be empty")
         limit = DEFAULT_MAX_PROMPT_BYTES
         if isinstance(info.context, dict):
             limit = int(info.context.get("max_prompt_bytes", limit))
-        size = len(_utf8(value))
+        texts = [self.prompt] if self.prompt is not None else [m.content for m in self.messages or []]
+        size = sum(len(_utf8(t)) for t in texts)
         if size > limit:
-            raise ValueError(f"prompt is {size} bytes, over the limit of {limit} bytes")
+            what = "prompt" if self.prompt is not None else "the conversation"
+            raise ValueError(f"{what} is {size} bytes, over the limit of {limit} bytes")
+        return self
+
+    @field_validator("prompt", mode="after")
+    @classmethod
+    def _prompt_text(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.strip():
+                raise ValueError("prompt must not be empty")
+            _utf8(value)
         return value
+
+    # -- the conversation, as models and the router read it -----------------------------------------
+
+    @property
+    def ask(self) -> str:
+        """What is asked now: the prompt, or the conversation's last user message."""
+        if self.prompt is not None:
+            return self.prompt
+        return self.messages[-1].content if self.messages else ""
+
+    @property
+    def history(self) -> list[ChatMessage]:
+        """The conversation's turns before the last user message (its system messages apart)."""
+        return [m for m in (self.messages or [])[:-1] if m.role != "system"]
+
+    @property
+    def instructions(self) -> str | None:
+        """``system`` and the conversation's system messages, in order (None when there are none)."""
+        parts = [self.system] if self.system else []
+        parts += [m.content for m in self.messages or [] if m.role == "system" and m.content]
+        return "\n\n".join(parts) if parts else None
+
+    @property
+    def text(self) -> str:
+        """The prompt, or every turn as ``role: text``: what a judge or a classifier is shown, and what
+        token estimates count."""
+        if self.prompt is not None:
+            return self.prompt
+        return "\n\n".join(f"{m.role}: {m.content}" for m in self.messages or [])
 
     @field_validator("system", mode="after")
     @classmethod
@@ -272,7 +348,7 @@ class StepResult(_Strict):
     step: str
     index: int | None = None
     task_id: str
-    status: Literal["completed", "escalated", "discarded"]
+    status: Literal["completed", "escalated", "discarded", "cancelled"]
     tier: Tier | None = None
     provider: str | None = None
     model: str | None = None
@@ -324,7 +400,7 @@ class TaskResult(_Strict):
     """A job's final state as stored in the result backend."""
 
     task_id: str
-    status: Literal["completed", "escalated", "discarded"]
+    status: Literal["completed", "escalated", "discarded", "cancelled"]
     answer: str | None = None
     tier: Tier | None = None
     provider: str | None = None
@@ -358,7 +434,7 @@ class TaskResult(_Strict):
     def from_attempts(
         cls,
         task_id: str,
-        status: Literal["completed", "escalated", "discarded"],
+        status: Literal["completed", "escalated", "discarded", "cancelled"],
         attempts: Sequence[Attempt],
         **fields: Any,
     ) -> TaskResult:
@@ -377,16 +453,35 @@ class TaskResult(_Strict):
         )
 
 
-#: Where a job is: on its way (``queued``), or its final state.
-JobState = Literal["queued", "completed", "escalated", "discarded", "failed"]
+#: Where a job is: waiting in a queue (``queued``), sent to its tier by the router (``routed``),
+#: running on a worker (``running``), or its final state.
+JobState = Literal[
+    "queued", "routed", "running", "completed", "escalated", "discarded", "cancelled", "failed"
+]
 
 
 class JobStatus(_Strict):
-    """What ``Client.status`` tells about a job: its state, where it was sent, its result once final."""
+    """What ``Client.status`` tells about a job: its state, where it is, its result once final."""
 
     task_id: str
     state: JobState
     #: The queue it was last sent to ("router" or a tier).
     queue: str | None = None
     submitted_at: float | None = None
+    #: When it entered this state (sent to its queue, routed, started), epoch seconds.
+    since: float | None = None
+    #: Routed or running: the tier, and the router's reasons.
+    tier: Tier | None = None
+    reasons: list[str] = Field(default_factory=list)
+    #: Running: the worker (its identity and delivery), the chain's first link, the delivery (1: first).
+    worker: str | None = None
+    link: str | None = None
+    attempt: int | None = None
+    #: Cancelled but not final yet: it ends ``cancelled`` when a worker reaches it (or after its call).
+    cancelling: bool = False
     result: TaskResult | None = None
+
+    @property
+    def waited_s(self) -> float | None:
+        """Seconds since the job entered its state (how long it has waited in its queue)."""
+        return None if self.since is None else max(0.0, time.time() - self.since)

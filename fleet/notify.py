@@ -75,10 +75,16 @@ def slack_message(record: EscalationRecord, settings: EscalationSettings) -> dic
     return {"text": text, "blocks": blocks}
 
 
-def post_webhook(url: str, payload: dict[str, Any], *, timeout_s: float) -> str | None:
-    """POST the message; None on a 2xx answer, else what went wrong (for the log and the retry)."""
+def post_webhook(
+    url: str, payload: dict[str, Any] | bytes, *, timeout_s: float, headers: dict[str, str] | None = None
+) -> str | None:
+    """POST the message (JSON data, or a body already encoded); None on a 2xx answer, else what went
+    wrong (for the log and the retry)."""
     try:
-        response = httpx.post(url, json=payload, timeout=timeout_s)
+        if isinstance(payload, bytes):
+            response = httpx.post(url, content=payload, headers=headers, timeout=timeout_s)
+        else:
+            response = httpx.post(url, json=payload, headers=headers, timeout=timeout_s)
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"
     if response.is_success:
@@ -86,9 +92,9 @@ def post_webhook(url: str, payload: dict[str, Any], *, timeout_s: float) -> str 
     return f"HTTP {response.status_code}: {response.text[:200]}"
 
 
-def backoff_s(retries: int, settings: EscalationSettings) -> float:
-    """Seconds before retry number ``retries + 1``: doubling from the base, capped, with jitter."""
-    delay = min(settings.webhook_backoff_max_s, settings.webhook_backoff_s * (2**retries))
+def backoff_s(retries: int, base_s: float, cap_s: float) -> float:
+    """Seconds before retry number ``retries + 1``: doubling from ``base_s``, capped, with jitter."""
+    delay = min(cap_s, base_s * (2**retries))
     return float(delay * (0.5 + random.random() / 2))
 
 
@@ -120,7 +126,7 @@ def notify_people(
     if retries >= settings.webhook_max_retries:
         log.error("escalation %s: webhook failed %d times, giving up: %s", record.id, retries + 1, failure)
         return None
-    delay = backoff_s(retries, settings)
+    delay = backoff_s(retries, settings.webhook_backoff_s, settings.webhook_backoff_max_s)
     log.warning("escalation %s: webhook failed (%s); retry in %.1f s", record.id, failure, delay)
     return delay
 

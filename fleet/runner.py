@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fleet.chain import THROTTLED, Chain
+from fleet.chain import CANCELLED, THROTTLED, Chain
 from fleet.errors import BrokerError, Reason
 from fleet.limits import Bucket
 from fleet.middleware.base import Finish, Job, Middleware, Requeue, Restart, Skip
+from fleet.middleware.cancel import cancelled_result
 from fleet.middleware.start import JobStarter, StartPlan
 from fleet.middleware.tail import Flushed
 from fleet.models import TaskResult
@@ -68,6 +69,7 @@ class JobRunner:
         limits: LimitsSettings,
         *,
         logprobs: bool = False,
+        cancelled: Callable[[str], bool] | None = None,
     ) -> None:
         self.middlewares = list(middlewares)
         self.starter = starter
@@ -76,6 +78,8 @@ class JobRunner:
         self.limits = limits
         #: Ask for token log-probabilities (a confidence signal of the quality gate).
         self.logprobs = logprobs
+        #: Whether a job was cancelled (asked by the chain before each call after its first).
+        self.cancelled = cancelled
 
     def run(self, job: Job) -> Ran:
         """Run one delivery.
@@ -101,6 +105,8 @@ class JobRunner:
         plan = StartPlan(job.id)
         for m in self.middlewares:
             m.before_start(job, plan)
+        links = job.queue.links()
+        plan.running_link = f"{links[0][0]}:{links[0][1]}" if links else ""
         if plan.queue is not None:
             # The first link's admission rides with the queue's token, asked when that is due at once.
             plan.link = self.chain.first_gate(job.queue.links(), job.request)
@@ -159,10 +165,12 @@ class JobRunner:
             Requeue: every link was only busy (rate limits): the job waits in its queue.
         """
         corrections: list[tuple[Bucket, float]] = []
+        check = self.cancelled
         try:
             outcome = self.chain.run(
                 job.queue.links(), job.request, timeout_s=job.queue.timeout_s,
                 corrections=corrections, first=job.first_link, logprobs=self.logprobs,
+                cancelled=(lambda: check(job.id)) if check is not None else None,
             )  # fmt: skip
         finally:
             for bucket, delta in corrections:
@@ -172,6 +180,8 @@ class JobRunner:
         if outcome.reason == THROTTLED and job.envelope.requeues < MAX_REQUEUES:
             job.envelope.attempts = attempts
             raise Requeue(outcome.retry_after or 1.0, "every link is at its rate limit")
+        if outcome.reason == CANCELLED:
+            return cancelled_result(job)
         if not outcome.ok:
             detail = f"no link of the {job.routing.tier} chain gave an acceptable answer"
             return self.hand_over(job, Reason.of(outcome.reason), detail)

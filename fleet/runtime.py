@@ -18,10 +18,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fleet import telemetry
+from fleet import keys, telemetry
 from fleet.app import EXECUTE_TASK, NOTIFY_TASK, ROUTE_TASK, FleetCelery, encode_result
 from fleet.boundary import BoundaryRedis, broker_errors
 from fleet.brokers import is_redis
+from fleet.callbacks import send_callback
 from fleet.chain import Chain
 from fleet.discovery import redis_client
 from fleet.errors import BrokerError, InvalidRequest, ProviderError, Reason
@@ -29,6 +30,8 @@ from fleet.escalations import NewEscalation, RedisEscalationStore
 from fleet.handoff import Handoff
 from fleet.limits import CircuitBreaker, RateLimiter
 from fleet.middleware.base import Job, Middleware
+from fleet.middleware.callback import Callback
+from fleet.middleware.cancel import Cancellation
 from fleet.middleware.chaos import ChaosHook
 from fleet.middleware.cost import CostRecord
 from fleet.middleware.lifecycle import WorkerLifecycle
@@ -82,7 +85,7 @@ class Runtime:
         limits, quality = self.settings.limits, self.settings.quality
         self.runner = JobRunner(
             self.middlewares, RedisJobStarter(self.client), self.chain, self.handoff.job, limits,
-            logprobs=quality.enabled and quality.confidence.logprobs,
+            logprobs=quality.enabled and quality.confidence.logprobs, cancelled=self._cancelled,
         )  # fmt: skip
 
     def _middlewares(self) -> list[Middleware]:
@@ -97,6 +100,7 @@ class Runtime:
         return [
             Telemetry(),
             WorkerLifecycle(),
+            Cancellation(),
             JobLock(redis_drop(self.client), Liveness(self.client, settings.recovery.worker_ttl_s).holds),
             PoisonGuard(settings.limits.max_deliveries, self.handoff.job),
             QueueRateLimit(settings.limits),
@@ -106,7 +110,12 @@ class Runtime:
             CostRecord(settings),
             Recovery(self._heartbeat),
             PipelineStep(self.pipelines),
+            Callback(functools.partial(send_callback, self.app)),
         ]
+
+    def _cancelled(self, task_id: str) -> bool:
+        """Whether ``fleet cancel`` marked the job (one read; asked only between a job's calls)."""
+        return bool(self.client.hexists(keys.job(task_id), "cancelled"))
 
     def _heartbeat(self) -> Heartbeat:
         """This worker's heartbeat, with the reaper on Redis (RabbitMQ redelivers by itself)."""

@@ -89,6 +89,7 @@ _RESERVED_ENV = {
     "FLEET_BROKER_URL",
     "FLEET_API_TOKEN",
     "FLEET_FLOWER_BASIC_AUTH",
+    "FLEET_CALLBACK_SECRET",
 }
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -282,6 +283,9 @@ class EscalationSettings(_Section):
     webhook_include_prompt: bool = False
     #: Link to the inbox page shown in notifications, e.g. "https://fleet.example.com/inbox".
     inbox_url: str = ""
+    #: A bulk retry or discard moves at most this many escalations per second (a redrive after an
+    #: outage must not itself trip the tiers' rate limits).
+    redrive_per_s: float = Field(default=5.0, gt=0, le=1000)
 
     @field_validator("webhook_url", "inbox_url")
     @classmethod
@@ -289,6 +293,21 @@ class EscalationSettings(_Section):
         if value and urlsplit(value).scheme not in ("http", "https"):
             raise ValueError("expected an http:// or https:// URL, or empty")
         return value
+
+
+class CallbackSettings(_Section):
+    """``[callbacks]``: a job's ``callback_url`` gets its final result, POSTed by the escalations
+    worker (never a tier worker), signed, retried with capped, jittered backoff."""
+
+    #: The environment variable holding the HMAC-SHA256 secret (never a file); unset: unsigned.
+    secret_env: str = "FLEET_CALLBACK_SECRET"
+    #: Seconds one POST may take.
+    timeout_s: float = Field(default=5.0, gt=0, le=300)
+    #: Retries of a failed POST (then it is logged and given up on: the result stays in the fleet).
+    max_retries: int = Field(default=5, ge=0, le=50)
+    #: First retry after this many seconds, doubling up to ``backoff_max_s`` (with jitter).
+    backoff_s: float = Field(default=2.0, ge=0)
+    backoff_max_s: float = Field(default=60.0, ge=0)
 
 
 class ApiSettings(_Section):
@@ -337,6 +356,7 @@ class Settings(_Section):
     #: Without a router table: the one the package ships (``config/router.toml``).
     router: RouterSettings = Field(default_factory=default_router_settings)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
+    callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)

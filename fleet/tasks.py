@@ -17,6 +17,7 @@ from celery.exceptions import Ignore, Reject
 from fleet import telemetry
 from fleet.app import (
     ARGS_REPR,
+    CALLBACK_TASK,
     EXECUTE_TASK,
     LEGACY_NOTIFY_TASK,
     NOTIFY_TASK,
@@ -25,15 +26,17 @@ from fleet.app import (
     app,
 )
 from fleet.boundary import BROKER_ERRORS
+from fleet.callbacks import deliver
 from fleet.errors import InvalidRequest, Reason
 from fleet.escalations import NewEscalation
 from fleet.middleware.base import Requeue, Skip
 from fleet.models import JobEnvelope, TaskRequest, TaskResult
 from fleet.notify import notify_people
+from fleet.producer import record_routing
 from fleet.router import decide
 from fleet.runtime import Runtime, get_runtime
 
-__all__ = ["FleetTask", "execute", "notify", "route"]
+__all__ = ["FleetTask", "callback", "execute", "notify", "route"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ def route(self: Task[Any, Any], request: Any = None, job: Any = None) -> None:
     envelope.routing = decide(req, settings.router, ask=ask, feedback=runtime.feedback())
     span = telemetry.task_span("route", {"fleet.task_id": envelope.id, "fleet.kind": req.kind})
     telemetry.set_routing(span, envelope.routing)
+    record_routing(runtime.client, envelope.id, envelope.routing, settings.broker.result_expires_s)
     timeout = settings.tier(envelope.routing.tier).timeout_s
     app.send_task(
         EXECUTE_TASK, args=[request, envelope.model_dump(mode="json")], task_id=envelope.id,
@@ -132,5 +136,19 @@ def _notify(self: Task[Any, Any], escalation_id: Any = None) -> None:
 
 
 notify = app.task(name=NOTIFY_TASK, bind=True, ignore_result=True)(_notify)
+
+
+@app.task(name=CALLBACK_TASK, bind=True, ignore_result=True)
+def callback(self: Task[Any, Any], task_id: Any = None, url: Any = None) -> None:
+    """POST a job's final result to its ``callback_url`` (see :mod:`fleet.callbacks`), retried with
+    capped, jittered backoff; on the escalations queue, so an endpoint never holds a model slot."""
+    telemetry.task_span("callback", {"fleet.task_id": str(task_id)})
+    runtime = get_runtime()
+    settings = runtime.settings.callbacks
+    delay = deliver(runtime.client, settings, str(task_id), str(url), retries=int(self.request.retries or 0))
+    if delay is not None:
+        raise self.retry(countdown=delay, max_retries=settings.max_retries)
+
+
 # Messages queued before the rename (the task was "fleet.escalate") still find it.
 app.task(name=LEGACY_NOTIFY_TASK, bind=True, ignore_result=True)(_notify)

@@ -7,7 +7,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.exceptions import RequestValidationError
@@ -21,7 +21,7 @@ from fleet.api.auth import BearerAuth
 from fleet.boundary import is_broker_error, translate
 from fleet.errors import FleetError, InvalidRequest
 from fleet.escalations import STATES, State
-from fleet.inbox import Inbox
+from fleet.inbox import Filter, Inbox
 from fleet.models import Tier
 from fleet.producer import Client
 from fleet.settings import Settings
@@ -76,6 +76,18 @@ class RetryBody(_Body):
 
 class DiscardBody(_Body):
     reason: str = Field(min_length=1, max_length=4096, description="Why; delivered as the task's reason.")
+
+
+class RedriveBody(_Body):
+    action: Literal["retry", "discard"] = Field(description="Retry or discard every match.")
+    reason: str | None = Field(default=None, max_length=256, description="Match: the escalation's reason.")
+    tier: Tier | None = Field(default=None, description="Match: the tier it escalated on.")
+    kind: str | None = Field(default=None, max_length=128, description="Match: the job's kind.")
+    provider: str | None = Field(default=None, max_length=128, description="Match: its last call's provider.")
+    since_s: float | None = Field(default=None, gt=0, description="Match: created within this many seconds.")
+    retry_tier: Tier | None = Field(default=None, description="Retry: pin this tier (none: the router).")
+    discard_reason: str = Field(default="", max_length=4096, description="Discard: why (required).")
+    dry_run: bool = Field(default=False, description="Count the matches; move nothing.")
 
 
 class _Fleet:
@@ -202,9 +214,19 @@ def _task_routes(settings: Settings, fleet: _Fleet) -> APIRouter:
 
     @api.get("/v1/tasks/{task_id}", tags=["tasks"])
     def get_task(task_id: str) -> dict[str, Any]:
-        """The job's TaskResult when it has a final state, else ``{"task_id", "state", "queue",
-        "submitted_at"}``; 404 for an id nobody submitted."""
+        """The job's TaskResult when it has a final state, else its JobStatus: ``state`` (queued,
+        routed, running), ``queue``, ``since``, ``tier`` and ``reasons``, ``worker``, ``link``,
+        ``attempt``, ``cancelling``; 404 for an id nobody submitted."""
         return fleet.task(task_id)
+
+    @api.delete("/v1/tasks/{task_id}", status_code=202, tags=["tasks"])
+    def cancel_task(task_id: str) -> dict[str, Any]:
+        """Cancel a job (see ``Client.cancel``): its status after the mark (its TaskResult when it is
+        already final); 404 for an id nobody submitted. Cancelling twice is harmless."""
+        status = fleet.client().cancel(task_id)
+        if status.result is not None:
+            return status.result.model_dump(mode="json")
+        return status.model_dump(mode="json", exclude={"result"})
 
     return api
 
@@ -251,6 +273,21 @@ def _escalation_routes(fleet: _Fleet) -> APIRouter:
         """Enqueue the original request again under the same task id (pinned to ``tier`` if given)."""
         record = fleet.inbox().retry(esc_id, body.by, tier=str(body.tier) if body.tier else None)
         return record.model_dump(mode="json")
+
+    @api.post("/v1/escalations/redrive")
+    def redrive(body: RedriveBody) -> dict[str, Any]:
+        """Retry or discard every open escalation that matches (all given keys), paced at
+        ``escalation.redrive_per_s``; ``dry_run`` only counts. Answers with the counts and the ids
+        moved and left (claimed or closed meanwhile, with why)."""
+        where = Filter(
+            reason=body.reason, tier=str(body.tier) if body.tier else None, kind=body.kind,
+            provider=body.provider, since_s=body.since_s,
+        )  # fmt: skip
+        report = fleet.inbox().redrive(
+            body.action, where, body.by, reason=body.discard_reason, dry_run=body.dry_run,
+            tier=str(body.retry_tier) if body.retry_tier else None,
+        )  # fmt: skip
+        return report.to_dict()
 
     @api.post("/v1/escalations/{esc_id}/discard")
     def discard(esc_id: str, body: DiscardBody) -> dict[str, Any]:

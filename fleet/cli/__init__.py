@@ -7,7 +7,7 @@ import typer
 from fleet.cli.classify import classify
 from fleet.cli.costs import costs
 from fleet.cli.escalations import api, escalations_app
-from fleet.cli.jobs import result, submit
+from fleet.cli.jobs import cancel, job, result, submit
 from fleet.cli.ops import config_app, metrics, scale, status
 from fleet.cli.quality import quality
 from fleet.cli.run import demo, flower, mock_provider, up, worker
@@ -24,7 +24,8 @@ app = typer.Typer(
     ),
     epilog=(
         "Examples:  fleet demo --tasks 200 --json  ·  fleet up --profile demo --scale full=8  ·  "
-        'fleet submit "Add a docstring to parse_rate()" --wait 30  ·  fleet result ID  ·  fleet status  ·  '
+        'fleet submit "Add a docstring to parse_rate()" --wait 30  ·  fleet result ID  ·  fleet job ID  ·  '
+        "fleet status  ·  "
         "fleet classify requests.jsonl --report  ·  fleet costs --since 1d  ·  fleet quality --since 1h  ·  "
         "fleet config show"
     ),
@@ -40,6 +41,8 @@ app.command("flower")(flower)
 app.command("mock-provider")(mock_provider)
 app.command("submit")(submit)
 app.command("result")(result)
+app.command("job")(job)
+app.command("cancel")(cancel)
 app.command("status")(status)
 app.command("scale")(scale)
 app.command("metrics")(metrics)

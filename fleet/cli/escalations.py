@@ -9,19 +9,19 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich import box
 from rich.table import Table
 
-from fleet.cli.common import err_console, handle_errors, out_console, print_json, settings_for
+from fleet.cli.common import err_console, handle_errors, out_console, print_json, settings_for, since_window
 from fleet.errors import EscalationError
 from fleet.escalations import STATES, EscalationRecord, parse_state
 from fleet.models import Tier
 
 if TYPE_CHECKING:
-    from fleet.inbox import Inbox
+    from fleet.inbox import Filter, Inbox, Redrive
 
 __all__ = ["api", "escalations_app"]
 
@@ -282,39 +282,136 @@ def resolve(
     _done(record, as_json, f"resolved {record.id}: task {record.task_id} has its answer")
 
 
+WhereOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--where",
+        help="In bulk: open escalations whose KEY is VALUE (reason, tier, kind, provider); repeatable.",
+    ),
+]
+SinceOption = Annotated[str | None, typer.Option(help="In bulk: created within this long (30m, 1h, 2d).")]
+YesOption = Annotated[bool, typer.Option("--yes", help="In bulk: go ahead without asking.")]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="In bulk: count what would move; move nothing.")
+]
+
+
+def _filter(where: list[str] | None, since: str | None) -> Filter | None:
+    """The bulk filter of ``--where``/``--since``, or None when neither is given."""
+    from fleet.inbox import Filter
+
+    if not where and since is None:
+        return None
+    pairs: dict[str, str] = {}
+    for item in where or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in Filter.KEYS or not value:
+            raise EscalationError(
+                f"--where {item!r}: expected KEY=VALUE with KEY one of {', '.join(Filter.KEYS)}"
+            )
+        pairs[key] = value
+    return Filter(**pairs, since_s=since_window(since) if since is not None else None)
+
+
+def _bulk(
+    action: Literal["retry", "discard"], where: Filter, by: str, yes: bool, dry_run: bool, as_json: bool,
+    **kw: Any,
+) -> None:  # fmt: skip
+    """Retry or discard every open escalation ``where`` matches, paced, after a confirmation."""
+    inbox = _inbox()
+    try:
+        count = len(inbox.matching(where))
+        if dry_run or count == 0:
+            report = inbox.redrive(action, where, by, dry_run=True, **kw)
+        else:
+            if not yes and not typer.confirm(f"{action} {count} open escalation(s)?", err=True):
+                raise typer.Exit(1)
+            per_s = inbox.settings.escalation.redrive_per_s
+
+            def progress(r: Redrive) -> None:
+                done = len(r.moved) + len(r.left)
+                if not as_json and (done % 25 == 0 or done == r.matched):
+                    err_console.print(f"{action}: {done}/{r.matched} ({per_s:g}/s)")
+
+            report = inbox.redrive(action, where, by, on_progress=progress, **kw)
+    finally:
+        inbox.close()
+    if as_json:
+        print_json(report.to_dict())
+        return
+    moved = f"would move {report.matched}" if report.dry_run else f"moved {len(report.moved)}"
+    out_console.print(f"{action}: {report.matched} matched, {moved}")
+    for esc_id, why in report.left.items():
+        out_console.print(f"  left {esc_id}: {why}", highlight=False)
+
+
 @escalations_app.command("retry")
 @handle_errors
 def retry(
-    escalation_id: Annotated[str, typer.Argument(help="The escalation id.")],
+    escalation_id: Annotated[
+        str | None, typer.Argument(help="The escalation id (or --where/--since).")
+    ] = None,
     tier: Annotated[Tier | None, typer.Option(help="Run it on this tier (default: route it again).")] = None,
     by: ByOption = None,
+    where: WhereOption = None,
+    since: SinceOption = None,
+    yes: YesOption = False,
+    dry_run: DryRunOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Enqueue the original request again under the same task id, linked to this escalation.
+    """Enqueue the original request again under the same task id, linked to this escalation. In bulk
+    (--where, --since): every open escalation that matches, paced at escalation.redrive_per_s, after
+    a confirmation (--yes skips it; --dry-run only counts).
 
     Example: fleet escalations retry 9c1e4b7a2f3d5e60 --tier full
+    Example: fleet escalations retry --where reason=server_error --since 1h --yes
     """
+    bulk = _filter(where, since)
+    if bulk is not None:
+        if escalation_id is not None:
+            raise EscalationError("give an escalation id or --where/--since, not both")
+        pinned = tier.value if tier else None
+        _bulk("retry", bulk, by or _default_name(), yes, dry_run, as_json, tier=pinned)
+        return
+    if escalation_id is None:
+        raise EscalationError("give an escalation id, or --where/--since for a bulk retry")
     inbox = _inbox()
     try:
         record = inbox.retry(escalation_id, by or _default_name(), tier=tier.value if tier else None)
     finally:
         inbox.close()
-    where = f"on tier {tier.value}" if tier else "through the router"
-    _done(record, as_json, f"retried {record.id}: task {record.task_id} enqueued again {where}")
+    route = f"on tier {tier.value}" if tier else "through the router"
+    _done(record, as_json, f"retried {record.id}: task {record.task_id} enqueued again {route}")
 
 
 @escalations_app.command("discard")
 @handle_errors
 def discard(
-    escalation_id: Annotated[str, typer.Argument(help="The escalation id.")],
-    reason: Annotated[str, typer.Option(help="Why; the producer receives it as the task's reason.")],
+    escalation_id: Annotated[
+        str | None, typer.Argument(help="The escalation id (or --where/--since).")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why; the producer receives it as the task's reason.")] = "",
     by: ByOption = None,
+    where: WhereOption = None,
+    since: SinceOption = None,
+    yes: YesOption = False,
+    dry_run: DryRunOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Close an escalation without an answer; the task's result says discarded, with the reason.
+    """Close an escalation without an answer; the task's result says discarded, with the reason. In
+    bulk (--where, --since): every open escalation that matches, paced, after a confirmation.
 
     Example: fleet escalations discard 9c1e4b7a2f3d5e60 --reason "duplicate of ticket 4411"
+    Example: fleet escalations discard --where kind=test.spam --reason spam --yes
     """
+    bulk = _filter(where, since)
+    if bulk is not None:
+        if escalation_id is not None:
+            raise EscalationError("give an escalation id or --where/--since, not both")
+        _bulk("discard", bulk, by or _default_name(), yes, dry_run, as_json, reason=reason)
+        return
+    if escalation_id is None:
+        raise EscalationError("give an escalation id, or --where/--since for a bulk discard")
     inbox = _inbox()
     try:
         record = inbox.discard(escalation_id, reason, by or _default_name())

@@ -211,3 +211,71 @@ def result(
         where = f" on queue {status.queue}" if status.queue else ""
         out_console.print(f"{task_id}: {status.state}{where} (no final state yet)")
     raise typer.Exit(EXIT_OK if status.state != "failed" else EXIT_FAILURE)
+
+
+@handle_errors
+def job(
+    task_id: Annotated[str, typer.Argument(help="The task id printed by submit.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JobStatus as JSON.")] = False,
+) -> None:
+    """Where a job is now: queued (which queue, how long it has waited), routed (the tier and the
+    router's reasons), running (the worker, the chain's first link, the delivery), or its final state
+    (completed, escalated, discarded). An id nobody submitted exits 8 at once.
+
+    Example: fleet job 3f2a... --json
+    """
+    from fleet.producer import Client
+
+    status = Client(settings_for()).status(task_id)
+    if as_json:
+        print_json({**status.model_dump(mode="json", exclude={"result"}), "waited_s": status.waited_s})
+        return
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("task", task_id)
+    table.add_row("state", status.state)
+    if status.queue:
+        table.add_row("queue", status.queue)
+    if status.waited_s is not None and status.result is None:
+        table.add_row("for", f"{status.waited_s:.1f} s")
+    if status.tier:
+        table.add_row("tier", str(status.tier))
+    for reason in status.reasons:
+        table.add_row("", f"· {reason}")
+    if status.worker:
+        table.add_row("worker", status.worker)
+    if status.link:
+        table.add_row("link", f"{status.link} (the chain's first; `fleet result` lists every attempt)")
+    if status.attempt:
+        table.add_row("delivery", str(status.attempt))
+    if status.result is not None:
+        res = status.result
+        table.add_row(
+            "result", f"{res.status} on {res.tier or '-'} by {res.model or '-'}, ${res.cost_usd:.6f}"
+        )
+    out_console.print(table)
+
+
+@handle_errors
+def cancel(
+    task_id: Annotated[str, typer.Argument(help="The task id printed by submit.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JobStatus as JSON.")] = False,
+) -> None:
+    """Cancel a job. Queued: it ends `cancelled` when a worker reaches it, without a model call.
+    Running: it stops after its current call, charged only for the calls it made. A pipeline sends no
+    further step. A job already final is left as it is; cancelling twice is harmless. An id nobody
+    submitted exits 8.
+
+    Example: fleet cancel 3f2a...
+    """
+    from fleet.producer import Client
+
+    status = Client(settings_for()).cancel(task_id)
+    if as_json:
+        print_json(status.model_dump(mode="json", exclude={"result"}))
+    elif status.result is not None:
+        out_console.print(f"{task_id} is already {status.result.status}: nothing to cancel")
+    else:
+        how = "after its current call" if status.state == "running" else "when a worker reaches it"
+        out_console.print(f"{task_id}: cancelled; it stops {how}")

@@ -32,6 +32,6 @@ class ChaosHook(Middleware):
         self.marker = settings.crash_marker
 
     def before_call(self, job: Job) -> None:
-        if self.marker and self.marker in job.request.prompt:
+        if self.marker and self.marker in job.request.text:
             log.critical("chaos: crash marker in task %s: exiting this worker process", job.id)
             os._exit(CHAOS_EXIT_CODE)

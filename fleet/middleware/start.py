@@ -55,18 +55,21 @@ class StartPlan:
     #: The chain's first link's admission, asked when the queue's token is due within ``link_within_s``.
     link: Gate | None = None
     link_within_s: float = 0.0
+    #: Mark the job ``running`` on its record, with the chain's first link (``provider:model``).
+    running_link: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class StartAnswer:
     """What a job's start found, in the order its parts were tried.
 
-    ``state``: ``done`` (the job already has its final result), ``locked`` (another worker runs it:
+    ``state``: ``done`` (the job already has its final result), ``cancelled`` (its record is marked
+    cancelled: nothing was taken), ``locked`` (another worker runs it:
     ``holder``, its lock's ``holder_ttl_s``), ``poison`` (past the delivery limit; the lock is ours)
     or ``ok`` (the lock is ours; ``queue`` and ``link`` answer the parts that were asked).
     """
 
-    state: Literal["done", "locked", "poison", "ok"]
+    state: Literal["done", "cancelled", "locked", "poison", "ok"]
     holder: str = ""
     holder_ttl_s: float = 0.0
     deliveries: int = 1
@@ -111,14 +114,16 @@ class RedisJobStarter:
             link_keys, link_args = gate_layout(plan.link)
             script_keys += link_keys
             args += link_args
+        script_keys.append(keys.job(plan.task_id))
+        args.append(plan.running_link)
         return script_keys, args
 
     def start(self, plan: StartPlan) -> StartAnswer:
         script_keys, args = self.layout(plan)
         reply = self._script(keys=script_keys, args=args, client=self._client)
         state = _text(reply[0])
-        if state == "done":
-            return StartAnswer("done")
+        if state in ("done", "cancelled"):
+            return StartAnswer("done" if state == "done" else "cancelled")
         if state == "locked":
             return StartAnswer(
                 "locked", holder=_text(reply[2]), holder_ttl_s=max(0.0, int(reply[1]) / 1000.0)

@@ -34,7 +34,7 @@ __all__ = ["Pipelines", "step_id", "step_of"]
 log = logging.getLogger(__name__)
 
 #: A pipeline's final state (of its result).
-Final = Literal["completed", "escalated", "discarded"]
+Final = Literal["completed", "escalated", "discarded", "cancelled"]
 #: Hands a pipeline itself to people (its input could not be built); returns its escalated result.
 Escalate = Callable[[NewEscalation], TaskResult]
 
@@ -151,7 +151,9 @@ class Pipelines:
         expected = int(state.get(f"n:{step.name}", "1")) if step.map is not None else 1
         if int(state.get(f"done:{step.name}", "0")) < expected:
             return
-        if k + 1 < len(pipeline.steps):
+        if k + 1 < len(pipeline.steps) and self.client.hexists(keys.job(ref.pipeline_id), "cancelled"):
+            self._finish(ref.pipeline_id, pipeline, state, "cancelled")  # cancelled: no next step
+        elif k + 1 < len(pipeline.steps):
             self._send_step(ref.pipeline_id, pipeline, k + 1, state)
         else:
             self._finish(ref.pipeline_id, pipeline, state, "completed")
@@ -204,17 +206,17 @@ class Pipelines:
         outputs = self._outputs(pipeline, state)
         prompts: list[tuple[int | None, str]] = []
         if step.map is None:
-            prompts.append((None, render(step.prompt, input=request.prompt, outputs=outputs)))
+            prompts.append((None, render(step.prompt, input=request.ask, outputs=outputs)))
         else:
             try:
-                items = map_items(step.map, outputs, request.prompt, step.chunk_chars, step.max_items)
+                items = map_items(step.map, outputs, request.ask, step.chunk_chars, step.max_items)
             except RenderError as exc:
                 self._give_up(pipeline_id, pipeline, state, step, str(exc))
                 return
             self.client.hset(keys.pipeline(pipeline_id), f"n:{step.name}", len(items))
             for i, item in enumerate(items):
                 if only is None or i == only:
-                    text = render(step.prompt, input=request.prompt, outputs=outputs, item=item, index=i,
+                    text = render(step.prompt, input=request.ask, outputs=outputs, item=item, index=i,
                                   count=len(items))  # fmt: skip
                     prompts.append((i, text))
         with telemetry.continued(state.get("traceparent")):
@@ -306,6 +308,10 @@ class Pipelines:
         pipe = self.client.pipeline(transaction=False)
         queue_result(self.app, pipe, pipeline_id, result.model_dump(mode="json"))
         pipe.execute()
+        if request is not None and request.callback_url:
+            from fleet.callbacks import send_callback  # deferred: it imports the notify machinery
+
+            send_callback(self.app, pipeline_id, request.callback_url)
 
     def _give_up(
         self, pipeline_id: str, pipeline: Pipeline, state: dict[str, str], step: Step, why: str

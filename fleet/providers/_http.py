@@ -82,7 +82,8 @@ def _is_count(value: object) -> TypeGuard[int]:
 
 def estimate_usage(request: ChatRequest, answer: str) -> tuple[int, int]:
     """(input, output) token estimates for a provider that sent no usage."""
-    return estimate_tokens((request.system or "") + request.prompt), estimate_tokens(answer) if answer else 0
+    sent = (request.system or "") + "".join(text for _, text in request.history) + request.prompt
+    return estimate_tokens(sent), estimate_tokens(answer) if answer else 0
 
 
 def status_error_class(status: int) -> type[ProviderError]:

@@ -78,11 +78,15 @@ class AnthropicProvider(HTTPProvider):
         payload: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS,
-            "messages": [{"role": "user", "content": request.prompt}],
+            "messages": _turns(request),
         }
         system = [request.system] if request.system else []
         if request.response_schema is not None:
             system.append(schema_instruction(request.response_schema))
+        elif request.json_mode:  # the Messages API has no JSON mode: the instruction stands in
+            system.append(JSON_MODE_INSTRUCTION)
+        if request.stop:
+            payload["stop_sequences"] = list(request.stop)
         if system:
             payload["system"] = "\n\n".join(system)
         if request.temperature is not None:
@@ -141,3 +145,22 @@ class AnthropicProvider(HTTPProvider):
             http_status=response.status_code,
             extra=extra,
         )
+
+
+#: What stands in for JSON mode on the Messages API.
+JSON_MODE_INSTRUCTION = "Answer with a single JSON object and nothing else."
+
+
+def _turns(request: ChatRequest) -> list[dict[str, str]]:
+    """The conversation as the Messages API takes it: user and assistant turns alternating, starting
+    with the user's (turns of one role in a row are joined; a leading assistant turn gets an empty
+    user turn before it). There is no seed parameter: a request's seed is not sent."""
+    turns: list[dict[str, str]] = []
+    for role, text in [*request.history, ("user", request.prompt)]:
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += "\n\n" + text
+        else:
+            turns.append({"role": role, "content": text})
+    if turns[0]["role"] != "user":
+        turns.insert(0, {"role": "user", "content": "(the conversation so far)"})
+    return turns

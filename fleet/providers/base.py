@@ -23,6 +23,12 @@ class ChatRequest:
     #: Ask for token log-probabilities where the API offers them (OpenAI's ``logprobs``): a
     #: confidence signal for the quality gate.
     logprobs: bool = False
+    #: A conversation's turns before ``prompt`` (its last user message): ``(role, text)`` pairs.
+    history: tuple[tuple[str, str], ...] = ()
+    #: Sequences that end the answer; a seed; JSON mode (each where the provider takes it).
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    json_mode: bool = False
 
 
 @dataclass(frozen=True, slots=True)

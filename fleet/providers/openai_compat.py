@@ -78,8 +78,13 @@ class OpenAICompatProvider(HTTPProvider):
         messages: list[dict[str, str]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
+        messages += [{"role": role, "content": text} for role, text in request.history]
         messages.append({"role": "user", "content": request.prompt})
         payload: dict[str, Any] = {"model": request.model, "messages": messages}
+        if request.stop:
+            payload["stop"] = list(request.stop)
+        if request.seed is not None:
+            payload["seed"] = request.seed
         if request.max_tokens is not None:
             payload["max_tokens"] = request.max_tokens
         if request.temperature is not None:
@@ -91,6 +96,8 @@ class OpenAICompatProvider(HTTPProvider):
                 "type": "json_schema",
                 "json_schema": {"name": "answer", "schema": request.response_schema},
             }
+        elif request.json_mode:
+            payload["response_format"] = {"type": "json_object"}
         return payload
 
     def _raise_for_status(self, response: httpx.Response, request: ChatRequest) -> None:

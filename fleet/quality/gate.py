@@ -85,7 +85,7 @@ class QualityGate(Middleware):
         tier = str(job.routing.tier)
         policy = self.settings.policy(tier, job.request.kind)
         confidence = assess(
-            job.request.prompt, result.answer, job.outcome.mean_logprob if job.outcome else None,
+            job.request.ask, result.answer, job.outcome.mean_logprob if job.outcome else None,
             self.settings.confidence, structured=job.request.response_schema is not None,
         )  # fmt: skip
         why = self._why(job, tier, policy, confidence)

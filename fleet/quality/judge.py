@@ -78,7 +78,7 @@ class Verdict(BaseModel):
 
 def _shown(request: TaskRequest, max_chars: int) -> str:
     """The request as a judge sees it: its system text and prompt, the middle of a long one cut."""
-    text = request.prompt
+    text = request.text
     if len(text) > max_chars:
         head, tail = max_chars * 3 // 4, max_chars // 4
         text = f"{text[:head]}\n[... {len(text) - head - tail} characters omitted ...]\n{text[-tail:]}"

@@ -492,7 +492,9 @@ def score_request(request: TaskRequest, settings: HeuristicSettings) -> tuple[in
     """The 1-5 content score and the reasons (the features that decided it)."""
     c = _compiled(settings)
     th = settings.thresholds
-    split = split_ask(request.prompt, settings)
+    split = split_ask(request.ask, settings)
+    if request.history:  # a conversation: the last user turn is the ask, earlier turns its context
+        split = AskText(split.ask, split.pasted_chars + sum(len(m.content) for m in request.history))
     reasons: list[str] = []
     text = _ask_text(request, split, reasons)
     words = _WORD_RE.findall(text)

@@ -91,7 +91,7 @@ VERDICT_SCHEMA: dict[str, object] = {
 
 def build_prompt(request: TaskRequest) -> str:
     """The classification prompt: instructions, then the job (its middle cut when long)."""
-    text = request.prompt
+    text = request.text
     if len(text) > _HEAD_CHARS + _TAIL_CHARS:
         cut = len(text) - _HEAD_CHARS - _TAIL_CHARS
         text = f"{text[:_HEAD_CHARS]}\n[... {cut} characters omitted ...]\n{text[-_TAIL_CHARS:]}"

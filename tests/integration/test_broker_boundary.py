@@ -28,6 +28,7 @@ VERBS = [
     ["submit", "hello", "--wait", "5"],
     ["result", "abc"],
     ["result", "abc", "--wait", "1"],
+    ["job", "abc"],
     ["status"],
     ["scale", "mini=2"],
     ["costs"],
@@ -102,10 +103,12 @@ def test_an_unknown_id_is_not_found_at_once(
         client.result("never-submitted", timeout=30)
     assert time.monotonic() - started < 5
     # And the CLI exits 8 in one line, with or without --wait
-    for args in (["result", "never-submitted"], ["result", "never-submitted", "--wait", "30"]):
+    for args in (["result", "never-submitted"], ["result", "never-submitted", "--wait", "30"],
+                 ["job", "never-submitted"], ["job", "never-submitted", "--json"]):  # fmt: skip
         done = run(args, env)
         assert done.returncode == 8, done.stderr
-        assert "task_not_found" in done.stderr and "never-submitted" in done.stderr
+        said = done.stderr + done.stdout  # --json: the error as JSON on stdout
+        assert "task_not_found" in said and "never-submitted" in said
     # And the API answers 404
     api = TestClient(create_api(load_settings(env=env), broker_url, token=""))
     answer = api.get("/v1/tasks/never-submitted")
@@ -131,3 +134,8 @@ def test_a_submitted_job_is_pending_not_unknown(
     assert done.returncode == 0 and json.loads(done.stdout)["state"] == "queued"
     api = TestClient(create_api(load_settings(env=env), url, token=""))
     assert api.get(f"/v1/tasks/{task_id}").json()["state"] == "queued"
+    # And `fleet job` says which queue and how long it has waited
+    job = run(["job", task_id, "--json"], env)
+    assert job.returncode == 0, job.stderr
+    shown = json.loads(job.stdout)
+    assert (shown["state"], shown["queue"]) == ("queued", "mini") and 0 <= shown["waited_s"] < 60

@@ -59,3 +59,46 @@ def test_idempotency_key_enqueues_once(clean_fleet: RunningFleet) -> None:
     second = clean_fleet.client.submit(request)
     assert first == second
     assert clean_fleet.client.result(first, timeout=30).status == "completed"
+
+
+@pytest.mark.parametrize("tier", ["mini", "standard"])  # the OpenAI-compatible and the Anthropic adapter
+def test_a_conversation_reaches_the_model_whole(clean_fleet: RunningFleet, tier: str) -> None:
+    # Given a conversation (few-shot turns and a system message), and the same last ask alone
+    turns = [
+        {"role": "system", "content": "Answer in one line."},
+        {"role": "user", "content": "Capital of France? " + "Context paragraph. " * 60},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "Capital of Italy?"},
+    ]
+    client = clean_fleet.client
+    whole = client.result(client.submit({"messages": turns, "tier": tier, "stop": ["\n\n\n"], "seed": 3}), 30)
+    alone = client.result(client.submit({"prompt": "Capital of Italy?", "tier": tier}), 30)
+    # Then the model answers the last user turn, having read every turn (its input tokens)
+    assert whole.status == alone.status == "completed"
+    assert "Capital of Italy?" in (whole.answer or "")
+    assert whole.input_tokens > alone.input_tokens + 200
+
+
+def test_status_follows_a_job_from_routed_to_running_to_completed(clean_fleet: RunningFleet) -> None:
+    # Given model calls that take 1.5 s
+    clean_fleet.mock_config(latency_ms=1500)
+    client = clean_fleet.client
+    try:
+        task_id = client.submit({"prompt": "Rename variable n to count in utils.py", "kind": "test.status"})
+        # When it runs, Then its status names the worker, the chain's first link and the delivery
+        deadline = time.monotonic() + 20
+        status = client.status(task_id)
+        while status.state != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            status = client.status(task_id)
+        assert status.state == "running", status
+        assert status.tier is not None and status.queue == str(status.tier) and status.reasons
+        links = clean_fleet.settings.tier(status.tier).links()
+        assert status.link == f"{links[0][0]}:{links[0][1]}" and status.attempt == 1
+        assert status.worker and status.worker.endswith("#0")  # the worker's identity and delivery
+        # And then completed, with its result
+        res = client.result(task_id, timeout=30)
+        done = client.status(task_id)
+        assert done.state == "completed" and done.result == res
+    finally:
+        clean_fleet.mock_config(latency_ms=5)

@@ -93,8 +93,8 @@ def test_a_person_resolves_an_escalation_in_the_browser(
             card.locator("textarea.answer").fill("INV-2291")
             page.screenshot(path=str(tmp_path / "inbox.png"), full_page=True)
             # The docs carry the page as people see it; refresh it on purpose, not on every run
-            # (a test must not dirty the checkout): FLEET_UPDATE_SCREENSHOTS=1 make test.
-            if os.environ.get("FLEET_UPDATE_SCREENSHOTS") == "1":
+            # (a test must not dirty the checkout): FLEET_TEST_UPDATE_SCREENSHOTS=1 make test.
+            if os.environ.get("FLEET_TEST_UPDATE_SCREENSHOTS") == "1":
                 shutil.copyfile(tmp_path / "inbox.png", DOCS_SCREENSHOT)
             # And clicks "Resolve"
             card.locator("button.resolve").click()
@@ -109,3 +109,46 @@ def test_a_person_resolves_an_escalation_in_the_browser(
     assert got["r"].status == "completed" and got["r"].answer == "INV-2291"
     assert got["r"].resolved_by == "human" and got["r"].resolver == "alice"
     assert (tmp_path / "inbox.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (make test installs it)"
+)
+def test_a_person_retries_a_filtered_set_of_escalations_in_the_browser(
+    clean_fleet: RunningFleet, api_url: str
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    # Given an outage: three jobs of one kind and one of another escalated
+    fail_every_model(clean_fleet)
+    client = clean_fleet.client
+    bulk = [
+        client.submit({"prompt": f"Rename v{n} to w{n}", "kind": "test.bulk", "tier": "mini"})
+        for n in range(3)
+    ]
+    keep = client.submit({"prompt": "Rename k to j", "kind": "test.keep", "tier": "mini"})
+    assert {client.result(t, timeout=30).status for t in [*bulk, keep]} == {"escalated"}
+    clean_fleet.mock_config(faults_by_model={})  # the outage is over
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1180, "height": 1300})
+            # When a person filters the inbox to one kind and retries all that match
+            page.goto(f"{api_url}/inbox")
+            page.locator("section.card").first.wait_for(timeout=10_000)
+            assert "bad_request 4" in page.locator("#by-reason").inner_text()  # the counts per reason
+            page.fill("#name", "alice")
+            page.fill("#f-kind", "test.bulk")
+            assert page.locator("section.card").count() == 3
+            page.click("#bulk-retry")
+            # Then the page asks to confirm how many will move, and moves them when confirmed
+            page.locator("#confirm").wait_for(state="visible", timeout=10_000)
+            assert page.inner_text("#confirm-text") == "retry 3 open escalation(s)?"
+            page.click("#confirm-go")
+            page.locator("#bulk-msg.ok").wait_for(timeout=20_000)
+            assert page.inner_text("#bulk-msg").startswith("retry: 3 moved")
+        finally:
+            browser.close()
+    assert {client.result(t, timeout=30).status for t in bulk} == {"completed"}
+    assert client.result(keep, timeout=5).status == "escalated"  # outside the filter: left alone

@@ -57,10 +57,9 @@ def test_slack_message_includes_a_bounded_prompt_excerpt_when_asked() -> None:
 
 
 def test_backoff_doubles_and_is_capped() -> None:
-    cfg = EscalationSettings(webhook_backoff_s=2.0, webhook_backoff_max_s=10.0)
-    assert 1.0 <= backoff_s(0, cfg) <= 2.0
-    assert 4.0 <= backoff_s(2, cfg) <= 8.0
-    assert 5.0 <= backoff_s(10, cfg) <= 10.0
+    assert 1.0 <= backoff_s(0, 2.0, 10.0) <= 2.0
+    assert 4.0 <= backoff_s(2, 2.0, 10.0) <= 8.0
+    assert 5.0 <= backoff_s(10, 2.0, 10.0) <= 10.0
 
 
 def test_the_api_refuses_to_serve_off_loopback_without_a_token() -> None:

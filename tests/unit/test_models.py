@@ -36,7 +36,17 @@ def test_full_request_round_trips_through_json() -> None:
 @pytest.mark.parametrize(
     ("data", "fragment"),
     [
-        ({}, "prompt: Field required"),
+        ({}, "give exactly one of prompt and messages (neither is set)"),
+        ({"prompt": "a", "messages": [{"role": "user", "content": "a"}]}, "both prompt and messages are set"),
+        ({"messages": []}, "messages: List should have at least 1 item"),
+        (
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            "the last message must be the user's",
+        ),
+        ({"messages": [{"role": "robot", "content": "a"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user", "content": "  "}]}, "the last user message must not be empty"),
+        ({"prompt": "a", "stop": ["x"] * 5}, "stop: List should have at most 4 items"),
+        ({"prompt": "a", "seed": "1"}, "seed: Input should be a valid integer"),
         ({"prompt": ""}, "prompt must not be empty"),
         ({"prompt": "a", "extra": 1}, "extra: unknown field"),
         ({"prompt": "a", "hints": {"speed": 1}}, "hints.speed: unknown field"),
@@ -72,4 +82,22 @@ def test_non_object_json_is_refused() -> None:
 def test_result_latency() -> None:
     res = TaskResult(task_id="t", status="completed", submitted_at=10.0, finished_at=10.25)
     assert res.latency_ms == pytest.approx(250.0)
-    assert TaskRequest.model_fields["prompt"].is_required()
+    assert not TaskRequest.model_fields["prompt"].is_required()  # prompt or messages
+
+
+def test_a_conversation_is_read_as_its_last_user_turn_with_context() -> None:
+    req = validate_request({"system": "Be kind.", "messages": [
+        {"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Salut"}, {"role": "user", "content": "How are you?"},
+    ]})  # fmt: skip
+    assert req.ask == "How are you?" and [m.content for m in req.history] == ["Hi", "Salut"]
+    assert req.instructions == "Be kind.\n\nAnswer in French."
+    assert "assistant: Salut" in req.text
+
+
+def test_the_size_limit_applies_to_the_whole_conversation() -> None:
+    turns = [{"role": "user", "content": "x" * 600}, {"role": "assistant", "content": "y" * 600},
+             {"role": "user", "content": "z"}]  # fmt: skip
+    with pytest.raises(InvalidRequest, match="the conversation is 1201 bytes, over the limit of 1000 bytes"):
+        validate_request({"messages": turns}, max_prompt_bytes=1000)
+    assert validate_request({"messages": turns}, max_prompt_bytes=1201).ask == "z"

@@ -231,3 +231,28 @@ def test_api_key_never_in_messages(make: Callable[[Handler], AnthropicProvider])
         assert KEY not in text
         assert KEY[4:20] not in text
     assert "invalid x-api-key" in str(info.value)
+
+
+def test_a_conversation_alternates_turns_with_stop_sequences_and_json_mode(
+    make: Callable[[Handler], AnthropicProvider],
+) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=message())
+
+    chat = ChatRequest(
+        model="claude-test", prompt="And in French?", system="Be brief.", stop=("END",), seed=7,
+        json_mode=True,
+        history=(
+            ("assistant", "Hi."), ("user", "Say hello."), ("user", "In English."), ("assistant", "Hello."),
+        ),
+    )  # fmt: skip
+    make(handler).complete(chat)
+    body = sent[0]
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user", "assistant", "user"]
+    assert body["messages"][2]["content"] == "Say hello.\n\nIn English."  # turns of one role joined
+    assert body["messages"][-1]["content"] == "And in French?"
+    assert body["stop_sequences"] == ["END"] and "seed" not in body  # the Messages API has no seed
+    assert "single JSON object" in body["system"]

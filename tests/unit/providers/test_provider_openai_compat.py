@@ -337,3 +337,29 @@ def test_build_provider_points_at_the_mock_when_enabled() -> None:
     with make_http_client(settings) as client:
         assert build_provider("oa", settings, client).base_url == "http://127.0.0.1:9999/v1"  # type: ignore[attr-defined]
         assert build_provider("an", settings, client).base_url == "http://127.0.0.1:9999"  # type: ignore[attr-defined]
+
+
+def test_a_conversation_is_sent_as_messages_with_stop_seed_and_json_mode(
+    make: Callable[[Handler], OpenAICompatProvider],
+) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=completion())
+
+    chat = ChatRequest(
+        model="gpt-test", prompt="And in French?", system="Be brief.", stop=("END",), seed=7, json_mode=True,
+        history=(("user", "Say hello."), ("assistant", "Hello.")),
+    )  # fmt: skip
+    make(handler).complete(chat)
+    body = sent[0]
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "And in French?"},
+    ]
+    assert (
+        body["stop"] == ["END"] and body["seed"] == 7 and body["response_format"] == {"type": "json_object"}
+    )

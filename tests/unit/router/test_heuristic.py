@@ -287,3 +287,17 @@ def test_phrases_are_indexed_by_their_first_two_words() -> None:
     names = [cat.name for cat in index.categories]
     hits = index.match("we moved into the spanish office; translate it into spanish")
     assert hits[names.index("mechanical")] == ["into spanish"]
+
+
+def test_a_conversation_is_scored_on_its_last_user_turn_with_the_earlier_turns_as_context() -> None:
+    # Given a mechanical last ask after a long design discussion
+    design = "Design the multi-region failover architecture, weigh the security trade-offs. " * 40
+    ask = "Translate this paragraph into Spanish: hello world."
+    turns = [{"role": "user", "content": design}, {"role": "assistant", "content": "A design. " * 200},
+             {"role": "user", "content": ask}]  # fmt: skip
+    decision = heuristic.classify(validate_request({"messages": turns}), SETTINGS)
+    # Then the ask decides (the design words of earlier turns are not read as the ask) ...
+    alone = classify(ask)
+    assert decision.tier == alone.tier == Tier.MINI and not any("pasted" in r for r in alone.reasons)
+    # ... and the earlier turns count as the ask's context, as pasted input does
+    assert any("pasted" in r for r in decision.reasons), decision.reasons
