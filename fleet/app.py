@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery
 from celery.backends.redis import RedisBackend
+from kombu.transport import TRANSPORT_ALIASES as _TRANSPORT_ALIASES
 
 from fleet import brokers, keys
 from fleet.settings import Settings, get_settings
@@ -32,6 +33,10 @@ __all__ = [
     "encode_result",
     "queue_result",
 ]
+
+# The fleet's Redis transport (fleet/transport.py) in producers and workers alike: job priorities,
+# reliable fetch, one Redis client per connection pool for kombu's commands.
+_TRANSPORT_ALIASES["redis"] = _TRANSPORT_ALIASES["rediss"] = "fleet.transport:Transport"
 
 #: Task names: producers and the router send by name and never import worker code.
 ROUTE_TASK = "fleet.route"

@@ -124,8 +124,6 @@ def transport_config(settings: Settings, url: str) -> dict[str, Any]:
             "health_check_interval": settings.broker.health_check_interval,
             "socket_keepalive": True,
             "retry_on_timeout": True,
-            # One list per queue (the fleet sends no priorities), so one BLMOVE takes from a queue.
-            "priority_steps": [0],
             "fleet_reliable_fetch": settings.recovery.reliable_fetch,
         }
     }

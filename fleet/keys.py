@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "PREFIX",
+    "PRIORITIES",
     "QUEUES",
     "TIER_QUEUES",
     "breaker",
@@ -22,7 +23,9 @@ __all__ = [
     "idempotency",
     "job",
     "pipeline",
+    "priority",
     "quality_bucket",
+    "queue_list",
     "queue_lists",
     "rate_counter",
     "result",
@@ -39,8 +42,10 @@ QUEUES = ("router", "mini", "standard", "full", "fast", "escalations")
 #: The queues that run model calls.
 TIER_QUEUES = ("mini", "standard", "full", "fast")
 
-#: kombu's Redis transport spreads a queue over one list per priority step; the default steps.
-_KOMBU_PRIORITY_STEPS = (3, 6, 9)
+#: Job priorities within a tier: 0 (the default) to 9 (the most urgent).
+PRIORITIES = range(10)
+#: kombu's Redis transport keeps a queue's messages of priority ``p > 0`` in a list of their own,
+#: named after the queue and ``p`` with this separator between (:mod:`fleet.transport`).
 _KOMBU_SEP = "\x06\x16"
 
 
@@ -156,6 +161,21 @@ def costs() -> str:
     return f"{PREFIX}costs"
 
 
+def priority(value: object) -> int:
+    """A message's priority as the queue's lists know it: 0 to 9 (0 for none, or for no number)."""
+    if not isinstance(value, int | str):
+        return 0
+    try:
+        return max(PRIORITIES[0], min(PRIORITIES[-1], int(value)))
+    except ValueError:
+        return 0
+
+
+def queue_list(queue: str, priority: int) -> str:
+    """The Redis list of ``queue``'s messages of ``priority`` (the queue's own name for 0)."""
+    return f"{queue}{_KOMBU_SEP}{priority}" if priority else queue
+
+
 def queue_lists(queue: str) -> list[str]:
-    """The Redis lists kombu uses for ``queue`` (one per priority step)."""
-    return [queue] + [f"{queue}{_KOMBU_SEP}{step}" for step in _KOMBU_PRIORITY_STEPS]
+    """Every Redis list of ``queue``, the most urgent first (priority 9 .. 1, then the plain list)."""
+    return [queue_list(queue, p) for p in reversed(PRIORITIES)]

@@ -125,6 +125,8 @@ class TaskRequest(_Strict):
     idempotency_key: StrictStr | None = Field(default=None, min_length=1, max_length=256)
     metadata: dict[ShortStr, ShortStr] = Field(default_factory=dict, max_length=64)
     max_cost_usd: float | None = Field(default=None, gt=0.0)
+    #: Within its tier: 0 (the default) to 9, the most urgent first (Redis; see docs/api.md).
+    priority: StrictInt = Field(default=0, ge=0, le=9)
     #: Run the request through this pipeline of ``config/pipelines.toml`` (its prompt is the input).
     pipeline: StrictStr | None = Field(default=None, min_length=1, max_length=64)
     #: POST the job's final result here (http or https), signed (``[callbacks]``).

@@ -25,9 +25,13 @@ __all__ = ["collect", "oldest_submitted_at", "prometheus_text", "queue_snapshot"
 
 
 def oldest_submitted_at(client: redis.Redis, queue: str) -> float | None:
-    """When the oldest job waiting on ``queue`` was submitted (kombu pops from the list's right)."""
+    """When the oldest job waiting on ``queue`` was submitted (kombu pops from a list's right; a queue
+    has one list per priority)."""
+    pipe = client.pipeline(transaction=False)
     for name in keys.queue_lists(queue):
-        raw = client.lindex(name, -1)
+        pipe.lindex(name, -1)
+    oldest: float | None = None
+    for raw in pipe.execute():
         if raw is None:
             continue
         try:
@@ -36,10 +40,11 @@ def oldest_submitted_at(client: redis.Redis, queue: str) -> float | None:
             if message.get("properties", {}).get("body_encoding") == "base64":
                 body = base64.b64decode(body)
             args = json.loads(body)[0]
-            return float(args[1]["submitted_at"])
+            at = float(args[1]["submitted_at"])
         except (ValueError, KeyError, IndexError, TypeError):
             continue  # not one of ours (a poison message, say): no age to tell
-    return None
+        oldest = at if oldest is None else min(oldest, at)
+    return oldest
 
 
 def queue_snapshot(settings: Settings, client: redis.Redis) -> dict[str, dict[str, Any]]:

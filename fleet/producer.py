@@ -93,6 +93,11 @@ class Outgoing:
     def id(self) -> str:
         return self.envelope.id
 
+    @property
+    def priority(self) -> int:
+        """Its message's priority: the request's (validated before it got here), 0 to 9."""
+        return int(self.payload.get("priority", 0))
+
 
 class Client:
     """A producer bound to one fleet (one broker). Thread-safe; build one and keep it."""
@@ -475,11 +480,12 @@ def _send_task(app: FleetCelery, settings: Settings, job: Outgoing, producer: An
             argsrepr=ARGS_REPR,
             kwargsrepr="{}",
             producer=producer,
+            priority=job.priority,
         )
     else:
         app.send_task(
             ROUTE_TASK, args=args, task_id=f"route-{job.id}", queue="router",
-            argsrepr=ARGS_REPR, kwargsrepr="{}", producer=producer,
+            argsrepr=ARGS_REPR, kwargsrepr="{}", producer=producer, priority=job.priority,
         )  # fmt: skip
 
 

@@ -316,7 +316,10 @@ def restore_orphan(client: Any) -> Callable[[str], None]:
                     pipe.multi()
                     pipe.zrem(UNACKED_INDEX, tag)
                     pipe.hdel(UNACKED, tag)
-                    pipe.rpush(queue, json.dumps(message))
+                    # At the head of its priority's list (a worker waiting on an idle queue sees a
+                    # list other than the plain one at its next poll, within a second).
+                    back = keys.queue_list(queue, keys.priority(properties.get("priority")))
+                    pipe.rpush(back, json.dumps(message))
                     pipe.execute()
                     return
                 except redis.WatchError:

@@ -28,6 +28,8 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "job_finish": ("adjust_fn", "job_finish"),
     "job_start": ("gcra", "breaker_allow", "gate", "job_start"),
     "pipeline_step": ("pipeline_step",),
+    "priority_put": ("priority_put",),
+    "priority_take": ("priority_take",),
 }
 
 

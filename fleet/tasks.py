@@ -77,7 +77,7 @@ def route(self: Task[Any, Any], request: Any = None, job: Any = None) -> None:
     app.send_task(
         EXECUTE_TASK, args=[request, envelope.model_dump(mode="json")], task_id=envelope.id,
         queue=str(envelope.routing.tier), time_limit=math.ceil(timeout + 30),
-        soft_time_limit=math.ceil(timeout), argsrepr=ARGS_REPR, kwargsrepr="{}",
+        soft_time_limit=math.ceil(timeout), argsrepr=ARGS_REPR, kwargsrepr="{}", priority=req.priority,
     )  # fmt: skip
 
 

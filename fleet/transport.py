@@ -6,8 +6,14 @@ kombu builds a new ``redis.Redis`` for every ack, every unacked-index update and
 tables each time: about a seventh of a worker's main-process CPU at load, and a share of every
 router publish (docs/performance.md). A ``redis.Redis`` over a connection pool is thread-safe (each
 command takes a connection from the pool), so one per pool serves them all. A new pool (after a
-fork or a reconnect) gets a new client. ``fleet.worker`` registers this transport for the
-``redis://`` and ``rediss://`` schemes in worker processes; producers keep kombu's own.
+fork or a reconnect) gets a new client. :mod:`fleet.app` registers this transport for the
+``redis://`` and ``rediss://`` schemes, in producers and workers alike.
+
+**Priority** (a job's ``priority``, 0 to 9, 9 the most urgent; the AMQP convention, where kombu's
+own Redis transport serves 0 first). A queue's messages of priority ``p > 0`` wait in a list of their
+own (:func:`fleet.keys.queue_list`), and a worker looks at the lists most urgent first. A message of
+priority ``p > 0`` sent to an idle queue (every list empty) goes on the plain list, where a waiting
+worker takes it at once (``priority_put.lua``): BLMOVE, below, waits on one list only.
 
 **Reliable fetch** (``recovery.reliable_fetch``, on by default; Redis >= 6.2). kombu takes a
 message with BRPOP, which removes it from its queue, and records it as unacked only once the reply
@@ -18,6 +24,12 @@ records it as unacked. Whatever else is in that list was lost on the way: the wo
 its queue at its next delivery, and the reaper (:mod:`fleet.recovery`) puts back the contents of any
 in-flight list idle for ``recovery.orphan_after_s``. The same idea as Sidekiq Pro's super_fetch.
 A worker on several queues keeps kombu's BRPOP (one BLMOVE takes from one list).
+
+With priorities, a fetch is first a script that moves the head of the most urgent non-empty list into
+the in-flight list (``priority_take.lua``); only when the queue is empty does the worker wait, with
+BLMOVE on the plain list, and after that wait it looks at every list again. A message that goes back
+from an in-flight list (a lost delivery, an orphan) goes to the head of the plain list: its
+priority is not kept in that rare case.
 """
 
 from __future__ import annotations
@@ -29,9 +41,9 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import loads
 
-from fleet import keys
+from fleet import keys, scripts
 
-__all__ = ["Channel", "QoS", "Transport", "give_back"]
+__all__ = ["PRIORITY_STEPS", "Channel", "QoS", "Transport", "give_back"]
 
 #: kombu's Redis transport, most of which its type stubs leave out.
 _kombu: Any = kombu_redis
@@ -74,15 +86,25 @@ class QoS(_kombu.QoS):  # type: ignore[misc]
             )  # fmt: skip
 
 
+#: The order a worker looks at a queue's lists in (kombu's ``priority_steps``): the most urgent first.
+PRIORITY_STEPS = list(reversed(keys.PRIORITIES))
+
+
 class Channel(_kombu.Channel):  # type: ignore[misc]
     QoS = QoS
     from_transport_options = (*_kombu.Channel.from_transport_options, "fleet_reliable_fetch")
+    priority_steps = PRIORITY_STEPS
     _sync_client: Any = None
+    _put_script: Any = None
     #: Take messages with BLMOVE into an in-flight list (set from the transport options).
     fleet_reliable_fetch = False
     #: The queue a BLMOVE is outstanding for, and (in-flight key, raw message) while it is delivered.
     _fetching: str | None = None
     _fetched: tuple[str, bytes] | None = None
+    #: The command of the outstanding fetch: the take script (EVAL) or the wait (BLMOVE).
+    _fetch_command = "EVAL"
+    #: The next fetch looks at every list (the take script), rather than waiting on the plain one.
+    _take_next = True
     _indexed: frozenset[str] = frozenset()
     #: Queues consumed without acks.
     _fleet_noack: frozenset[str] = frozenset()
@@ -102,11 +124,30 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
             # and exits on. It is a connection error: the consumer reconnects.
             raise redis.ConnectionError(f"the broker connection is closed ({exc})") from exc
 
+    def priority(self, n: int) -> int:
+        """A message's priority as a list of its queue knows it: 0 to 9 (kombu's own bisects its
+        ascending steps)."""
+        return keys.priority(n)
+
+    def _q_for_pri(self, queue: str, pri: int) -> str:
+        return keys.queue_list(queue, self.priority(pri))
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        priority = self._get_message_priority(message, reverse=False)
+        plain = not priority or bool(self.global_keyprefix) or bool(self._expires and queue in self._expires)
+        if plain or kwargs.get("_publish_batch") is not None:
+            super()._put(queue, message, **kwargs)
+            return
+        lists = [keys.queue_list(queue, priority), *keys.queue_lists(queue)]
+        with self.conn_or_acquire() as client:
+            script = self._put_script
+            if script is None or script.registered_client is not client:
+                script = self._put_script = scripts.register(client, "priority_put")
+            script(keys=lists, args=[_kombu.dumps(message)])
+
     def _fetch_queue(self) -> str | None:
         """The one queue this channel consumes, when reliable fetch applies to it."""
         if not self.fleet_reliable_fetch or len(self.active_queues) != 1 or self.global_keyprefix:
-            return None
-        if list(self.priority_steps) != [0]:
             return None
         queue = str(next(iter(self.active_queues)))
         # A consumer without acks (Celery's pidbox replies) never records its messages as unacked.
@@ -131,6 +172,14 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
         self._fetching = queue
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
+        if self._take_next:
+            self._fetch_command = "EVAL"
+            lists = keys.queue_lists(queue)
+            self.client.connection.send_command(
+                "EVAL", scripts.source("priority_take"), len(lists) + 1, *lists, inflight_key
+            )
+            return
+        self._fetch_command = "BLMOVE"
         wait = self.brpop_timeout if timeout is None else timeout
         self.client.connection.send_command("BLMOVE", queue, inflight_key, "RIGHT", "LEFT", wait or 0)
 
@@ -140,12 +189,16 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
             return bool(super()._brpop_read(**options))
         from fleet.recovery import worker_id
 
+        command = self._fetch_command
         try:
             try:
-                raw = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+                raw = self.client.parse_response(self.client.connection, command, **options)
             except self.connection_errors:
+                self._take_next = True
                 self.client.connection.disconnect()
                 raise
+            # An empty queue: wait on its plain list next. After a wait, look at every list again.
+            self._take_next = not (command == "EVAL" and raw is None)
             if raw is None:
                 raise _kombu.Empty()
             self._fetched = (keys.inflight(worker_id(), queue), raw)

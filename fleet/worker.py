@@ -14,7 +14,6 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
-from kombu.transport import TRANSPORT_ALIASES as _TRANSPORT_ALIASES
 
 from fleet import tasks as _tasks  # noqa: F401 - registers the tasks on the app
 from fleet.app import app
@@ -28,8 +27,6 @@ __all__ = ["app", "worker_argv"]
 _POOL_ALIASES: dict[str, str] = celery.concurrency.ALIASES  # type: ignore[attr-defined]  # not in the stubs
 # `--pool threads` means our resizable threads pool in every fleet worker (fleet scale grows it).
 _POOL_ALIASES["threads"] = "fleet.pool:ResizableThreadPool"
-# One Redis client per connection pool for kombu's commands, not one per ack and publish.
-_TRANSPORT_ALIASES["redis"] = _TRANSPORT_ALIASES["rediss"] = "fleet.transport:Transport"
 # On RabbitMQ, the escalations worker turns dead letters into escalations (fleet/deadletters.py).
 app.steps["consumer"].add(DeadLetters)
 

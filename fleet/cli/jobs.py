@@ -72,6 +72,9 @@ def submit(
     latency_budget_ms: Annotated[int | None, typer.Option(help="Hint: latency budget in ms.")] = None,
     files: Annotated[list[str] | None, typer.Option("--file", help="Hint: a file the job touches.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Upper bound of the answer's tokens.")] = None,
+    priority: Annotated[
+        int | None, typer.Option(min=0, max=9, help="0 (default) to 9: the most urgent go first in its tier.")
+    ] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Same key, same task: enqueued once.")] = None,
     metadata: Annotated[
         list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")
@@ -87,6 +90,8 @@ def submit(
     Example: fleet submit "Add a docstring to parse_rate()" --kind code.docstring --complexity low
 
     A pipeline: fleet submit --pipeline extract_reason - < meeting-notes.txt
+
+    Ahead of its tier's backlog: fleet submit "Reply to this customer: ..." --tier fast --priority 9
     """
     from fleet.producer import Client
 
@@ -107,7 +112,7 @@ def submit(
             "hints": hints,
             **_given(
                 tier=tier.value if tier else None, kind=kind, system=system, max_tokens=max_tokens,
-                idempotency_key=idempotency_key, pipeline=pipeline,
+                idempotency_key=idempotency_key, pipeline=pipeline, priority=priority,
             ),
         }  # fmt: skip
         if metadata:

@@ -235,7 +235,7 @@ class Pipelines:
             prompt=prompt, system=step.system or original.system,
             kind=pipeline.kind(step), response_schema=step.response_schema,
             max_tokens=step.max_tokens or original.max_tokens, temperature=original.temperature,
-            metadata=original.metadata, max_cost_usd=original.max_cost_usd,
+            metadata=original.metadata, max_cost_usd=original.max_cost_usd, priority=original.priority,
         )  # fmt: skip
         task_id = step_id(pipeline_id, step.name, index)
         envelope = JobEnvelope(

@@ -206,9 +206,14 @@ def test_submit_many_leaves_the_event_loop_free_while_it_publishes(clean_fleet: 
         await asyncio.sleep(0.05)
         began = time.monotonic()
         # 300 messages: a few hundred milliseconds of publishing, in a worker thread
-        await client.submit_many([{"prompt": f"Say {n}", "tier": "fast"} for n in range(300)])
+        ids = await client.submit_many([{"prompt": f"Say {n}", "tier": "fast"} for n in range(300)])
         ended = time.monotonic()
         await ticker.stop()
+        # None of them may run on into the next test: cancelled, and seen to end
+        for task_id in ids:
+            await client.cancel(task_id)
+        for task_id in ids:
+            assert (await client.result(task_id, timeout=60)).status in ("cancelled", "completed")
         return ticker, began, ended
 
     ticker, began, ended = run(clean_fleet, scenario)

@@ -100,6 +100,33 @@ def test_a_running_job_stops_after_its_current_call(fleet: ChaosFleet) -> None:
 MINI_CHAIN = ("gpt-4.1-mini", "llama-3.3-70b-versatile", "claude-sonnet-4-5")  # queues/mini.toml
 
 
+def test_urgent_jobs_submitted_last_behind_a_backlog_finish_first(fleet: ChaosFleet) -> None:
+    # Given mini's only thread busy, and a backlog of 12 jobs of the default priority behind it
+    fleet.mock_config(latency_ms=250)
+    client = fleet.client
+    busy = client.submit({"prompt": "Rename n to count in a.py", "tier": "mini"})
+    wait_for(lambda: client.status(busy).state == "running", 20, "the first job to run")
+    backlog = client.submit_many(
+        [{"prompt": f"Rename v{i} to value{i} in c.py", "tier": "mini"} for i in range(12)]
+    )
+    # When three urgent jobs are submitted last (one through the router: it keeps the priority)
+    urgent = [
+        client.submit({"prompt": f"Urgent: rename u{i} to urgent{i} in d.py", "tier": "mini", "priority": 9})
+        for i in range(2)
+    ]
+    urgent.append(client.submit({"prompt": "Urgent: rename w to weight in e.py", "priority": 9,
+                                 "hints": {"complexity": "low"}, "kind": "code.rename"}))  # fmt: skip
+    # Then every job completes, and the urgent ones ahead of the backlog: at most the one or two
+    # already on their way to the worker (its prefetch) finish before the last urgent one
+    done = {task_id: client.result(task_id, timeout=60) for task_id in [busy, *backlog, *urgent]}
+    assert all(r.status == "completed" for r in done.values())
+    pinned_urgent = [done[t] for t in urgent if done[t].tier == "mini"]
+    assert len(pinned_urgent) >= 2, [done[t].tier for t in urgent]
+    last_urgent = max(r.finished_at or 0 for r in pinned_urgent)
+    ahead = [t for t in backlog if (done[t].finished_at or 0) < last_urgent]
+    assert len(ahead) <= 2, f"{len(ahead)} of the backlog finished before the last urgent job"
+
+
 def test_a_bulk_retry_redrives_the_matching_escalations_paced_and_leaves_the_rest(fleet: ChaosFleet) -> None:
     # Given an outage of every mini model: 6 jobs of one kind and 2 of another escalate
     fleet.mock_config(latency_ms=5, faults_by_model={m: {"bad_request": 1.0} for m in MINI_CHAIN})

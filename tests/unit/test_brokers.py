@@ -32,7 +32,7 @@ def test_redis_keeps_plain_lists_one_per_queue_with_reliable_fetch() -> None:
     settings = load_settings(env={})
     assert all(q.queue_arguments is None for q in brokers.queues(settings, "redis://localhost:6379/0"))
     options = brokers.transport_config(settings, "redis://localhost:6379/0")["broker_transport_options"]
-    assert options["priority_steps"] == [0] and options["fleet_reliable_fetch"] is True
+    assert options["fleet_reliable_fetch"] is True
     assert options["visibility_timeout"] == settings.visibility_timeout()
 
 

@@ -127,6 +127,13 @@ def test_an_orphan_goes_back_under_a_new_tag_so_a_late_ack_of_the_old_one_is_har
     assert not clean_redis.hexists("unacked", "old") and clean_redis.zcard("unacked_index") == 0
 
 
+def test_an_orphan_goes_back_to_the_list_of_its_priority(clean_redis: redis.Redis) -> None:
+    message = {"body": "e30=", "properties": {"delivery_tag": "old9", "priority": 9, "delivery_info": {}}}
+    clean_redis.hset("unacked", "old9", json.dumps([message, "fleet", "fast"]))
+    restore_orphan(clean_redis)("old9")
+    assert clean_redis.llen(keys.queue_list("fast", 9)) == 1 and clean_redis.llen("fast") == 0
+
+
 def test_a_message_of_another_queue_is_left_to_kombu(clean_redis: redis.Redis) -> None:
     message = {"body": "e30=", "properties": {"delivery_tag": "x"}}
     clean_redis.hset("unacked", "x", json.dumps([message, "", "celery.pidbox"]))
@@ -136,7 +143,17 @@ def test_a_message_of_another_queue_is_left_to_kombu(clean_redis: redis.Redis) -
 
 @pytest.fixture
 def connection(quiet_url: str, clean_redis: redis.Redis) -> Iterator[Connection]:
-    options = {"priority_steps": [0], "fleet_reliable_fetch": True}
+    """The fleet's transport, with reliable fetch."""
+    with Connection(quiet_url, transport=Transport, transport_options={"fleet_reliable_fetch": True}) as conn:
+        yield conn
+
+
+@pytest.fixture(params=[True, False], ids=["reliable_fetch", "brpop"])
+def any_connection(
+    request: pytest.FixtureRequest, quiet_url: str, clean_redis: redis.Redis
+) -> Iterator[Connection]:
+    """The fleet's transport, with reliable fetch and without (kombu's BRPOP)."""
+    options = {"fleet_reliable_fetch": request.param}
     with Connection(quiet_url, transport=Transport, transport_options=options) as conn:
         yield conn
 
@@ -181,3 +198,56 @@ def test_a_delivery_lost_on_its_way_goes_back_at_the_next_one(
     assert clean_redis.llen(inflight) == 0
     [back] = _consume(connection, queue)
     assert back.decode() == {"n": "lost"}
+
+
+def test_the_most_urgent_message_is_taken_first_and_equals_in_order(
+    any_connection: Connection, clean_redis: redis.Redis
+) -> None:
+    connection = any_connection
+    # Given a backlog of normal messages, then urgent ones sent last
+    queue = Queue("pq", Exchange("pq", type="direct"), routing_key="pq")
+    producer = connection.Producer()
+    sent = [("a", 0), ("b", 0), ("c", 0), ("d", 5), ("e", 9), ("f", 9), ("g", 0)]
+    for name, priority in sent:
+        producer.publish(
+            {"n": name}, exchange=queue.exchange, routing_key="pq", declare=[queue], priority=priority
+        )
+    # Then each waits on its priority's list
+    assert [clean_redis.llen(name) for name in keys.queue_lists("pq")] == [2, 0, 0, 0, 1, 0, 0, 0, 0, 4]
+    # When a worker takes them one by one
+    order = []
+    for _ in sent:
+        [message] = _consume(connection, queue)
+        order.append(message.decode()["n"])
+        message.ack()
+    # Then the most urgent come first, and messages of one priority in the order they were sent
+    assert order == ["e", "f", "d", "a", "b", "c", "g"]
+
+
+def test_an_urgent_message_to_an_idle_queue_reaches_a_waiting_worker_at_once(
+    any_connection: Connection, clean_redis: redis.Redis
+) -> None:
+    connection = any_connection
+    queue = Queue("pq2", Exchange("pq2", type="direct"), routing_key="pq2")
+    got: list[Message] = []
+    with connection.Consumer(queue, callbacks=[lambda body, message: got.append(message)], accept=["json"]):
+        # Given a worker that found the queue empty and now waits on it
+        with pytest.raises(TimeoutError):
+            connection.drain_events(timeout=0.3)
+        # When an urgent message arrives at the idle queue
+        connection.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key="pq2", priority=9)
+        started = time.monotonic()
+        connection.drain_events(timeout=5)
+        took = time.monotonic() - started
+    # Then it went where the worker waits (the plain list), and the worker had it without waiting out
+    # its poll (a second)
+    assert clean_redis.llen(keys.queue_list("pq2", 9)) == 0
+    assert [m.decode() for m in got] == [{"n": 1}] and took < 0.5
+    got[0].ack()
+
+
+def test_a_queue_has_a_list_per_priority_the_most_urgent_first() -> None:
+    assert keys.queue_list("mini", 0) == "mini" and keys.queue_list("mini", 9) == "mini\x06\x169"
+    assert keys.queue_lists("mini")[0] == "mini\x06\x169" and keys.queue_lists("mini")[-1] == "mini"
+    assert len(set(keys.queue_lists("mini"))) == 10
+    assert [keys.priority(v) for v in (None, "x", -3, 0, 4, "7", 12, 2.5)] == [0, 0, 0, 0, 4, 7, 9, 0]
