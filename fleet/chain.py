@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -41,13 +42,35 @@ from fleet.errors import (
     SchemaMismatch,
     TruncatedAnswer,
 )
-from fleet.limits import Breaker, Bucket, Gate, GateAnswer, Limiter, Permit
+from fleet.limits import (
+    BREAKER_FAILURES,
+    Breaker,
+    Bucket,
+    Correction,
+    Gate,
+    GateAnswer,
+    Limiter,
+    Permit,
+    apply_correction,
+    pace_floor_ms,
+)
 from fleet.models import Attempt, Purpose, TaskRequest
 from fleet.providers import ChatRequest, ChatResponse, Provider, build_provider, make_http_client
+from fleet.providers._http import CACHE_MIN_TOKENS
 from fleet.providers.base import estimate_tokens
+from fleet.providers.config import ModelSettings
 from fleet.settings import Settings
 
-__all__ = ["CANCELLED", "CIRCUIT_OPEN", "THROTTLED", "Chain", "ChainOutcome", "check_answer"]
+__all__ = [
+    "CACHE_WARM_S",
+    "CANCELLED",
+    "CIRCUIT_OPEN",
+    "THROTTLED",
+    "UNHEALTHY_S",
+    "Chain",
+    "ChainOutcome",
+    "check_answer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +135,14 @@ def check_answer(response: ChatResponse, request: TaskRequest, *, provider: str,
             ) from None
 
 
+#: Seconds a provider's prompt cache is taken to stay warm after a call (both providers' default TTL).
+CACHE_WARM_S = 300.0
+#: Seconds after an availability failure before a link counts as healthy for a cache preference.
+UNHEALTHY_S = 60.0
+#: (link, kind) pairs remembered as warm at most.
+_MAX_WARM = 10_000
+
+
 @dataclass
 class _Walk:
     """One walk of a chain: what it has found so far, and what it learnt about the links left."""
@@ -119,7 +150,7 @@ class _Walk:
     request: TaskRequest
     chat: ChatRequest
     deadline: float | None
-    corrections: list[tuple[Bucket, float]] | None
+    corrections: list[Correction] | None
     purpose: Purpose = "answer"
     outcome: ChainOutcome = field(default_factory=ChainOutcome)
     #: Providers that refused our credentials: every later link of theirs is skipped.
@@ -172,6 +203,10 @@ class Chain:
         self._providers: dict[str, Provider] = dict(providers or {})
         self._lock = threading.RLock()
         self._sleep = sleep
+        #: (link, kind) -> when this process last saw the link's prompt cache hold the kind's prefix.
+        self._warm: dict[tuple[str, str], float] = {}
+        #: link -> when this process last saw it fail for availability (5xx, overloaded, timeout, ...).
+        self._failed: dict[str, float] = {}
 
     @property
     def client(self) -> httpx.Client:
@@ -203,7 +238,7 @@ class Chain:
         request: TaskRequest,
         *,
         timeout_s: float | None = None,
-        corrections: list[tuple[Bucket, float]] | None = None,
+        corrections: list[Correction] | None = None,
         first: GateAnswer | None = None,
         purpose: Purpose = "answer",
         logprobs: bool = False,
@@ -211,8 +246,9 @@ class Chain:
     ) -> ChainOutcome:
         """Walk ``links`` (``(provider, model)`` pairs) for ``request``; never raises a ProviderError.
 
-        With ``corrections``, the tpm corrections (bucket, delta) are appended there for the caller to
-        send with its own end-of-job writes (one round trip) instead of one round trip each here.
+        With ``corrections``, the buckets' corrections (tpm usage, a provider's quota) are appended
+        there for the caller to send with its own end-of-job writes (one round trip) instead of one
+        round trip each here.
         ``first`` is the first link's admission when the caller already asked :meth:`first_gate`
         (with the job's start, in the same round trip). ``purpose`` marks the attempts (a job's answer,
         a judge's verdict, a rewrite); ``logprobs`` asks for token log-probabilities where offered.
@@ -229,6 +265,7 @@ class Chain:
             temperature=request.temperature,
             response_schema=request.response_schema,
             logprobs=logprobs,
+            cache_key=request.kind,
         )
         deadline = time.monotonic() + timeout_s if timeout_s else None
         walk = _Walk(request, chat, deadline, corrections, purpose, cancelled=cancelled)
@@ -244,6 +281,47 @@ class Chain:
             if self._link(walk, index, provider, model, first if index == 0 else None):
                 return walk.outcome
         return walk.exhausted()
+
+    def ordered(self, links: Sequence[tuple[str, str]], kind: str | None) -> list[tuple[str, str]]:
+        """``links``, with a warm prompt cache first: when the first link's cache is cold for
+        ``kind`` and a later link's is warm (this process saw it hold the kind's prefix within
+        :data:`CACHE_WARM_S`), that link goes first, if it costs no more per token (input and
+        output) and has not failed for availability here within :data:`UNHEALTHY_S`."""
+        out = list(links)
+        if not kind or len(out) < 2:
+            return out
+        now = time.monotonic()
+
+        def warm(link: tuple[str, str]) -> bool:
+            seen = self._warm.get((f"{link[0]}:{link[1]}", kind))
+            return seen is not None and now - seen <= CACHE_WARM_S
+
+        if warm(out[0]):
+            return out
+        first = self.settings.model(*out[0])
+        for i, link in enumerate(out[1:], 1):
+            price = self.settings.model(*link)
+            failed = self._failed.get(f"{link[0]}:{link[1]}")
+            if (
+                warm(link)
+                and price.input_per_mtok <= first.input_per_mtok
+                and price.output_per_mtok <= first.output_per_mtok
+                and (failed is None or now - failed > UNHEALTHY_S)
+            ):
+                return [link, *out[:i], *out[i + 1 :]]
+        return out
+
+    def _remember(self, link: str, kind: str | None, attempt: Attempt, response: ChatResponse | None) -> None:
+        """What the call tells about the link: its cache holds the kind's prefix (it read or wrote
+        it, or a long prompt was answered), or it failed for availability."""
+        if attempt.outcome in BREAKER_FAILURES:
+            self._failed[link] = time.monotonic()
+        elif kind and response is not None and attempt.outcome == "ok":
+            cached = response.cached_input_tokens or response.cache_write_tokens
+            if cached or response.input_tokens >= CACHE_MIN_TOKENS:
+                if len(self._warm) >= _MAX_WARM:
+                    self._warm.clear()  # many kinds: start over rather than grow
+                self._warm[(link, kind)] = time.monotonic()
 
     def _link(self, walk: _Walk, index: int, provider: str, model: str, first: GateAnswer | None) -> bool:
         """Try one link, retrying it as the policy says; True when the walk ends here."""
@@ -292,7 +370,8 @@ class Chain:
             attempt, error, response = self._call(provider, model, chat, walk.request, walk.purpose)
             telemetry.end_attempt(span, attempt, error.code if error is not None else None)
         walk.outcome.attempts.append(attempt)
-        self._correct_tpm(buckets, attempt, walk.corrections)
+        self._remember(attempt.link, walk.request.kind, attempt, response)
+        self._correct(buckets, attempt, response, walk.corrections)
         if permit is not None and self.breaker is not None:
             self.breaker.record(provider, permit, attempt.outcome)
         if error is not None:
@@ -406,19 +485,36 @@ class Chain:
             )
         return buckets
 
-    def _correct_tpm(
-        self, buckets: list[Bucket], attempt: Attempt, corrections: list[tuple[Bucket, float]] | None
+    def _correct(
+        self,
+        buckets: list[Bucket],
+        attempt: Attempt,
+        response: ChatResponse | None,
+        corrections: list[Correction] | None,
     ) -> None:
-        """Replace the tpm estimate with the actual usage (a refund or a further charge)."""
+        """Correct the link's buckets after a call: tpm's estimate replaced by the actual usage (a
+        refund or a further charge), and both booked ahead when the provider's rate-limit headers say
+        its quota is nearly spent (``limits.header_pacing``), so the model slows down before a 429."""
         if self.limiter is None:
             return
+        limits = self.settings.limits
+        quota = response.quota if response is not None and limits.header_pacing else None
         for bucket in buckets:
-            if bucket.key.startswith(_TPM_PREFIX):
-                delta = attempt.input_tokens + attempt.output_tokens - bucket.cost
-                if corrections is not None:
-                    corrections.append((bucket, delta))
-                else:
-                    self.limiter.adjust(bucket, delta)
+            tpm = bucket.key.startswith(_TPM_PREFIX)
+            delta = attempt.input_tokens + attempt.output_tokens - bucket.cost if tpm else 0.0
+            part = (quota.tokens if tpm else quota.requests) if quota is not None else None
+            floor = (
+                pace_floor_ms(bucket, part.remaining, part.reset_s, part.limit, limits.quota_reserve)
+                if part is not None
+                else 0.0
+            )
+            if not delta and not floor:
+                continue
+            correction = Correction(bucket, delta=delta, floor_ms=floor)
+            if corrections is not None:
+                corrections.append(correction)
+            else:
+                apply_correction(self.limiter, correction)
 
     def _call(
         self, provider_name: str, model: str, chat: ChatRequest, request: TaskRequest, purpose: Purpose
@@ -435,8 +531,6 @@ class Chain:
             check_answer(response, request, provider=provider_name, model=model)
         except ProviderError as exc:
             latency = (time.perf_counter() - started) * 1000
-            tokens_in = response.input_tokens if response else 0
-            tokens_out = response.output_tokens if response else 0
             attempt = Attempt(
                 link=link,
                 provider=provider_name,
@@ -447,13 +541,10 @@ class Chain:
                 if exc.status is not None
                 else (response.http_status if response else None),
                 latency_ms=round(latency, 2),
-                input_tokens=tokens_in,
-                output_tokens=tokens_out,
-                tokens_estimated=bool(response and response.tokens_estimated),
-                cost_usd=model_settings.cost(tokens_in, tokens_out),
                 error=exc.message[:500],
+                **_charged(model_settings, response),
             )
-            return attempt, exc, None
+            return attempt, exc, response  # (an answer that failed its checks still tells the quota)
         latency = (time.perf_counter() - started) * 1000
         return (
             Attempt(
@@ -464,14 +555,31 @@ class Chain:
                 outcome="ok",
                 http_status=response.http_status,
                 latency_ms=round(latency, 2),
-                input_tokens=response.input_tokens,
-                output_tokens=response.output_tokens,
-                tokens_estimated=response.tokens_estimated,
-                cost_usd=model_settings.cost(response.input_tokens, response.output_tokens),
+                **_charged(model_settings, response),
             ),
             None,
             response,
         )
+
+
+def _charged(model: ModelSettings, response: ChatResponse | None) -> dict[str, Any]:
+    """An attempt's tokens and their price (a call that got no answer: nothing)."""
+    if response is None:
+        return {}
+    return {
+        "input_tokens": response.input_tokens,
+        "output_tokens": response.output_tokens,
+        "tokens_estimated": response.tokens_estimated,
+        "cached_input_tokens": response.cached_input_tokens,
+        "cache_write_tokens": response.cache_write_tokens,
+        "reasoning_tokens": response.reasoning_tokens,
+        "cost_usd": model.cost(
+            response.input_tokens,
+            response.output_tokens,
+            response.cached_input_tokens,
+            response.cache_write_tokens,
+        ),
+    }
 
 
 def _skipped(provider: str, model: str, outcome: str, error: str) -> Attempt:

@@ -28,6 +28,7 @@ from fleet.settings import Settings
 __all__ = [
     "MAX_RECORDS",
     "CostRecord",
+    "cache_saving",
     "full_tier_cost",
     "job_fields",
     "parse_since",
@@ -70,7 +71,8 @@ def job_fields(settings: Settings, result: TaskResult, attempts: Sequence[Attemp
     # The all-full price covers the job's own calls: a judge's and a rewrite's are the gate's cost.
     answer_in = sum(a.input_tokens for a in attempts if a.purpose == "answer")
     answer_out = sum(a.output_tokens for a in attempts if a.purpose == "answer")
-    return {
+    cached = sum(a.cached_input_tokens for a in attempts)
+    fields = {
         "task_id": result.task_id,
         "status": result.status,
         "tier": str(result.tier) if result.tier is not None else "",
@@ -82,6 +84,23 @@ def job_fields(settings: Settings, result: TaskResult, attempts: Sequence[Attemp
         "full": repr(round(full_tier_cost(settings, answer_in, answer_out), 10)),
         "models": json.dumps(by_model, separators=(",", ":")),
     }
+    if cached or any(a.cache_write_tokens for a in attempts):
+        fields["cached"] = str(cached)
+        fields["cache_saved"] = repr(round(cache_saving(settings, attempts), 10))
+    return fields
+
+
+def cache_saving(settings: Settings, attempts: Sequence[Attempt]) -> float:
+    """What the providers' prompt caches saved on ``attempts`` at the configured prices, in USD."""
+    saved = 0.0
+    for a in attempts:
+        if a.cached_input_tokens or a.cache_write_tokens:
+            try:
+                model = settings.model(a.provider, a.model)
+            except KeyError:
+                continue  # a model no longer in the config: no price to say
+            saved += model.cache_saving(a.cached_input_tokens, a.cache_write_tokens)
+    return saved
 
 
 def record_job(
@@ -112,6 +131,9 @@ class CostRecord:
     #: A pipeline step's line: the pipeline's name and the step's ("" for a job of its own).
     pipeline: str = ""
     step: str = ""
+    #: Input tokens read from the providers' prompt caches, and what that saved.
+    cached_tokens: int = 0
+    cache_saved_usd: float = 0.0
 
 
 def _text(value: Any) -> str:
@@ -136,6 +158,8 @@ def _parse(entry_id: Any, raw: dict[Any, Any]) -> CostRecord | None:
             by_model=models,
             pipeline=data.get("pipeline", ""),
             step=data.get("step", ""),
+            cached_tokens=int(data.get("cached", 0)),
+            cache_saved_usd=float(data.get("cache_saved", 0.0)),
         )
     except (KeyError, ValueError, TypeError, IndexError):
         return None  # not one of ours: skip it rather than fail the report
@@ -157,7 +181,10 @@ def read_records(client: redis.Redis, since_s: float | None, *, now: float | Non
 
 
 def _bucket() -> dict[str, Any]:
-    return {"jobs": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "cost_all_full_usd": 0.0}
+    return {
+        "jobs": 0, "input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0,
+        "cost_all_full_usd": 0.0, "cache_saving_usd": 0.0,
+    }  # fmt: skip
 
 
 def _rounded(groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -194,9 +221,11 @@ def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> di
         for row in rows:
             row["jobs"] += 1
             row["input_tokens"] += rec.input_tokens
+            row["cached_input_tokens"] += rec.cached_tokens
             row["output_tokens"] += rec.output_tokens
             row["cost_usd"] += rec.cost_usd
             row["cost_all_full_usd"] += rec.full_cost_usd
+            row["cache_saving_usd"] += rec.cache_saved_usd
         for link, (tokens_in, tokens_out, cost) in rec.by_model.items():
             row = by_model[link]
             row["jobs"] += 1
@@ -204,7 +233,8 @@ def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> di
             row["output_tokens"] += tokens_out
             row["cost_usd"] += cost
     for row in by_model.values():
-        del row["cost_all_full_usd"]  # a model's share of the all-full price is not meaningful
+        # A model's share of the all-full price is not meaningful; its cache share is not recorded.
+        del row["cost_all_full_usd"], row["cached_input_tokens"], row["cache_saving_usd"]
     cost, full = totals["cost_usd"], totals["cost_all_full_usd"]
     return {
         "since_s": since_s,
@@ -216,6 +246,12 @@ def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> di
         "cost_all_full_usd": round(full, 6),
         "saving_usd": round(full - cost, 6),
         "saving_ratio": round(1 - cost / full, 4) if full > 0 else 0.0,
+        # The providers' prompt caches: the share of input tokens read from them, and the saving.
+        "cached_input_tokens": totals["cached_input_tokens"],
+        "cache_hit_ratio": round(totals["cached_input_tokens"] / totals["input_tokens"], 4)
+        if totals["input_tokens"]
+        else 0.0,
+        "cache_saving_usd": round(totals["cache_saving_usd"], 6),
         "by_tier": _rounded(by_tier),
         "by_model": _rounded(by_model),
         "by_kind": _rounded(by_kind),

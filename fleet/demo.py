@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet.costs import cache_saving
 from fleet.models import TaskResult
 from fleet.producer import Client
 from fleet.settings import Settings, mask_url
@@ -149,6 +150,9 @@ def summarise(
     by_tier: Counter[str] = Counter(str(r.tier) for r in results.values() if r.tier is not None)
     by_model: Counter[str] = Counter(f"{r.provider}:{r.model}" for r in completed)
     checks = [c for r in results.values() for c in r.quality]
+    attempts = [a for r in results.values() for a in r.attempts]
+    cached = sum(a.cached_input_tokens for a in attempts)
+    tokens_in = sum(a.input_tokens for a in attempts)
     return {
         "submitted": len(task_ids),
         "completed": len(completed),
@@ -162,6 +166,11 @@ def summarise(
         "judge_cost_usd": round(
             sum(a.cost_usd for r in results.values() for a in r.attempts if a.purpose != "answer"), 6
         ),
+        # The providers' prompt caches (SIMULATED by the mock): input tokens read from them, their
+        # share of all input tokens, and what they saved at the configured cache prices.
+        "cached_input_tokens": cached,
+        "cache_hit_ratio": round(cached / tokens_in, 4) if tokens_in else 0.0,
+        "cache_saving_usd": round(cache_saving(settings, attempts), 6),
         "judged": sum(1 for r in results.values() if any(c.score is not None for c in r.quality)),
         "upgraded": sum(1 for r in results.values() if any(c.action == "upgrade" for c in r.quality)),
         "polished": sum(1 for r in results.values() if any(c.action == "polish" for c in r.quality)),

@@ -302,6 +302,11 @@ class Attempt(_Strict):
     input_tokens: int = 0
     output_tokens: int = 0
     tokens_estimated: bool = False
+    #: Of ``input_tokens``: read from the provider's prompt cache, and written to it.
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    #: Of ``output_tokens``: spent reasoning (OpenAI's ``completion_tokens_details.reasoning_tokens``).
+    reasoning_tokens: int = 0
     cost_usd: float = 0.0
     error: str | None = None
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from fleet.chain import CANCELLED, THROTTLED, Chain
 from fleet.errors import BrokerError, Reason
-from fleet.limits import Bucket
+from fleet.limits import Correction
 from fleet.middleware.base import Finish, Job, Middleware, Requeue, Restart, Skip
 from fleet.middleware.cancel import cancelled_result
 from fleet.middleware.start import JobStarter, StartPlan
@@ -105,11 +105,12 @@ class JobRunner:
         plan = StartPlan(job.id)
         for m in self.middlewares:
             m.before_start(job, plan)
-        links = job.queue.links()
+        # The tier's chain, a link with a warm prompt cache for the job's kind first (Chain.ordered).
+        links = job.links = self.chain.ordered(job.queue.links(), job.request.kind)
         plan.running_link = f"{links[0][0]}:{links[0][1]}" if links else ""
         if plan.queue is not None:
             # The first link's admission rides with the queue's token, asked when that is due at once.
-            plan.link = self.chain.first_gate(job.queue.links(), job.request)
+            plan.link = self.chain.first_gate(links, job.request)
             plan.link_within_s = self.limits.max_slot_wait_s
         return plan
 
@@ -164,17 +165,18 @@ class JobRunner:
         Raises:
             Requeue: every link was only busy (rate limits): the job waits in its queue.
         """
-        corrections: list[tuple[Bucket, float]] = []
+        corrections: list[Correction] = []
         check = self.cancelled
         try:
             outcome = self.chain.run(
-                job.queue.links(), job.request, timeout_s=job.queue.timeout_s,
+                job.links if job.links is not None else job.queue.links(), job.request,
+                timeout_s=job.queue.timeout_s,
                 corrections=corrections, first=job.first_link, logprobs=self.logprobs,
                 cancelled=(lambda: check(job.id)) if check is not None else None,
             )  # fmt: skip
         finally:
-            for bucket, delta in corrections:
-                job.tail.adjust(bucket, delta)
+            for correction in corrections:
+                job.tail.correct(correction)
         job.outcome = outcome
         attempts = [*job.envelope.attempts, *outcome.attempts]
         if outcome.reason == THROTTLED and job.envelope.requeues < MAX_REQUEUES:

@@ -27,6 +27,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "drop_if_owner": ("drop_if_owner",),
     "job_finish": ("adjust_fn", "job_finish"),
     "job_start": ("gcra", "breaker_allow", "gate", "job_start"),
+    "pace": ("adjust_fn", "pace"),
     "pipeline_step": ("pipeline_step",),
     "priority_put": ("priority_put",),
     "priority_take": ("priority_take",),

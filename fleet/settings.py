@@ -188,6 +188,11 @@ class LimitsSettings(_Section):
     provider_limit: Literal["next_link", "wait"] = "next_link"
     #: Output tokens assumed for tpm when a request sets no max_tokens (corrected after the call).
     default_output_tokens: int = Field(default=512, gt=0)
+    #: Read the providers' rate-limit headers (x-ratelimit-*, anthropic-ratelimit-*) and slow a model
+    #: down before its quota runs out: its rpm/tpm buckets are booked ahead (needs rpm/tpm set).
+    header_pacing: bool = True
+    #: Share of a provider's quota kept unused for calls already on their way when it reported it.
+    quota_reserve: float = Field(default=0.1, ge=0.0, lt=1.0)
 
 
 class BreakerSettings(_Section):

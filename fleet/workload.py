@@ -4,21 +4,31 @@
 extraction, support, analysis and ops work, mixed so every tier gets a fair share.
 ``fleet/data/pipelines.jsonl`` holds the demo's pipeline jobs (``"pipeline": NAME``, docs/pipelines.md):
 two of each shipped pipeline, over long meeting notes, a postmortem, long reports and short asks.
+
+A job may name a file of ``fleet/data/`` as ``"system_file"``: its text is added to the job's system
+prompt when the workload is read. The support replies share the support policy that way, a prefix of
+about 1,200 tokens that the providers' prompt caches (SIMULATED by the mock) can serve.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from functools import cache
 from importlib.resources import files
 from typing import Any
 
 __all__ = ["demo_jobs", "load_pipeline_jobs", "load_workload", "sample", "sample_pipelines"]
 
 
+@cache
+def _data_text(name: str) -> str:
+    return (files("fleet") / "data" / name).read_text(encoding="utf-8")
+
+
 def _read(name: str) -> list[dict[str, Any]]:
     """The jobs of ``fleet/data/<name>``, in file order (fresh dicts on each call)."""
-    text = (files("fleet") / "data" / name).read_text(encoding="utf-8")
+    text = _data_text(name)
     jobs: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -26,6 +36,10 @@ def _read(name: str) -> list[dict[str, Any]]:
         job = json.loads(line)
         if not isinstance(job, dict):
             raise ValueError(f"{name} line {number}: expected a JSON object")
+        shared = job.pop("system_file", None)
+        if shared is not None:
+            text = _data_text(str(shared))
+            job["system"] = f"{job['system']}\n\n{text}" if job.get("system") else text
         jobs.append(job)
     return jobs
 

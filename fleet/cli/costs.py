@@ -66,6 +66,10 @@ def costs(
         f"${data['cost_all_full_usd']:.4f}; saving ${data['saving_usd']:.4f} "
         f"([bold green]{data['saving_ratio']:.0%}[/])"
     )
+    out_console.print(
+        f"prompt caches: {data['cached_input_tokens']:,} input tokens read from them "
+        f"({data['cache_hit_ratio']:.1%} of input), saving ${data['cache_saving_usd']:.4f}"
+    )
     if data["shadow"]["runs"]:
         shadow = data["shadow"]
         out_console.print(

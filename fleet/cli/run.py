@@ -170,6 +170,11 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     table.add_row("cost (judge included)", f"${summary['cost_usd']:.4f}")
     table.add_row("cost if all on full", f"${summary['cost_all_full_usd']:.4f}")
     table.add_row("saving", f"{saving:.0%}")
+    if "cache_saving_usd" in summary:
+        table.add_row(
+            "prompt caches (SIMULATED)",
+            f"{summary['cache_hit_ratio']:.1%} of input tokens, saving ${summary['cache_saving_usd']:.4f}",
+        )
     table.add_row(
         "judged / upgraded / polished", f"{summary['judged']} / {summary['upgraded']} / {summary['polished']}"
     )
@@ -219,7 +224,8 @@ def demo(
     simulated. See docs/quality.md.
 
     JSON summary keys: submitted, completed, escalated, lost, by_tier, fallbacks, cost_usd (judge
-    included), cost_all_full_usd (a pipeline: its input answered once on full), judge_cost_usd,
+    included), cost_all_full_usd (a pipeline: its input answered once on full), cached_input_tokens,
+    cache_hit_ratio, cache_saving_usd (the providers' prompt caches, SIMULATED), judge_cost_usd,
     judged, upgraded, polished, escalated_by_gate, pipelines ({NAME: {submitted, completed,
     escalated, lost}}), quality, quality_all_full (simulated), shadow_runs, shadow_cost_usd, p50_ms,
     p99_ms, broker. Exits 0 only when lost is 0 (pipeline jobs included).

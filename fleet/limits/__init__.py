@@ -10,8 +10,18 @@ scripts, time from Redis) and :mod:`fleet.limits.memory` (one process, a clock t
 from __future__ import annotations
 
 from fleet.limits.memory import MemoryBreaker, MemoryLimiter, MemoryLimits
-from fleet.limits.model import BREAKER_FAILURES, BreakerState, Bucket, Gate, GateAnswer, Permit, Reservation
-from fleet.limits.ports import Breaker, Limiter
+from fleet.limits.model import (
+    BREAKER_FAILURES,
+    BreakerState,
+    Bucket,
+    Correction,
+    Gate,
+    GateAnswer,
+    Permit,
+    Reservation,
+    pace_floor_ms,
+)
+from fleet.limits.ports import Breaker, Limiter, apply_correction
 from fleet.limits.redis import CircuitBreaker, RateLimiter
 
 __all__ = [
@@ -20,6 +30,7 @@ __all__ = [
     "BreakerState",
     "Bucket",
     "CircuitBreaker",
+    "Correction",
     "Gate",
     "GateAnswer",
     "Limiter",
@@ -29,4 +40,6 @@ __all__ = [
     "Permit",
     "RateLimiter",
     "Reservation",
+    "apply_correction",
+    "pace_floor_ms",
 ]

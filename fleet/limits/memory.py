@@ -100,6 +100,12 @@ class MemoryLimiter:
                 tat = self.limits.tats[bucket.key] + bucket.emission_ms * delta_cost
                 self.limits.tats[bucket.key] = max(tat, self.limits.clock())
 
+    def pace(self, bucket: Bucket, floor_ms: float) -> None:
+        with self.limits.lock:
+            floor = self.limits.clock() + floor_ms
+            if floor_ms > 0 and self.limits.tats.get(bucket.key, 0.0) < floor:
+                self.limits.tats[bucket.key] = floor
+
     def fill(self, bucket: Bucket) -> float:
         with self.limits.lock:
             tat = self.limits.tats.get(bucket.key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,11 +15,13 @@ __all__ = [
     "BREAKER_FAILURES",
     "BreakerState",
     "Bucket",
+    "Correction",
     "Gate",
     "GateAnswer",
     "Permit",
     "Reservation",
     "changes_breaker",
+    "pace_floor_ms",
 ]
 
 #: Outcomes that count against a provider's availability (quality failures do not).
@@ -44,6 +47,31 @@ class Bucket:
     def tolerance_ms(self) -> float:
         """How far ahead of now the bucket may be booked and still grant at once (its burst)."""
         return max(0.0, self.burst - 1) * self.emission_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A bucket set right after a call: moved by ``delta`` units (the tpm estimate replaced by the
+    actual usage), and booked at least ``floor_ms`` ahead of now (the provider's rate-limit headers
+    said its quota is nearly spent: :func:`pace_floor_ms`)."""
+
+    bucket: Bucket
+    delta: float = 0.0
+    floor_ms: float = 0.0
+
+
+def pace_floor_ms(bucket: Bucket, remaining: int, reset_s: float, limit: int | None, reserve: float) -> float:
+    """How far ahead of now ``bucket`` must be booked so that, over the ``reset_s`` seconds the
+    provider needs to make its limit whole again, the fleet sends no more than the provider takes.
+
+    The provider refills its quota to ``limit`` within ``reset_s``, so it takes ``limit`` units in that
+    time (only ``remaining`` when it did not say its limit), less a ``reserve`` share kept for calls
+    already on their way. A GCRA bucket booked ``floor`` ahead grants ``(reset + tolerance - floor) /
+    emission`` units within ``reset``: solved for ``floor``. 0 when the bucket is already the tighter
+    of the two (the usual case: nothing to write)."""
+    size = limit if limit is not None else remaining
+    budget = max(0, size - math.ceil(reserve * size))
+    return max(0.0, reset_s * 1000.0 + bucket.tolerance_ms - budget * bucket.emission_ms)
 
 
 @dataclass(frozen=True, slots=True)

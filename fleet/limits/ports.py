@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from fleet.limits.model import BreakerState, Bucket, Gate, GateAnswer, Permit, Reservation
+from fleet.limits.model import BreakerState, Bucket, Correction, Gate, GateAnswer, Permit, Reservation
 
 if TYPE_CHECKING:
     from fleet.settings import BreakerSettings
 
-__all__ = ["Breaker", "Limiter"]
+__all__ = ["Breaker", "Limiter", "apply_correction"]
 
 
 class Limiter(Protocol):
@@ -31,6 +31,10 @@ class Limiter(Protocol):
 
     def adjust(self, bucket: Bucket, delta_cost: float) -> None:
         """Correct a reservation by ``delta_cost`` units (actual minus estimated usage)."""
+        ...
+
+    def pace(self, bucket: Bucket, floor_ms: float) -> None:
+        """Book the bucket at least ``floor_ms`` ahead of now (a provider's quota is nearly spent)."""
         ...
 
     def fill(self, bucket: Bucket) -> float:
@@ -54,3 +58,11 @@ class Breaker(Protocol):
     def states(self, providers: list[str]) -> dict[str, dict[str, object]]:
         """Each provider's state, recent failures and times opened, for `fleet status`."""
         ...
+
+
+def apply_correction(limiter: Limiter, correction: Correction) -> None:
+    """Apply a bucket's correction at once (a job's own corrections go out with its last writes)."""
+    if correction.delta:
+        limiter.adjust(correction.bucket, correction.delta)
+    if correction.floor_ms > 0:
+        limiter.pace(correction.bucket, correction.floor_ms)

@@ -93,6 +93,7 @@ class RateLimiter:
         self._acquire = scripts.register(client, "acquire")
         self._adjust = scripts.register(client, "adjust")
         self._admit = scripts.register(client, "admit")
+        self._pace = scripts.register(client, "pace")
 
     def acquire(self, buckets: Sequence[Bucket], *, max_wait_s: float, counter: str) -> Reservation:
         """Reserve ``cost`` units in every bucket if the wait is at most ``max_wait_s`` (one round trip).
@@ -113,6 +114,11 @@ class RateLimiter:
         """Correct a reservation by ``delta_cost`` units (actual minus estimated usage)."""
         if delta_cost:
             self._adjust(keys=[bucket.key], args=[bucket.emission_ms, delta_cost])
+
+    def pace(self, bucket: Bucket, floor_ms: float) -> None:
+        """Book the bucket at least ``floor_ms`` ahead of now (a provider's quota is nearly spent)."""
+        if floor_ms > 0:
+            self._pace(keys=[bucket.key], args=[floor_ms])
 
     def fill(self, bucket: Bucket) -> float:
         """Units available now (0 .. burst), for `fleet status`."""

@@ -4,8 +4,8 @@
 -- KEYS: [1] the job's lock, [2] the job's result.
 -- ARGV: [1] the lock's owner ('' : a run that holds no lock: apply the writes unguarded),
 --       [2] the writes, a JSON array of commands: ["SET", key, value, "EX", ttl], ["PUBLISH", ..],
---           ["XADD", ..], ["HINCRBY", ..], ["EXPIRE", ..], and ["ADJUST", bucket, emission_ms, delta]
---           (a rate-limit correction).
+--           ["XADD", ..], ["HINCRBY", ..], ["EXPIRE", ..], and the rate-limit corrections
+--           ["ADJUST", bucket, emission_ms, delta] and ["PACE", bucket, floor_ms].
 --
 -- Returns 'ok' (written; the lock, when ours, released) or 'superseded': another worker took the job
 -- over (this run's worker was judged dead) or already finished it, so this run writes nothing.
@@ -17,6 +17,8 @@ end
 for _, op in ipairs(cjson.decode(ARGV[2])) do
   if op[1] == 'ADJUST' then
     adjust(op[2], tonumber(op[3]), tonumber(op[4]))
+  elseif op[1] == 'PACE' then
+    pace(op[2], tonumber(op[3]))
   else
     redis.call(unpack(op))
   end

@@ -60,6 +60,8 @@ class Job:
     retries: int = 0
     #: The first chain link's admission, when the job's start asked it.
     first_link: GateAnswer | None = None
+    #: The tier's chain in the order this job walks it (a warm prompt cache first), once planned.
+    links: list[tuple[str, str]] | None = None
     #: What the chain ended with, once it ran.
     outcome: ChainOutcome | None = None
     #: The delivery was skipped: the job already had its final result (a late redelivery).

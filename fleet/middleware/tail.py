@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 from fleet import keys, scripts
 from fleet.costs import MAX_RECORDS
 from fleet.errors import BrokerError
-from fleet.limits import Bucket, MemoryLimiter
+from fleet.limits import Correction, MemoryLimiter, apply_correction
 from fleet.middleware.start import MemoryJobs
 
 __all__ = ["Flushed", "MemoryTail", "RedisTail", "Tail"]
@@ -45,8 +45,8 @@ class Tail(Protocol):
     def append_cost(self, fields: dict[str, str]) -> None:
         """One cost line (:func:`fleet.costs.job_fields`)."""
 
-    def adjust(self, bucket: Bucket, delta: float) -> None:
-        """Correct a rate-limit reservation by ``delta`` units."""
+    def correct(self, correction: Correction) -> None:
+        """Correct a rate-limit bucket after a call (its tpm usage, a provider's quota)."""
 
     def incr(self, key: str, field: str, by: int, ttl_s: int) -> None:
         """Add ``by`` to a counter in a hash, which lives ``ttl_s`` seconds."""
@@ -95,9 +95,12 @@ class RedisTail:
         flat = [item for pair in fields.items() for item in pair]
         self._ops.append(["XADD", keys.costs(), "MAXLEN", "~", MAX_RECORDS, "*", *flat])
 
-    def adjust(self, bucket: Bucket, delta: float) -> None:
-        if delta:
-            self._ops.append(["ADJUST", bucket.key, bucket.emission_ms, delta])
+    def correct(self, correction: Correction) -> None:
+        bucket = correction.bucket
+        if correction.delta:
+            self._ops.append(["ADJUST", bucket.key, bucket.emission_ms, correction.delta])
+        if correction.floor_ms > 0:
+            self._ops.append(["PACE", bucket.key, correction.floor_ms])
 
     def incr(self, key: str, field: str, by: int, ttl_s: int) -> None:
         self._ops.append(["HINCRBY", key, field, by])
@@ -149,10 +152,10 @@ class MemoryTail:
     def append_cost(self, fields: dict[str, str]) -> None:
         self._ops.append(lambda: self.jobs.costs.append(fields))
 
-    def adjust(self, bucket: Bucket, delta: float) -> None:
+    def correct(self, correction: Correction) -> None:
         if self.limiter is not None:
             limiter = self.limiter
-            self._ops.append(lambda: limiter.adjust(bucket, delta))
+            self._ops.append(lambda: apply_correction(limiter, correction))
 
     def incr(self, key: str, field: str, by: int, ttl_s: int) -> None:
         def incr() -> None:

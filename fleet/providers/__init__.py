@@ -76,4 +76,5 @@ def build_provider(name: str, settings: Settings, client: httpx.Client) -> Provi
         connect_timeout_s=cfg.connect_timeout_s,
         read_timeout_s=cfg.read_timeout_s,
         name_caller=settings.mock.enabled,
+        prompt_cache=cfg.prompt_cache,
     )

@@ -30,17 +30,20 @@ from fleet.errors import (
     RateLimited,
     ServerError,
 )
-from fleet.providers.base import ChatRequest, estimate_tokens
+from fleet.providers.base import ChatRequest, Quota, QuotaPart, estimate_tokens
 
 __all__ = [
+    "CACHE_MIN_TOKENS",
     "SCHEMA_MARKER",
     "HTTPProvider",
     "estimate_usage",
     "mentions_context_length",
     "parse_retry_after",
+    "read_quota",
     "schema_instruction",
     "scrub",
     "status_error_class",
+    "usage_count",
     "usage_counts",
 ]
 
@@ -63,6 +66,20 @@ def schema_instruction(schema: dict[str, Any]) -> str:
 def mentions_context_length(message: str) -> bool:
     """True when a provider's error message is about the context window."""
     return bool(_CONTEXT_RE.search(message))
+
+
+#: Below this many tokens (about four characters each) a prompt prefix is not cached: OpenAI's
+#: minimum, and Anthropic's for most models.
+CACHE_MIN_TOKENS = 1024
+
+
+def usage_count(usage: Any, *path: str) -> int:
+    """A count nested in a usage object (``usage_count(u, "prompt_tokens_details", "cached_tokens")``);
+    0 when absent or not a count."""
+    value: Any = usage
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if _is_count(value) else 0
 
 
 def usage_counts(usage: Any, input_key: str, output_key: str) -> tuple[int, int] | None:
@@ -121,6 +138,58 @@ def scrub(text: str, secret: SecretStr | None, limit: int = _BODY_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+#: OpenAI's reset durations: "1s", "6m0s", "20ms", "1h2m3.5s".
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _reset_s(raw: str, now: datetime) -> float | None:
+    """Seconds until a limit is whole again: an OpenAI duration ("6m0s"), plain seconds, or
+    Anthropic's RFC 3339 time."""
+    raw = raw.strip()
+    parts = _DURATION_PART.findall(raw)
+    if parts and "".join(n + u for n, u in parts) == raw:
+        return sum(float(n) * _UNIT_S[u] for n, u in parts)
+    try:
+        value = float(raw)
+        return value if math.isfinite(value) and value >= 0 else None
+    except ValueError:
+        pass  # not seconds: an RFC 3339 time
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _quota_part(headers: httpx.Headers, name: str, now: datetime) -> QuotaPart | None:
+    """One limit's headers; ``name`` has ``{field}`` (remaining, reset, limit) in it."""
+    try:
+        remaining = int(headers[name.format(field="remaining")])
+        limit_raw = headers.get(name.format(field="limit"))
+        limit = int(limit_raw) if limit_raw is not None else None
+    except (KeyError, ValueError):
+        return None  # a bad optional header is not an error: no quota to read
+    reset = _reset_s(headers.get(name.format(field="reset"), ""), now)
+    if reset is None or remaining < 0:
+        return None
+    return QuotaPart(remaining=remaining, reset_s=reset, limit=limit)
+
+
+def read_quota(headers: httpx.Headers, *, now: datetime | None = None) -> Quota | None:
+    """What an answer's rate-limit headers say is left of the account's quota for its model
+    (OpenAI's ``x-ratelimit-{remaining,reset,limit}-{requests,tokens}``, Anthropic's
+    ``anthropic-ratelimit-{requests,tokens}-{remaining,reset,limit}``); None when it sent none."""
+    at = now or datetime.now(UTC)
+    openai = "x-ratelimit-remaining-requests" in headers or "x-ratelimit-remaining-tokens" in headers
+    names = "x-ratelimit-{field}-%s" if openai else "anthropic-ratelimit-%s-{field}"
+    requests = _quota_part(headers, names % "requests", at)
+    tokens = _quota_part(headers, names % "tokens", at)
+    return Quota(requests=requests, tokens=tokens) if requests or tokens else None
+
+
 def parse_retry_after(headers: httpx.Headers, *, now: datetime | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
     raw_ms = headers.get("retry-after-ms")
@@ -165,6 +234,7 @@ class HTTPProvider:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 60.0,
         name_caller: bool = False,
+        prompt_cache: bool = False,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -175,6 +245,8 @@ class HTTPProvider:
         #: Send ``x-fleet-caller: <pid>`` (to the mock provider only: chaos runs tell a call whose
         #: caller died from two live runs of one job by it).
         self.name_caller = name_caller
+        #: Send prompt-cache hints (:attr:`fleet.providers.config.ProviderSettings.prompt_cache`).
+        self.prompt_cache = prompt_cache
 
     def __repr__(self) -> str:
         # The key is deliberately absent: reprs end up in logs and tracebacks.

@@ -22,14 +22,17 @@ from fleet.errors import (
     ServerError,
 )
 from fleet.providers._http import (
+    CACHE_MIN_TOKENS,
     HTTPProvider,
     estimate_usage,
     mentions_context_length,
+    read_quota,
     schema_instruction,
     status_error_class,
+    usage_count,
     usage_counts,
 )
-from fleet.providers.base import ChatRequest, ChatResponse
+from fleet.providers.base import ChatRequest, ChatResponse, estimate_tokens
 
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicProvider"]
 
@@ -73,8 +76,7 @@ class AnthropicProvider(HTTPProvider):
             self._raise_for_status(response, request)
         return self._parse(response, request)
 
-    @staticmethod
-    def _payload(request: ChatRequest) -> dict[str, Any]:
+    def _payload(self, request: ChatRequest) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS,
@@ -88,7 +90,12 @@ class AnthropicProvider(HTTPProvider):
         if request.stop:
             payload["stop_sequences"] = list(request.stop)
         if system:
-            payload["system"] = "\n\n".join(system)
+            text = "\n\n".join(system)
+            if self.prompt_cache and estimate_tokens(text) >= CACHE_MIN_TOKENS:
+                # A long system prompt is the prefix jobs of a kind share: cache it (5 minutes).
+                payload["system"] = [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
+            else:
+                payload["system"] = text
         if request.temperature is not None:
             payload["temperature"] = request.temperature
         return payload
@@ -134,16 +141,23 @@ class AnthropicProvider(HTTPProvider):
         estimated = counts is None
         if counts is None:
             counts = estimate_usage(request, text)
+        # Anthropic's input_tokens leave out what was read from the cache and written to it.
+        usage = data.get("usage")
+        read = usage_count(usage, "cache_read_input_tokens")
+        written = usage_count(usage, "cache_creation_input_tokens")
         extra = {"id": data["id"]} if isinstance(data.get("id"), str) else {}
         return ChatResponse(
             text=text,
             finish_reason=finish,
-            input_tokens=counts[0],
+            input_tokens=counts[0] + read + written,
             output_tokens=counts[1],
             tokens_estimated=estimated,
+            cached_input_tokens=read,
+            cache_write_tokens=written,
             response_model=str(data.get("model") or request.model),
             http_status=response.status_code,
             extra=extra,
+            quota=read_quota(response.headers),
         )
 
 

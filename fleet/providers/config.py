@@ -42,10 +42,36 @@ class ModelSettings(_Section):
     rpm: int | None = Field(default=None, gt=0)
     #: Tokens per minute the account may send this model (None: no limit).
     tpm: int | None = Field(default=None, gt=0)
+    #: USD per million input tokens read from the provider's prompt cache (None: the input price).
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    #: USD per million input tokens written to the prompt cache (None: the input price).
+    cache_write_per_mtok: float | None = Field(default=None, ge=0)
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        """USD for one call of this model."""
-        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1_000_000
+    def cost(self, input_tokens: int, output_tokens: int, cached: int = 0, written: int = 0) -> float:
+        """USD for one call of this model; ``cached`` and ``written`` of the input tokens were read
+        from and written to the prompt cache."""
+        plain = max(0, input_tokens - cached - written)
+        return (
+            plain * self.input_per_mtok
+            + cached * self._cached_price
+            + written * self._write_price
+            + output_tokens * self.output_per_mtok
+        ) / 1_000_000
+
+    def cache_saving(self, cached: int, written: int) -> float:
+        """What the prompt cache saved on one call, in USD (a write's surcharge counts against it)."""
+        return (
+            cached * (self.input_per_mtok - self._cached_price)
+            - written * (self._write_price - self.input_per_mtok)
+        ) / 1_000_000
+
+    @property
+    def _cached_price(self) -> float:
+        return self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+
+    @property
+    def _write_price(self) -> float:
+        return self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
 
 
 class ProviderSettings(_Section):
@@ -58,6 +84,9 @@ class ProviderSettings(_Section):
     #: Seconds to open a connection, and to wait for an answer (a call's own timeout wins).
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
+    #: Send prompt-cache hints: OpenAI's ``prompt_cache_key`` (the job's kind), Anthropic's
+    #: ``cache_control`` on a system prompt long enough to cache (about 1,024 tokens and up).
+    prompt_cache: bool = False
     #: The provider's models by name, with their prices, context windows and rate limits.
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     #: Resolved from ``api_key_env`` at load time; never printed, logged or traced.

@@ -35,6 +35,11 @@ class MockCall:
     max_tokens: int | None
     #: OpenAI's ``logprobs: true``: the answer carries token log-probabilities.
     logprobs: bool = False
+    #: The prompt's prefix a provider would cache (OpenAI: every message before the last one;
+    #: Anthropic: the system prompt), its length and digest, and Anthropic's ``cache_control`` on it.
+    prefix_chars: int = 0
+    prefix: bytes = b""
+    cache_hint: bool = False
 
 
 _ASKED_WORDS = re.compile(r"\b(\d{2,4})[- ]?words?\b", re.I)

@@ -50,7 +50,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleet.providers.mock_answers import MockCall as _Call
 from fleet.providers.mock_answers import Wire
+from fleet.providers.mock_cache import PromptCache
 from fleet.providers.mock_quality import Simulation, TruthBook, decide_answer, job_prompt, simulate
+from fleet.providers.mock_quota import MockQuota, Quotas, quota_headers
 from fleet.providers.mock_wire import (
     HTTP_FAULTS,
     MALFORMED,
@@ -124,6 +126,9 @@ class MockConfig(BaseModel):
     #: SIMULATED model quality: capability per model, difficulty per job, flawed answers, a judge's
     #: accuracy (:mod:`fleet.providers.mock_quality`). Off by default.
     quality: Simulation = Field(default_factory=Simulation)
+    #: SIMULATED account quotas per model (:mod:`fleet.providers.mock_quota`): a call over one gets a
+    #: 429, and every answer of the model carries the provider's rate-limit headers. None by default.
+    quotas: dict[str, MockQuota] = Field(default_factory=dict)
 
     @field_validator("faults_by_model")
     @classmethod
@@ -159,6 +164,9 @@ class _State:
         self.seen: dict[bytes, int] = {}
         #: The simulated truth of every answer given (mock_quality).
         self.book = TruthBook()
+        #: The simulated quotas' buckets (mock_quota), and prompt cache (mock_cache).
+        self.quotas = Quotas()
+        self.cache = PromptCache()
 
     def record(self, model: str, kind: str) -> None:
         self.total += 1
@@ -279,16 +287,37 @@ def _state(request: Request) -> _State:
 
 
 async def _call(request: Request, wire: Wire) -> Response:
-    """One model call: its fate decided by the hash (or ``x-mock-fault``), then answered."""
+    """One model call: its model's quota first (when it has one), then its fate decided by the hash
+    (or ``x-mock-fault``), then answered, with the quota's rate-limit headers."""
     state = _state(request)
     parsed = await _read_call(request, state, wire)
     if isinstance(parsed, Response):
         return parsed
+    quota = state.config.quotas.get(parsed.model)
+    if quota is None:
+        return await _answer(request, state, parsed)
+    admission = state.quotas.admit(parsed.model, quota, parsed.prompt_chars // 4 + 1, time.monotonic())
+    headers = quota_headers(parsed.wire, admission, time.time())
+    if admission.allowed:
+        response = await _answer(request, state, parsed)
+    else:
+        state.record(parsed.model, "quota_exceeded")
+        response = fault_response(
+            parsed, "rate_limited", down=False, retry_after_s=round(admission.retry_after_s, 3),
+            context_window=state.config.context_window,
+        )  # fmt: skip
+    response.headers.update(headers)
+    return response
+
+
+async def _answer(request: Request, state: _State, parsed: _Call) -> Response:
+    """The call's fate decided by the hash (or ``x-mock-fault``), then answered."""
     kind, latency, base = state.decide(parsed)
     forced = request.headers.get("x-mock-fault")
     if forced is not None:
         if forced != "ok" and forced not in FAULT_KINDS:
-            return error_response(wire, 400, "invalid_request_error", f"unknown x-mock-fault {forced!r}")
+            why = f"unknown x-mock-fault {forced!r}"
+            return error_response(parsed.wire, 400, "invalid_request_error", why)
         kind = forced
     state.record(parsed.model, kind)
     if kind == "connection":
@@ -302,12 +331,14 @@ async def _call(request: Request, wire: Wire) -> Response:
     await asyncio.sleep(state.config.timeout_sleep_s if kind == "timeout" else latency)
     if kind == "malformed_response":
         return Response(MALFORMED, media_type="application/json")
+    cache = state.cache.use(parsed, time.monotonic())
     sim = state.config.quality
     if kind == "ok" and sim.enabled:
         simulated = simulate(sim, state.config.seed, state.book, parsed, base.hex())
         if simulated is not None:
-            return answer_response(parsed, kind, base, text=simulated[0], low_confidence=simulated[1])
-    return answer_response(parsed, kind, base)
+            text, low = simulated
+            return answer_response(parsed, kind, base, text=text, low_confidence=low, cache=cache)
+    return answer_response(parsed, kind, base, cache=cache)
 
 
 async def _read_call(request: Request, state: _State, wire: Wire) -> _Call | Response:

@@ -6,6 +6,7 @@ Pure functions of their arguments; :mod:`fleet.providers.mock_server` decides wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from starlette.responses import Response
 
 from fleet.providers._http import SCHEMA_MARKER
 from fleet.providers.mock_answers import MockCall, Wire, answer_text, answer_usage
+from fleet.providers.mock_cache import CacheUse
 
 __all__ = [
     "HTTP_FAULTS",
@@ -95,6 +97,16 @@ def parse_call(wire: Wire, body: Any) -> MockCall | str:
     schema = schema if isinstance(schema, dict) else _marker_schema(texts)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     canonical = json.dumps([body["model"], system, messages], sort_keys=True, separators=(",", ":"))
+    if wire == "openai":
+        prefix_texts = [_text(m.get("content")) for m in messages[:-1]]
+        cache_hint = True  # OpenAI caches every long prefix by itself
+    else:
+        prefix_texts = [system]
+        blocks = body.get("system")
+        cache_hint = isinstance(blocks, list) and any(
+            isinstance(b, dict) and b.get("cache_control") for b in blocks
+        )
+    prefix = json.dumps([body["model"], prefix_texts], separators=(",", ":")).encode()
     return MockCall(
         wire=wire,
         model=body["model"],
@@ -105,6 +117,9 @@ def parse_call(wire: Wire, body: Any) -> MockCall | str:
         json_mode=isinstance(fmt, dict) and fmt.get("type") == "json_object",
         max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
         logprobs=wire == "openai" and body.get("logprobs") is True,
+        prefix_chars=sum(len(t) for t in prefix_texts),
+        prefix=hashlib.blake2b(prefix, digest_size=16).digest(),
+        cache_hint=cache_hint,
     )
 
 
@@ -176,17 +191,25 @@ def _logprobs(text: str, low: bool, ref: str) -> dict[str, Any]:
 
 
 def answer_response(
-    call: MockCall, kind: str, base: bytes, *, text: str | None = None, low_confidence: bool = False
+    call: MockCall,
+    kind: str,
+    base: bytes,
+    *,
+    text: str | None = None,
+    low_confidence: bool = False,
+    cache: CacheUse | None = None,
 ) -> Response:
     """The answer to ``call`` shaped by ``kind`` ("ok" or an answer-shaped fault); ``base`` is the
     digest of the call, quoted in the answer's id and text. ``text``: the simulation's answer instead
-    of the default one (``low_confidence``: its token log-probabilities say so)."""
+    of the default one (``low_confidence``: its token log-probabilities say so). ``cache``: what the
+    SIMULATED prompt cache read and wrote for it (:mod:`fleet.providers.mock_cache`)."""
     ref = base.hex()
     if text is None:
         text, finish = answer_text(call, kind, ref)
     else:
         finish = "stop"
     tokens_in, tokens_out = answer_usage(call, text)
+    read, written = (cache.read, cache.written) if cache is not None else (0, 0)
     if call.wire == "openai":
         content = None if finish == "content_filter" else text
         return json_response(
@@ -210,6 +233,7 @@ def answer_response(
                     "prompt_tokens": tokens_in,
                     "completion_tokens": tokens_out,
                     "total_tokens": tokens_in + tokens_out,
+                    "prompt_tokens_details": {"cached_tokens": read},
                 },
             }
         )
@@ -224,6 +248,11 @@ def answer_response(
             "content": [{"type": "text", "text": text}] if text else [],
             "stop_reason": stop,
             "stop_sequence": None,
-            "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out},
+            "usage": {
+                "input_tokens": max(0, tokens_in - read - written),
+                "output_tokens": tokens_out,
+                "cache_read_input_tokens": read,
+                "cache_creation_input_tokens": written,
+            },
         }
     )

@@ -14,7 +14,9 @@ from fleet.providers._http import (
     HTTPProvider,
     estimate_usage,
     mentions_context_length,
+    read_quota,
     status_error_class,
+    usage_count,
     usage_counts,
 )
 from fleet.providers.base import ChatRequest, ChatResponse
@@ -73,8 +75,7 @@ class OpenAICompatProvider(HTTPProvider):
             self._raise_for_status(response, request)
         return self._parse(response, request)
 
-    @staticmethod
-    def _payload(request: ChatRequest) -> dict[str, Any]:
+    def _payload(self, request: ChatRequest) -> dict[str, Any]:
         messages: list[dict[str, str]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
@@ -91,6 +92,8 @@ class OpenAICompatProvider(HTTPProvider):
             payload["temperature"] = request.temperature
         if request.logprobs:
             payload["logprobs"] = True
+        if self.prompt_cache and request.cache_key:
+            payload["prompt_cache_key"] = request.cache_key
         if request.response_schema is not None:
             payload["response_format"] = {
                 "type": "json_schema",
@@ -144,6 +147,7 @@ class OpenAICompatProvider(HTTPProvider):
         if counts is None:
             counts = estimate_usage(request, text)
         extra = {"id": data["id"]} if isinstance(data.get("id"), str) else {}
+        cached = min(counts[0], usage_count(data.get("usage"), "prompt_tokens_details", "cached_tokens"))
         return ChatResponse(
             mean_logprob=_mean_logprob(choice.get("logprobs")),
             text=text,
@@ -151,7 +155,10 @@ class OpenAICompatProvider(HTTPProvider):
             input_tokens=counts[0],
             output_tokens=counts[1],
             tokens_estimated=estimated,
+            cached_input_tokens=cached,
+            reasoning_tokens=usage_count(data.get("usage"), "completion_tokens_details", "reasoning_tokens"),
             response_model=str(data.get("model") or request.model),
             http_status=response.status_code,
             extra=extra,
+            quota=read_quota(response.headers),
         )

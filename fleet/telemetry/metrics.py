@@ -15,11 +15,38 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from fleet.models import Attempt, TaskResult
 
 __all__ = [
+    "GENAI_LATEST",
     "Instruments",
     "QueueGauges",
     "attempt_attributes",
+    "genai_latest",
     "job_attributes",
 ]
+
+#: The ``OTEL_SEMCONV_STABILITY_OPT_IN`` value for the latest (experimental) GenAI conventions.
+GENAI_LATEST = "gen_ai_latest_experimental"
+
+
+def genai_latest(environ: Mapping[str, str]) -> bool:
+    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` (a comma-separated list) asks for the latest GenAI
+    conventions."""
+    values = environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")
+    return GENAI_LATEST in (v.strip() for v in values.split(","))
+
+
+#: The latest conventions' usage counters: (Attempt field, name after ``gen_ai.client.inference.usage.``,
+#: description).
+_USAGE = (
+    ("input_tokens", "input_tokens", "Input tokens of model calls (cached ones included)."),
+    ("output_tokens", "output_tokens", "Output tokens of model calls (reasoning ones included)."),
+    ("cached_input_tokens", "cache_read.input_tokens", "Input tokens read from the provider's prompt cache."),
+    (
+        "cache_write_tokens",
+        "cache_write.input_tokens",
+        "Input tokens written to the provider's prompt cache.",
+    ),
+    ("reasoning_tokens", "reasoning.output_tokens", "Output tokens the model spent reasoning."),
+)
 
 #: How long one queue snapshot serves the gauges' callbacks (one Redis read per collection).
 SNAPSHOT_TTL_S = 1.0
@@ -28,7 +55,7 @@ SNAPSHOT_TTL_S = 1.0
 class Instruments:
     """Counters and histograms of one process, created once from its meter."""
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, *, latest: bool = False) -> None:
         self.jobs = meter.create_counter(
             "fleet.jobs", unit="{job}", description="Jobs that reached a final state, by tier and outcome."
         )
@@ -54,11 +81,22 @@ class Instruments:
             unit="{requeue}",
             description="Jobs sent back to their queue to wait (rate limits, a held execution lock).",
         )
-        self.token_usage = meter.create_histogram(
+        #: The GenAI conventions' model-call metrics: v1.36's by default (a token histogram by
+        #: ``gen_ai.token.type``, ``gen_ai.client.operation.duration``), the latest ones with
+        #: ``latest`` (a counter per kind of token, cache and reasoning included, and
+        #: ``gen_ai.client.inference.duration``).
+        self.latest = latest
+        self.token_usage = None if latest else meter.create_histogram(
             "gen_ai.client.token.usage", unit="{token}", description="Tokens per model call."
-        )
+        )  # fmt: skip
+        usage = [(field, f"gen_ai.client.inference.usage.{name}", text) for field, name, text in _USAGE]
+        self.usage = {
+            field: meter.create_counter(name, unit="{token}", description=text) for field, name, text in usage
+        } if latest else {}  # fmt: skip
         self.operation_duration = meter.create_histogram(
-            "gen_ai.client.operation.duration", unit="s", description="Duration of each model call."
+            "gen_ai.client.inference.duration" if latest else "gen_ai.client.operation.duration",
+            unit="s",
+            description="Duration of each model call.",
         )
 
     def record_job(self, result: TaskResult, attempts: Sequence[Attempt]) -> None:
@@ -81,8 +119,13 @@ class Instruments:
                 call = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": attempt.provider,
                         "gen_ai.request.model": attempt.model}  # fmt: skip
                 self.operation_duration.record(attempt.latency_ms / 1000.0, call)
-                for kind, count in (("input", attempt.input_tokens), ("output", attempt.output_tokens)):
-                    self.token_usage.record(count, {**call, "gen_ai.token.type": kind})
+                if self.token_usage is not None:
+                    for kind, count in (("input", attempt.input_tokens), ("output", attempt.output_tokens)):
+                        self.token_usage.record(count, {**call, "gen_ai.token.type": kind})
+                for field, counter in self.usage.items():
+                    count = getattr(attempt, field)
+                    if count:
+                        counter.add(count, call)
 
 
 def job_attributes(result: TaskResult) -> dict[str, str]:

@@ -48,7 +48,7 @@ from opentelemetry.sdk.trace.export import (
 from fleet.errors import ConfigError
 from fleet.settings import Settings
 from fleet.telemetry.jsonfile import JsonLinesSpanExporter
-from fleet.telemetry.metrics import Instruments, QueueGauges
+from fleet.telemetry.metrics import Instruments, QueueGauges, genai_latest
 
 __all__ = [
     "TRACER_NAME",
@@ -83,6 +83,9 @@ class TelemetryState:
     gauges: QueueGauges | None = None
     capture_content: bool = False
     celery_instrumented: bool = False
+    #: ``OTEL_SEMCONV_STABILITY_OPT_IN`` names ``gen_ai_latest_experimental``: the latest GenAI
+    #: conventions' names (:mod:`fleet.telemetry.metrics`), not the v1.36 ones.
+    genai_latest: bool = False
 
 
 _state = TelemetryState()
@@ -234,6 +237,7 @@ def setup(
     elif is_configured() and not force:
         return True
     _state.capture_content = settings.telemetry.capture_content
+    _state.genai_latest = genai_latest(env)
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
     span_names = exporter_names(env, "traces")
@@ -261,7 +265,9 @@ def setup(
         ]
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         _state.meter_provider = meter_provider
-        _state.instruments = Instruments(meter_provider.get_meter(TRACER_NAME, _VERSION))
+        _state.instruments = Instruments(
+            meter_provider.get_meter(TRACER_NAME, _VERSION), latest=_state.genai_latest
+        )
         if install_global and type(metrics.get_meter_provider()).__name__ == "_ProxyMeterProvider":
             metrics.set_meter_provider(meter_provider)
     return True
@@ -285,4 +291,5 @@ def shutdown() -> None:
     if _state.meter_provider is not None:
         _state.meter_provider.shutdown()
     _state = TelemetryState(pid=os.getpid(), capture_content=_state.capture_content,
-                            celery_instrumented=_state.celery_instrumented)  # fmt: skip
+                            celery_instrumented=_state.celery_instrumented,
+                            genai_latest=_state.genai_latest)  # fmt: skip

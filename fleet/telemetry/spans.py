@@ -179,6 +179,14 @@ def end_attempt(target: Span, attempt: Attempt, error_code: str | None) -> None:
         return
     target.set_attribute("gen_ai.usage.input_tokens", attempt.input_tokens)
     target.set_attribute("gen_ai.usage.output_tokens", attempt.output_tokens)
+    if runtime.state().genai_latest:  # the latest conventions' cache and reasoning tokens
+        for name, count in (
+            ("gen_ai.usage.cache_read.input_tokens", attempt.cached_input_tokens),
+            ("gen_ai.usage.cache_creation.input_tokens", attempt.cache_write_tokens),
+            ("gen_ai.usage.reasoning.output_tokens", attempt.reasoning_tokens),
+        ):
+            if count:
+                target.set_attribute(name, count)
     target.set_attribute("fleet.cost_usd", attempt.cost_usd)
     target.set_attribute("fleet.attempt.outcome", attempt.outcome)
     if attempt.tokens_estimated:

@@ -113,6 +113,19 @@ def test_buckets_are_all_or_nothing_and_corrections_move_them(twin: Twin) -> Non
     assert twin.limiter.fill(tpm) == pytest.approx(60, abs=1)
 
 
+def test_a_pace_books_a_bucket_ahead_and_never_back(twin: Twin) -> None:
+    rpm = _bucket(60, burst=5)
+    counter = keys.rate_counter("contract", 3)
+    assert twin.limiter.fill(rpm) == pytest.approx(5, abs=0.1)
+    # booked 2 s ahead: the burst of 5 (4 s of tolerance) has 2 units left, and a job waits for more
+    twin.limiter.pace(rpm, 2000)
+    assert twin.limiter.fill(rpm) == pytest.approx(3, abs=0.1)
+    # a smaller floor moves nothing back
+    twin.limiter.pace(rpm, 500)
+    assert twin.limiter.fill(rpm) == pytest.approx(3, abs=0.1)
+    assert twin.limiter.acquire([rpm], max_wait_s=0, counter=counter).reserved
+
+
 def test_the_breaker_opens_on_failures_probes_after_cooldown_and_closes(twin: Twin) -> None:
     permits = [twin.breaker.allow("p") for _ in range(3)]
     assert all(p.allowed and p.state == "closed" for p in permits)

@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -107,6 +109,39 @@ def test_tpm_is_charged_the_estimate_and_corrected_with_usage(clean_redis: redis
     assert limiter.fill(bucket) == pytest.approx(400, abs=5)
     limiter.adjust(bucket, -500)  # the call used 100 tokens, not 600
     assert limiter.fill(bucket) == pytest.approx(900, abs=5)
+
+
+def test_header_pacing_keeps_a_model_under_the_quota_its_provider_reports(clean_fleet: RunningFleet) -> None:
+    # Given a provider account whose quota for mini's first model is 30 requests per 5 s (SIMULATED
+    # by the mock), far below the 5000 rpm the fleet's config says
+    model, quota = "gpt-4.1-mini", {"requests": 30, "window_s": 5.0}
+    clean_fleet.mock_config(quotas={model: quota})
+    try:
+        # The quota bites: 60 calls at once straight to the mock get 429s
+        def call(i: int) -> int:
+            body = {"model": model, "messages": [{"role": "user", "content": f"ping {i}"}]}
+            return httpx.post(
+                f"{clean_fleet.mock_url}/v1/chat/completions", json=body, timeout=10
+            ).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            direct = list(pool.map(call, range(60)))
+        assert direct.count(429) >= 20, direct
+        httpx.post(f"{clean_fleet.mock_url}/_mock/reset", timeout=5)  # the quota whole again
+        # When 60 jobs go to mini through the fleet
+        client = clean_fleet.client
+        ids = client.submit_many(
+            [{"prompt": f"Rename x{i} to y{i} in f.py", "tier": "mini"} for i in range(60)]
+        )
+        done = [client.result(task_id, timeout=90) for task_id in ids]
+        # Then every job completes, the model is used up to its quota, and the provider sent no 429:
+        # the fleet read its rate-limit headers and held back (the rest went to the next link)
+        assert all(r.status == "completed" for r in done)
+        stats = clean_fleet.mock_stats()["by_model_kind"][model]
+        assert stats.get("quota_exceeded", 0) == 0, stats
+        assert sum(1 for r in done if r.model == model) >= 10
+    finally:
+        clean_fleet.mock_config(quotas={})
 
 
 def test_queue_rate_limit_holds_across_a_pool_and_requeues_waiting_jobs(

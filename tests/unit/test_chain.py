@@ -144,3 +144,46 @@ def test_policy_from_config_changes_what_an_outcome_does() -> None:
     out = chain.run(LINKS, TaskRequest(prompt="hi"))
     assert out.answer == "whole" and out.link_index == 0
     assert len(slept) == 1
+
+
+def cached(tokens: int) -> Step:
+    return lambda req: ChatResponse(
+        text="from cache",
+        finish_reason="stop",
+        input_tokens=1500,
+        output_tokens=5,
+        cached_input_tokens=tokens,
+    )
+
+
+def test_a_link_with_a_warm_cache_for_the_kind_goes_first_when_no_dearer_and_healthy(
+    settings: Settings,
+) -> None:
+    cheap = [("openai", "gpt-4.1-mini"), ("groq", "llama-3.1-8b-instant")]
+    dear = [("openai", "gpt-4.1-mini"), ("anthropic", "claude-sonnet-4-5")]
+    kind = "support.refund"
+    chain, _, _ = make(
+        settings, openai=[fail(ServerError("boom", status=500))] * 4, groq=[cached(1280)],
+        anthropic=[cached(1280)],
+    )  # fmt: skip
+    # Given groq answered a job of the kind from its prompt cache (openai was failing)
+    assert chain.run(cheap, TaskRequest(prompt="hi", kind=kind)).answer == "from cache"
+    # Then groq, warm and no dearer, goes first for that kind, and only for that kind
+    assert chain.ordered(cheap, kind) == cheap[::-1]
+    assert chain.ordered(cheap, "other.kind") == cheap and chain.ordered(cheap, None) == cheap
+    # A warm link that costs more per token is not moved up
+    assert chain.run(dear, TaskRequest(prompt="hi", kind=kind)).answer == "from cache"
+    assert chain.ordered(dear, kind) == dear
+
+
+def test_a_warm_link_that_just_failed_is_not_moved_up(settings: Settings) -> None:
+    cheap = [("openai", "gpt-4.1-mini"), ("groq", "llama-3.1-8b-instant")]
+    chain, _, _ = make(
+        settings, openai=[fail(ServerError("boom", status=500))] * 2 + [ok()],
+        groq=[cached(1280), fail(ServerError("boom", status=500)), fail(ServerError("boom", status=500))],
+    )  # fmt: skip
+    chain.run(cheap, TaskRequest(prompt="hi", kind="k"))
+    assert chain.ordered(cheap, "k") == cheap[::-1]
+    # groq first now, and it fails: the walk goes on to openai, and groq is not preferred any more
+    assert chain.run(chain.ordered(cheap, "k"), TaskRequest(prompt="hi", kind="k")).answer == "fine"
+    assert chain.ordered(cheap, "k") == cheap

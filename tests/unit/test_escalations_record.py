@@ -40,11 +40,13 @@ def test_every_record_the_dict_store_wrote_loads_and_dumps_to_the_same_json(docu
     raw = json.dumps(document)
     # When it is loaded and dumped again (as the API and --json print it, as the store writes it)
     record = EscalationRecord.load(raw)
-    # Then nothing is lost or reordered; the only addition is each attempt's purpose (fields added
-    # since: an old attempt was a job's answer)
+    # Then nothing is lost or reordered; the only additions are the attempts' fields added since, at
+    # their defaults (an old attempt was a job's answer, with no cache or reasoning tokens)
     dumped = record.model_dump(mode="json")
     for attempt in dumped["attempts"]:
         assert attempt.pop("purpose") == "answer"
+        for added in ("cached_input_tokens", "cache_write_tokens", "reasoning_tokens"):
+            assert attempt.pop(added) == 0
     assert dumped == document
     assert list(dumped) == list(document)
     assert json.loads(record.dump())["attempts"] == record.model_dump(mode="json")["attempts"]

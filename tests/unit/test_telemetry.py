@@ -18,7 +18,7 @@ from fleet import costs, telemetry
 from fleet.errors import ConfigError
 from fleet.models import Attempt, TaskResult, Tier
 from fleet.settings import Settings, load_settings
-from fleet.telemetry.metrics import Instruments
+from fleet.telemetry.metrics import Instruments, genai_latest
 from fleet.telemetry.runtime import DiscardMetricExporter, exporter_names
 from fleet.telemetry.runtime import state as telemetry_state
 
@@ -255,6 +255,42 @@ def test_job_metrics_by_tier_outcome_model_and_kind() -> None:
     assert points["fleet.cost"][0].value == pytest.approx(0.002)
     [fallback] = points["fleet.fallbacks"]
     assert fallback.attributes["fleet.outcome"] == "server_error"
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["v1.36", "gen_ai_latest_experimental"])
+def test_model_call_metrics_follow_the_chosen_genai_conventions(latest: bool) -> None:
+    reader = InMemoryMetricReader()
+    instruments = Instruments(MeterProvider(metric_readers=[reader]).get_meter("t"), latest=latest)
+    call = Attempt(link="openai:o3", provider="openai", model="o3", outcome="ok", input_tokens=2000,
+                   cached_input_tokens=1536, cache_write_tokens=0, output_tokens=300, reasoning_tokens=200,
+                   latency_ms=1500)  # fmt: skip
+    instruments.record_job(_result(attempts=[call]), [call])
+    points = _points(reader)
+    if not latest:  # the default: v1.36's names, no cache or reasoning counts
+        assert {p.attributes["gen_ai.token.type"]: p.sum for p in points["gen_ai.client.token.usage"]} == {
+            "input": 2000, "output": 300
+        }  # fmt: skip
+        assert points["gen_ai.client.operation.duration"][0].sum == pytest.approx(1.5)
+        assert not [name for name in points if name.startswith("gen_ai.client.inference")]
+        return
+    usage = {
+        name: pts[0].value
+        for name, pts in points.items()
+        if name.startswith("gen_ai.client.inference.usage.")
+    }
+    assert usage == {
+        "gen_ai.client.inference.usage.input_tokens": 2000,
+        "gen_ai.client.inference.usage.output_tokens": 300,
+        "gen_ai.client.inference.usage.cache_read.input_tokens": 1536,
+        "gen_ai.client.inference.usage.reasoning.output_tokens": 200,
+    }
+    assert points["gen_ai.client.inference.duration"][0].sum == pytest.approx(1.5)
+    assert "gen_ai.client.token.usage" not in points and "gen_ai.client.operation.duration" not in points
+
+
+def test_the_opt_in_is_read_from_a_comma_separated_list() -> None:
+    assert genai_latest({"OTEL_SEMCONV_STABILITY_OPT_IN": "http, gen_ai_latest_experimental"})
+    assert not genai_latest({"OTEL_SEMCONV_STABILITY_OPT_IN": "http"}) and not genai_latest({})
 
 
 def test_queue_gauges_read_one_snapshot_per_collection() -> None:
