@@ -16,7 +16,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fleet.errors import BrokerError, FleetError, InvalidRequest, ResultTimeout, TaskFailed, TaskNotFound
+from fleet.errors import (
+    BrokerError,
+    BudgetExceeded,
+    FleetError,
+    InvalidRequest,
+    ResultTimeout,
+    TaskFailed,
+    TaskNotFound,
+)
 from fleet.models import Attempt, Hints, JobStatus, RoutingDecision, TaskRequest, TaskResult, Tier
 
 if TYPE_CHECKING:
@@ -27,6 +35,7 @@ __all__ = [
     "AsyncClient",
     "Attempt",
     "BrokerError",
+    "BudgetExceeded",
     "Client",
     "FleetError",
     "Hints",

@@ -41,6 +41,7 @@ from redis import asyncio as aioredis
 from fleet import keys, scripts, telemetry
 from fleet.app import FleetCelery, create_app
 from fleet.boundary import broker_errors
+from fleet.budgets import enforce_read, queue_spend_reads, teams_to_check
 from fleet.discovery import REDIS_OPTIONS, broker_url
 from fleet.errors import ResultTimeout, TaskNotFound
 from fleet.models import JobStatus, TaskResult
@@ -106,6 +107,11 @@ class AsyncClient:
 
     async def _send(self, jobs: Sequence[Outgoing]) -> list[str]:
         with broker_errors(self.redis_url):
+            teams = teams_to_check(self.settings.budgets, (job.payload for job in jobs))
+            if teams:  # one round trip, only for a batch with a team that has a budget
+                pipe = self.redis.pipeline(transaction=False)
+                queue_spend_reads(pipe, teams, time.time())
+                enforce_read(self.settings.budgets, jobs, teams, await pipe.execute())
             names, args = claims(jobs, self.settings.broker.idempotency_ttl_s)
             firsts = await self._claim(keys=names, args=args) if names else []
             ids, fresh = settle(jobs, firsts)

@@ -131,6 +131,8 @@ class CostRecord:
     #: A pipeline step's line: the pipeline's name and the step's ("" for a job of its own).
     pipeline: str = ""
     step: str = ""
+    #: The job's team (``metadata[budgets.team_key]``; "" for none).
+    team: str = ""
     #: Input tokens read from the providers' prompt caches, and what that saved.
     cached_tokens: int = 0
     cache_saved_usd: float = 0.0
@@ -158,6 +160,7 @@ def _parse(entry_id: Any, raw: dict[Any, Any]) -> CostRecord | None:
             by_model=models,
             pipeline=data.get("pipeline", ""),
             step=data.get("step", ""),
+            team=data.get("team", ""),
             cached_tokens=int(data.get("cached", 0)),
             cache_saved_usd=float(data.get("cache_saved", 0.0)),
         )
@@ -204,6 +207,7 @@ def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> di
     by_tier: dict[str, dict[str, Any]] = defaultdict(_bucket)
     by_kind: dict[str, dict[str, Any]] = defaultdict(_bucket)
     by_model: dict[str, dict[str, Any]] = defaultdict(_bucket)
+    by_team: dict[str, dict[str, Any]] = defaultdict(_bucket)
     by_pipeline: dict[str, dict[str, Any]] = defaultdict(_bucket)
     by_step: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(_bucket))
     totals = _bucket()
@@ -215,7 +219,7 @@ def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> di
             shadow["jobs"] += 1
             shadow["cost_usd"] += rec.cost_usd
             continue
-        rows = [totals, by_tier[rec.tier], by_kind[rec.kind]]
+        rows = [totals, by_tier[rec.tier], by_kind[rec.kind], by_team[rec.team or "none"]]
         if rec.pipeline:
             rows += [by_pipeline[rec.pipeline], by_step[rec.pipeline][rec.step]]
         for row in rows:
@@ -255,6 +259,7 @@ def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> di
         "by_tier": _rounded(by_tier),
         "by_model": _rounded(by_model),
         "by_kind": _rounded(by_kind),
+        "by_team": _rounded(by_team),
         # Pipelines' steps (each a job, counted above too), by pipeline and by step.
         "by_pipeline": {
             name: {**row, "by_step": _rounded(by_step[name])} for name, row in _rounded(by_pipeline).items()

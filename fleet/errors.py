@@ -43,6 +43,7 @@ __all__ = [
     "AuthError",
     "BadRequest",
     "BrokerError",
+    "BudgetExceeded",
     "ConfigError",
     "ContentFiltered",
     "ContextLengthExceeded",
@@ -108,6 +109,16 @@ class InvalidRequest(FleetError):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "errors": self.errors}
+
+
+class BudgetExceeded(FleetError):
+    """A team is at its budget and ``budgets.action`` is ``refuse``: nothing was enqueued."""
+
+    code = "budget_exceeded"
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
 
 
 class BrokerError(FleetError):

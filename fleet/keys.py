@@ -30,6 +30,7 @@ __all__ = [
     "rate_counter",
     "result",
     "running",
+    "spend",
     "worker",
     "workers",
 ]
@@ -154,6 +155,11 @@ def inflight_parts(key: str) -> tuple[str, str]:
 def inflight_index() -> str:
     """The set of every in-flight list's key, for the reaper."""
     return f"{PREFIX}inflight"
+
+
+def spend(team: str) -> str:
+    """A team's spend in micro-USD, a hash of ``d:YYYYMMDD`` and ``m:YYYYMM`` fields (fleet.budgets)."""
+    return f"{PREFIX}spend:{team}"
 
 
 def costs() -> str:

@@ -17,11 +17,12 @@ from typing import Any
 import redis
 
 from fleet import brokers, keys
+from fleet.budgets import queue_spend_reads, spend_of
 from fleet.escalations import RedisEscalationStore
 from fleet.limits import Bucket, CircuitBreaker, RateLimiter
 from fleet.settings import Settings, mask_url, parse_rate
 
-__all__ = ["collect", "oldest_submitted_at", "prometheus_text", "queue_snapshot"]
+__all__ = ["budget_snapshot", "collect", "oldest_submitted_at", "prometheus_text", "queue_snapshot"]
 
 
 def oldest_submitted_at(client: redis.Redis, queue: str) -> float | None:
@@ -111,7 +112,30 @@ def collect(
         "breakers": CircuitBreaker(client, settings.breaker).states(sorted(settings.providers)),
         "escalations_open": store.count("open"),
         "escalations_claimed": store.count("claimed"),
+        "budgets": budget_snapshot(settings, client),
     }
+
+
+def budget_snapshot(settings: Settings, client: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Spend today and this month (UTC) against budget, for every team named in ``[budgets.teams]``
+    (one round trip)."""
+    teams = sorted(t for t in settings.budgets.teams if t != "*")
+    if not teams:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    queue_spend_reads(pipe, teams, time.time())
+    out: dict[str, dict[str, Any]] = {}
+    for team, raw in zip(teams, pipe.execute(), strict=True):
+        spend = spend_of(team, settings.budgets.budget(team), raw)
+        budget = spend.budget
+        out[team] = {
+            "day_usd": round(spend.day_usd, 4),
+            "daily_usd": budget.daily_usd if budget else None,
+            "month_usd": round(spend.month_usd, 4),
+            "monthly_usd": budget.monthly_usd if budget else None,
+            "over": spend.over,
+        }
+    return out
 
 
 def prometheus_text(snapshot: dict[str, dict[str, Any]], escalations_open: int) -> str:

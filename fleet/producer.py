@@ -34,6 +34,7 @@ from opentelemetry.trace import SpanKind
 from fleet import keys, scripts, telemetry
 from fleet.app import ARGS_REPR, EXECUTE_TASK, ROUTE_TASK, FleetCelery, create_app
 from fleet.boundary import BoundaryRedis, broker_errors
+from fleet.budgets import enforce_read, queue_spend_reads, teams_to_check
 from fleet.discovery import broker_url, redis_client
 from fleet.errors import InvalidRequest, ResultTimeout, TaskFailed, TaskNotFound
 from fleet.models import (
@@ -137,6 +138,11 @@ class Client:
         return self._send(prepare_many(self.settings, requests))
 
     def _send(self, jobs: Sequence[Outgoing]) -> list[str]:
+        teams = teams_to_check(self.settings.budgets, (job.payload for job in jobs))
+        if teams:  # one round trip, only for a batch with a team that has a budget
+            pipe = self.redis.pipeline(transaction=False)
+            queue_spend_reads(pipe, teams, time.time())
+            enforce_read(self.settings.budgets, jobs, teams, pipe.execute())
         names, args = claims(jobs, self.settings.broker.idempotency_ttl_s)
         firsts = self._claim(keys=names, args=args) if names else []
         ids, fresh = settle(jobs, firsts)

@@ -34,6 +34,7 @@ STATUS_FOR_CODE = {
     "task_not_found": 404,
     "illegal_transition": 409,
     "invalid_request": 422,
+    "budget_exceeded": 429,
     "escalation_error": 422,
     "config_invalid": 500,
     "fleet_not_running": 503,

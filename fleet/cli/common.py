@@ -14,6 +14,7 @@ from rich.console import Console
 from fleet.boundary import is_broker_error, translate
 from fleet.errors import (
     BrokerError,
+    BudgetExceeded,
     ConfigError,
     EscalationError,
     EscalationNotFound,
@@ -28,6 +29,7 @@ from fleet.settings import Settings, load_settings
 
 __all__ = [
     "EXIT_BROKER",
+    "EXIT_BUDGET",
     "EXIT_CONFIG",
     "EXIT_FAILURE",
     "EXIT_ILLEGAL",
@@ -55,6 +57,7 @@ EXIT_TIMEOUT = 5  # no final state in time
 EXIT_INVALID = 6  # the request is invalid
 EXIT_ILLEGAL = 7  # an escalation cannot make that transition
 EXIT_NOT_FOUND = 8  # no such job or escalation
+EXIT_BUDGET = 9  # the team's budget is spent (budgets.action = refuse)
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -65,6 +68,7 @@ _EXIT_FOR: list[tuple[type[FleetError], int]] = [
     (BrokerError, EXIT_BROKER),
     (ResultTimeout, EXIT_TIMEOUT),
     (InvalidRequest, EXIT_INVALID),
+    (BudgetExceeded, EXIT_BUDGET),
     (IllegalTransition, EXIT_ILLEGAL),
     (TaskNotFound, EXIT_NOT_FOUND),
     (EscalationNotFound, EXIT_NOT_FOUND),

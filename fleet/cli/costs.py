@@ -11,6 +11,9 @@ from fleet.cli.common import handle_errors, out_console, print_json, settings_fo
 
 __all__ = ["costs"]
 
+#: What ``--by`` takes.
+_BY = ("all", "tier", "model", "kind", "team", "pipeline")
+
 
 def _table(title: str, rows: dict[str, dict[str, Any]], *, full: bool) -> Table:
     table = Table(title=title, title_justify="left")
@@ -31,6 +34,9 @@ def _table(title: str, rows: dict[str, dict[str, Any]], *, full: bool) -> Table:
 @handle_errors
 def costs(
     since: Annotated[str, typer.Option(help="How far back: 30m, 1h, 2d (units s, m, h, d, w).")] = "1h",
+    by: Annotated[
+        str, typer.Option(help="Which tables: all, tier, model, kind, team or pipeline (--json: all).")
+    ] = "all",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Spend and tokens by tier, model, kind, and pipeline and step, over a time window, and what
@@ -41,11 +47,13 @@ def costs(
     calls count where they cost tokens; a job retried by people is charged once per run; a quality
     gate's judge and rewrite calls are charged to their job; shadow runs are a line of their own.
 
-    Example: fleet costs --since 2d --json
+    Example: fleet costs --since 2d --json; spend per team (metadata.team): fleet costs --by team
     """
     from fleet.costs import read_records, report
     from fleet.discovery import broker_url, redis_client
 
+    if by not in _BY:
+        raise typer.BadParameter(f"expected one of {', '.join(_BY)}, got {by!r}", param_hint="--by")
     window = since_window(since)
     settings = settings_for()
     client = redis_client(settings, broker_url(settings))
@@ -53,10 +61,11 @@ def costs(
     if as_json:
         print_json(data)
         return
-    out_console.print(_table(f"spend in the last {since} by tier", data["by_tier"], full=True))
-    out_console.print(_table(f"spend in the last {since} by model", data["by_model"], full=False))
-    out_console.print(_table(f"spend in the last {since} by kind", data["by_kind"], full=True))
-    for name, row in data["by_pipeline"].items():
+    for table in ("tier", "model", "kind", "team"):
+        if by in ("all", table) and (table != "team" or by == "team" or set(data["by_team"]) != {"none"}):
+            rows = data[f"by_{table}"]
+            out_console.print(_table(f"spend in the last {since} by {table}", rows, full=table != "model"))
+    for name, row in data["by_pipeline"].items() if by in ("all", "pipeline") else ():
         title = f"pipeline {name}: ${row['cost_usd']:.4f} over {row['jobs']} step jobs, by step"
         out_console.print(_table(title, row["by_step"], full=True))
     statuses = ", ".join(f"{n} {s}" for s, n in data["by_status"].items()) or "no jobs"

@@ -79,6 +79,15 @@ def status(
         breakers.add_row(provider, f"[{colour}]{b['state']}[/]", str(b["recent_failures"]))
     out_console.print(breakers)
     out_console.print(f"escalations: {data['escalations_open']} open, {data['escalations_claimed']} claimed")
+    if data.get("budgets"):
+        budgets = Table(
+            "team", "today", "daily budget", "this month", "monthly budget", "", title="team budgets"
+        )
+        for team, b in data["budgets"].items():
+            limit = [f"${v:.2f}" if v is not None else "-" for v in (b["daily_usd"], b["monthly_usd"])]
+            state = "[red]at budget[/]" if b["over"] else ""
+            budgets.add_row(team, f"${b['day_usd']:.2f}", limit[0], f"${b['month_usd']:.2f}", limit[1], state)
+        out_console.print(budgets)
 
 
 def _pool_sizes(app: Any, timeout: float) -> dict[str, tuple[str, int, tuple[int, int] | None]]:

@@ -15,11 +15,15 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from fleet import keys
 from fleet.api import create_api
-from fleet.errors import InvalidRequest, TaskNotFound
+from fleet.budgets import periods
+from fleet.errors import BudgetExceeded, InvalidRequest, TaskNotFound
+from fleet.producer import Client
+from fleet.settings import BudgetSettings, TeamBudget
 
 from .chaosrig import ChaosFleet, chaos_fleet, wait_for
 from .procs import run
@@ -125,6 +129,44 @@ def test_urgent_jobs_submitted_last_behind_a_backlog_finish_first(fleet: ChaosFl
     last_urgent = max(r.finished_at or 0 for r in pinned_urgent)
     ahead = [t for t in backlog if (done[t].finished_at or 0) < last_urgent]
     assert len(ahead) <= 2, f"{len(ahead)} of the backlog finished before the last urgent job"
+
+
+def test_a_team_at_its_budget_is_refused_or_routed_down(fleet: ChaosFleet) -> None:
+    fleet.mock_config(latency_ms=5)
+    team = {"metadata": {"team": "acme"}}
+    # Given team acme's spend, added up by the workers as its jobs finish
+    first = fleet.client.result(
+        fleet.client.submit({"prompt": "Rename a to b in x.py", "tier": "mini", **team}), 30
+    )
+    day, month = redis.Redis.from_url(fleet.redis_url).hmget(keys.spend("acme"), *periods(time.time()))
+    assert day is not None and int(day) == int(month or 0) == round(first.cost_usd * 1_000_000)
+    # When acme's daily budget is under what it spent, and the producer refuses at the budget
+    settings = fleet.settings.model_copy(deep=True)
+    settings.budgets = BudgetSettings(teams={"acme": TeamBudget(daily_usd=first.cost_usd / 2)})
+    refusing = Client(settings, redis_url=fleet.redis_url)
+    records = len(list(redis.Redis.from_url(fleet.redis_url).scan_iter(keys.job("*"))))
+    # Then acme's next job is refused, naming the team and its spend, and nothing is enqueued
+    with pytest.raises(BudgetExceeded, match=r"team 'acme' spent \$0\.\d+ today; its daily budget"):
+        refusing.submit({"prompt": "Rename c to d in y.py", "tier": "mini", **team})
+    assert len(list(redis.Redis.from_url(fleet.redis_url).scan_iter(keys.job("*")))) == records
+    # while another team's goes through
+    other = refusing.submit({"prompt": "Rename e to f in z.py", "tier": "mini", "metadata": {"team": "beta"}})
+    assert refusing.result(other, 30).status == "completed"
+    # And the CLI says so with exit code 9
+    env = {**_env(fleet), "FLEET_BUDGETS__TEAMS__ACME__DAILY_USD": str(first.cost_usd / 2)}
+    cli = run(["submit", "Rename g to h", "--tier", "mini", "--meta", "team=acme"], env)
+    assert cli.returncode == 9 and "daily budget" in cli.stderr, (cli.returncode, cli.stderr)
+    # With route_down instead, a job pinned to full runs on mini (this fleet has no full worker)
+    settings.budgets.action = "route_down"
+    routing = Client(settings, redis_url=fleet.redis_url)
+    down = routing.result(
+        routing.submit({"prompt": "Design the sharding of our ledger", "tier": "full", **team}), 30
+    )
+    assert down.status == "completed" and down.tier == "mini"
+    assert down.routing is not None and down.routing.classifier == "budget"
+    assert "routed down to mini" in down.routing.reasons[0]
+    refusing.close()
+    routing.close()
 
 
 def test_a_bulk_retry_redrives_the_matching_escalations_paced_and_leaves_the_rest(fleet: ChaosFleet) -> None:

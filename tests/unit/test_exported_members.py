@@ -10,6 +10,7 @@ PUBLIC = {
     "AsyncClient": aio,
     "Attempt": models,
     "BrokerError": errors,
+    "BudgetExceeded": errors,
     "Client": producer,
     "FleetError": errors,
     "Hints": models,
@@ -35,7 +36,14 @@ def test_public_names() -> None:
 
 def test_every_error_the_producer_raises_is_exported() -> None:
     # Given the errors that submit/result document, When a caller catches them, Then fleet has them
-    for name in ("InvalidRequest", "BrokerError", "ResultTimeout", "TaskFailed", "TaskNotFound"):
+    for name in (
+        "InvalidRequest",
+        "BudgetExceeded",
+        "BrokerError",
+        "ResultTimeout",
+        "TaskFailed",
+        "TaskNotFound",
+    ):
         assert issubclass(getattr(fleet, name), fleet.FleetError)
 
 
