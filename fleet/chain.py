@@ -135,6 +135,8 @@ def check_answer(response: ChatResponse, request: TaskRequest, *, provider: str,
             ) from None
 
 
+#: Connections kept by each thread's HTTP client (a thread makes one call at a time).
+_THREAD_CONNECTIONS = 4
 #: Seconds a provider's prompt cache is taken to stay warm after a call (both providers' default TTL).
 CACHE_WARM_S = 300.0
 #: Seconds after an availability failure before a link counts as healthy for a cache preference.
@@ -201,6 +203,9 @@ class Chain:
         self.limiter = limiter
         self._client = client
         self._providers: dict[str, Provider] = dict(providers or {})
+        #: Without a client given: one HTTP client (and adapters on it) per thread (see :meth:`provider`).
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
         self._lock = threading.RLock()
         self._sleep = sleep
         #: (link, kind) -> when this process last saw the link's prompt cache hold the kind's prefix.
@@ -210,27 +215,43 @@ class Chain:
 
     @property
     def client(self) -> httpx.Client:
-        if self._client is None:
+        """The HTTP client of this thread's calls: the one given, else this thread's own."""
+        if self._client is not None:
+            return self._client
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            # A thread makes one call at a time: a small pool of its own. httpx's pool spends CPU
+            # that grows with its connections and the threads contending for it: one client shared
+            # by 200 threads managed 51 calls/s at 19 ms of CPU each, one per thread 943/s at
+            # 0.7 ms (bench/httpx_pool.py, docs/performance.md).
+            client = self._local.client = make_http_client(self.settings, max_connections=_THREAD_CONNECTIONS)
             with self._lock:
-                if self._client is None:
-                    self._client = make_http_client(self.settings)
-        return self._client
+                self._clients.append(client)
+        return client
 
     def provider(self, name: str) -> Provider:
+        """The adapter for provider ``name``: one given to the chain, else this thread's (on its client)."""
         found = self._providers.get(name)
+        if found is not None:
+            return found
+        mine: dict[str, Provider] | None = getattr(self._local, "providers", None)
+        if mine is None:
+            mine = self._local.providers = {}
+        found = mine.get(name)
         if found is None:
-            with self._lock:
-                found = self._providers.get(name)
-                if found is None:
-                    found = build_provider(name, self.settings, self.client)
-                    self._providers[name] = found
+            found = mine[name] = build_provider(name, self.settings, self.client)
         return found
 
     def close(self) -> None:
+        """Close the HTTP client the chain was given and every one it opened."""
         if self._client is not None:
             self._client.close()
             self._client = None
-        self._providers.clear()
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+        self._local = threading.local()
 
     def run(
         self,

@@ -187,3 +187,18 @@ def test_a_warm_link_that_just_failed_is_not_moved_up(settings: Settings) -> Non
     # groq first now, and it fails: the walk goes on to openai, and groq is not preferred any more
     assert chain.run(chain.ordered(cheap, "k"), TaskRequest(prompt="hi", kind="k")).answer == "fine"
     assert chain.ordered(cheap, "k") == cheap
+
+
+def test_each_thread_has_its_own_http_client_and_close_closes_them_all(settings: Settings) -> None:
+    import threading
+
+    chain = Chain(settings)
+    mine = chain.client
+    assert chain.client is mine and chain.provider("openai") is chain.provider("openai")
+    theirs: list[object] = []
+    thread = threading.Thread(target=lambda: theirs.extend([chain.client, chain.provider("openai")]))
+    thread.start()
+    thread.join()
+    assert theirs[0] is not mine and theirs[1] is not chain.provider("openai")
+    chain.close()
+    assert mine.is_closed and theirs[0].is_closed
