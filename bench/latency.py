@@ -9,7 +9,10 @@ Same layout for both: one router worker and one worker on the four tier queues (
 concurrency 2 each). The fleet's provider is zero-latency: the mock's answers
 made inside the worker (``mock.transport = "inline"``), tracing and metrics on with no-op exporters.
 
-Usage: python bench/latency.py [--json] [--rate 200] [--seconds 30]
+With ``--one-hop``, the fleet runs again with ``router.in_producer = "all"``: the producer routes
+each job with the heuristic and sends it straight to its tier (``fleet_1hop_*``).
+
+Usage: python bench/latency.py [--json] [--rate 200] [--seconds 30] [--one-hop]
 Last stdout line: {"fleet_p50_ms", "fleet_p95_ms", "fleet_p99_ms", "bare_2hop_p50_ms", ...,
 "bare_2hop_p99_ms"}. Target: fleet p99 < 20 ms.
 """
@@ -112,9 +115,12 @@ def run_bare(url: str, mock_url: str, rate: float, seconds: float, log_dir: Path
     return {**_summary(latencies), "lost": len(sent) - len(latencies), "producer_lag_s": round(lag, 3)}
 
 
-def run_fleet(url: str, mock_url: str, rate: float, seconds: float, log_dir: Path) -> dict[str, float]:
+def run_fleet(
+    url: str, mock_url: str, rate: float, seconds: float, log_dir: Path, in_producer: str = "off"
+) -> dict[str, float]:
     redis.Redis.from_url(url).flushdb()
     env = fleet_env(url, mock_url, **otel_env(), **high_limits(), **inline_mock())
+    env["FLEET_ROUTER__IN_PRODUCER"] = in_producer  # "all": the producer routes; no router hop
     workers = start_workers("fleet.worker", "router", 1, env=env, concurrency=CONCURRENCY, pool=POOL,
                             log_dir=log_dir)  # fmt: skip
     workers += start_workers("fleet.worker", TIERS, 1, env=env, concurrency=CONCURRENCY, pool=POOL,
@@ -142,6 +148,11 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--rate", type=float, default=200.0, help="jobs offered per second")
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the load lasts")
+    parser.add_argument(
+        "--one-hop",
+        action="store_true",
+        help="also the fleet routing in the producer (router.in_producer = all)",
+    )
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="fleet-bench-lat-") as tmp,
@@ -150,11 +161,13 @@ def main() -> int:
     ):
         bare = run_bare(url, mock_url, args.rate, args.seconds, Path(tmp))
         fleet = run_fleet(url, mock_url, args.rate, args.seconds, Path(tmp))
+        one_hop = run_fleet(url, mock_url, args.rate, args.seconds, Path(tmp), "all") if args.one_hop else {}
     out = {
         "offered_per_s": args.rate,
         "seconds": args.seconds,
         **{f"fleet_{k}_ms" if k in PCTS else f"fleet_{k}": v for k, v in fleet.items()},
         **{f"bare_2hop_{k}_ms" if k in PCTS else f"bare_2hop_{k}": v for k, v in bare.items()},
+        **{f"fleet_1hop_{k}_ms" if k in PCTS else f"fleet_1hop_{k}": v for k, v in one_hop.items()},
         "target_met": fleet["p99"] < 20.0,
     }
     if not args.json:

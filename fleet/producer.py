@@ -47,6 +47,7 @@ from fleet.models import (
     validate_request,
 )
 from fleet.pipelines.config import known
+from fleet.router import decide
 from fleet.settings import Settings, get_settings
 
 __all__ = [
@@ -255,12 +256,27 @@ def prepare(settings: Settings, request: Request) -> Outgoing:
         envelope.routing = RoutingDecision(
             tier=req.tier, reasons=[f"pinned to tier {req.tier} by the producer"], classifier="pinned"
         )
+    elif req.pipeline is None:
+        envelope.routing = _routed_here(settings, req)
     return Outgoing(
         payload=req.model_dump(mode="json", exclude_defaults=True),
         envelope=envelope,
         idempotency_key=req.idempotency_key,
         span={"fleet.task_id": task_id, "fleet.kind": req.kind, "fleet.tier": req.tier and str(req.tier)},
     )
+
+
+def _routed_here(settings: Settings, req: TaskRequest) -> RoutingDecision | None:
+    """The job's routing when the producer routes it itself (``router.in_producer``: the heuristic,
+    about 50 µs), else None (the router worker does)."""
+    mode = settings.router.in_producer
+    if mode == "off" or settings.router.classifier != "heuristic":
+        return None
+    decision = decide(req, settings.router)
+    if mode == "fast" and decision.tier is not Tier.FAST:
+        return None
+    decision.reasons.append("routed in the producer (router.in_producer)")
+    return decision
 
 
 def prepare_many(settings: Settings, requests: Iterable[Request]) -> list[Outgoing]:
@@ -437,11 +453,12 @@ def queue_records(pipe: Any, jobs: Iterable[Outgoing], ttl_s: int) -> None:
     since = repr(time.time())
     for job in jobs:
         record = keys.job(job.id)
-        pipe.hset(
-            record,
-            mapping={"state": "queued", "queue": _queue(job.envelope),
-                     "submitted_at": repr(job.envelope.submitted_at), "since": since},
-        )  # fmt: skip
+        fields = {"state": "queued", "queue": _queue(job.envelope),
+                  "submitted_at": repr(job.envelope.submitted_at), "since": since}  # fmt: skip
+        routing = job.envelope.routing
+        if routing is not None and routing.classifier != "pinned":  # routed here (in_producer, budget)
+            fields |= {"state": "routed", "tier": str(routing.tier), "reasons": json.dumps(routing.reasons)}
+        pipe.hset(record, mapping=fields)
         pipe.expire(record, ttl_s)
 
 

@@ -182,6 +182,11 @@ class RouterSettings(_Section):
     classifier: Literal["heuristic", "llm"] = "heuristic"
     #: Timeout of the LLM classifier's call, in seconds.
     llm_timeout_s: float = Field(default=2.0, gt=0)
+    #: Route in the producer, skipping the router hop (a queue wait and the router's CPU): "fast"
+    #: for jobs the rules send to the fast tier (a latency budget), "all" for every job the
+    #: heuristic can route; "off" (the default) leaves it to the router worker. Needs the
+    #: heuristic classifier; jobs routed in the producer get no outcome feedback.
+    in_producer: Literal["off", "fast", "all"] = "off"
     #: Share of answered jobs below the full tier re-run on full in the background (shadow
     #: evaluation: both answers judged side by side; the producer's result does not change).
     shadow_rate: float = Field(default=0.0, ge=0.0, le=1.0)

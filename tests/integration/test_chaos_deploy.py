@@ -46,6 +46,9 @@ def _deploy(tmp_path: Path, total: int, timeout: float) -> None:
         FLEET_STATE_DIR=str(tmp_path / ".fleet"),
         FLEET_EMBEDDED__PORT=str(port),  # the same broker address across the restart
         FLEET_MOCK__LATENCY_MS="800",  # jobs are in flight when the deploy starts
+        # The demo profile's SIMULATED quality escalates some answers on purpose: not what this asks
+        FLEET_QUALITY__ENABLED="false",
+        FLEET_MOCK__SIMULATE_QUALITY="false",
     )
     url = f"redis://127.0.0.1:{port}/0"
     settings = load_settings(profile="demo", env={**env, "FLEET_REDIS_URL": url})

@@ -169,6 +169,22 @@ def test_a_team_at_its_budget_is_refused_or_routed_down(fleet: ChaosFleet) -> No
     routing.close()
 
 
+def test_a_job_routed_in_the_producer_goes_straight_to_its_tier(fleet: ChaosFleet) -> None:
+    fleet.mock_config(latency_ms=5)
+    settings = fleet.settings.model_copy(deep=True)
+    settings.router.in_producer = "all"
+    client = Client(settings, redis_url=fleet.redis_url)
+    try:
+        task_id = client.submit({"prompt": "Add a docstring to parse_rate()", "hints": {"complexity": "low"}})
+        # Its record says routed before any worker saw it, and it ran on mini without the router hop
+        assert client.status(task_id).state in ("routed", "running", "completed")
+        res = client.result(task_id, 30)
+        assert res.status == "completed" and res.tier == "mini"
+        assert res.routing is not None and "routed in the producer" in res.routing.reasons[-1]
+    finally:
+        client.close()
+
+
 def test_a_bulk_retry_redrives_the_matching_escalations_paced_and_leaves_the_rest(fleet: ChaosFleet) -> None:
     # Given an outage of every mini model: 6 jobs of one kind and 2 of another escalate
     fleet.mock_config(latency_ms=5, faults_by_model={m: {"bad_request": 1.0} for m in MINI_CHAIN})

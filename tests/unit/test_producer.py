@@ -120,3 +120,20 @@ def test_a_batch_without_keys_needs_no_claim(settings: Settings) -> None:
     jobs = prepare_many(settings, [{"prompt": "a"}, {"prompt": "b"}])
     assert claims(jobs, 60) == ([], [])
     assert settle(jobs, []) == ([jobs[0].id, jobs[1].id], jobs)
+
+
+def test_routing_in_the_producer_skips_the_router_for_fast_jobs_or_all_of_them(settings: Settings) -> None:
+    interactive = {"prompt": "Classify: is this spam?", "hints": {"latency_budget_ms": 800}}
+    plain = {"prompt": "Add a docstring to parse_rate()", "hints": {"complexity": "low"}}
+    # off (the default): the router worker routes every job that is not pinned
+    assert prepare(settings, interactive).envelope.routing is None
+    settings.router.in_producer = "fast"
+    fast = prepare(settings, interactive).envelope.routing
+    assert fast is not None and fast.tier is Tier.FAST and "routed in the producer" in fast.reasons[-1]
+    assert prepare(settings, plain).envelope.routing is None  # not fast: the router's
+    assert prepare(settings, {"prompt": "x", "pipeline": "extract_reason"}).envelope.routing is None
+    settings.router.in_producer = "all"
+    routed = prepare(settings, plain).envelope.routing
+    assert routed is not None and routed.tier is Tier.MINI and routed.classifier != "pinned"
+    settings.router.classifier = "llm"  # the LLM classifier runs on the router worker only
+    assert prepare(settings, plain).envelope.routing is None
