@@ -209,6 +209,14 @@ def cpu_s(pid: int) -> float:
     return total / ticks
 
 
+def steady_rate(finishes: list[float]) -> float:
+    """Completions per second between the 10th and 90th percentile of finish times."""
+    finishes = sorted(finishes)
+    lo, hi = int(len(finishes) * 0.1), int(len(finishes) * 0.9)
+    span = finishes[hi] - finishes[lo] if finishes else 0.0
+    return (hi - lo) / span if span > 0 else 0.0
+
+
 def wait_for_fleet(redis_url: str, jobs: int, timeout: float) -> bool:
     """Wait until ``jobs`` jobs reached a final state, watching one number: every job writes one cost
     line (XADD) in the round trip that stores its result. Polling the results themselves (an MGET of

@@ -36,6 +36,7 @@ from _rig import (
     mock_provider,
     otel_env,
     start_workers,
+    steady_rate,
     stop,
     wait_for_fleet,
     wait_until,
@@ -46,14 +47,6 @@ from fleet.producer import Client
 from fleet.settings import load_settings
 
 LATENCY_S = 0.2
-
-
-def _steady_rate(finishes: list[float]) -> float:
-    """Completions per second between the 10th and 90th percentile of finish times."""
-    finishes = sorted(finishes)
-    lo, hi = int(len(finishes) * 0.1), int(len(finishes) * 0.9)
-    span = finishes[hi] - finishes[lo]
-    return (hi - lo) / span if span > 0 else 0.0
 
 
 def run_fleet(
@@ -74,7 +67,7 @@ def run_fleet(
         client.close()
     if len(results) < jobs:
         raise RuntimeError(f"{jobs - len(results)} fleet jobs unfinished")
-    return _steady_rate([r.finished_at for r in results.values()])
+    return steady_rate([r.finished_at for r in results.values()])
 
 
 def run_bare(
@@ -96,7 +89,7 @@ def run_bare(
     finally:
         stop(workers)
         app.close()
-    return _steady_rate(finishes)
+    return steady_rate(finishes)
 
 
 def main() -> int:
