@@ -57,7 +57,7 @@ from fleet.limits import (
 from fleet.models import Attempt, Purpose, TaskRequest
 from fleet.providers import ChatRequest, ChatResponse, Provider, build_provider, make_http_client
 from fleet.providers._http import CACHE_MIN_TOKENS
-from fleet.providers.base import estimate_tokens
+from fleet.providers.base import Quota, estimate_tokens
 from fleet.providers.config import ModelSettings
 from fleet.settings import Settings
 
@@ -392,7 +392,8 @@ class Chain:
             telemetry.end_attempt(span, attempt, error.code if error is not None else None)
         walk.outcome.attempts.append(attempt)
         self._remember(attempt.link, walk.request.kind, attempt, response)
-        self._correct(buckets, attempt, response, walk.corrections)
+        quota = response.quota if response is not None else error.quota if error is not None else None
+        self._correct(buckets, attempt, quota, walk.corrections)
         if permit is not None and self.breaker is not None:
             self.breaker.record(provider, permit, attempt.outcome)
         if error is not None:
@@ -510,16 +511,17 @@ class Chain:
         self,
         buckets: list[Bucket],
         attempt: Attempt,
-        response: ChatResponse | None,
+        quota: Quota | None,
         corrections: list[Correction] | None,
     ) -> None:
         """Correct the link's buckets after a call: tpm's estimate replaced by the actual usage (a
-        refund or a further charge), and both booked ahead when the provider's rate-limit headers say
-        its quota is nearly spent (``limits.header_pacing``), so the model slows down before a 429."""
+        refund or a further charge), and both booked ahead when the provider's rate-limit headers (an
+        answer's, or a 429's) say its quota is nearly spent (``limits.header_pacing``), so the model
+        slows down before a 429, and every worker holds off after one."""
         if self.limiter is None:
             return
         limits = self.settings.limits
-        quota = response.quota if response is not None and limits.header_pacing else None
+        quota = quota if limits.header_pacing else None
         for bucket in buckets:
             tpm = bucket.key.startswith(_TPM_PREFIX)
             delta = attempt.input_tokens + attempt.output_tokens - bucket.cost if tpm else 0.0

@@ -36,7 +36,10 @@ Third-party errors are translated at the boundary (``raise ProviderTimeout(...) 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from fleet.providers.base import Quota
 
 __all__ = [
     "AnswerRejected",
@@ -191,6 +194,8 @@ class ProviderError(FleetError):
     ) -> None:
         super().__init__(message)
         self.provider, self.model, self.status, self.retry_after = provider, model, status, retry_after
+        #: What the error's rate-limit headers said is left of the quota (a 429 says it is spent).
+        self.quota: Quota | None = None
 
 
 class RateLimited(ProviderError):

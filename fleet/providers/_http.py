@@ -327,10 +327,12 @@ class HTTPProvider:
     ) -> NoReturn:
         # Anthropic sends Retry-After on 529 too; any error may carry one.
         retry_after = parse_retry_after(response.headers)
-        raise cls(
+        error = cls(
             self._msg(request, text),
             provider=self.name,
             model=request.model,
             status=response.status_code,
             retry_after=retry_after,
         )
+        error.quota = read_quota(response.headers)  # a 429's headers say the quota is spent: pace on it
+        raise error

@@ -202,3 +202,22 @@ def test_each_thread_has_its_own_http_client_and_close_closes_them_all(settings:
     assert theirs[0] is not mine and theirs[1] is not chain.provider("openai")
     chain.close()
     assert mine.is_closed and theirs[0].is_closed
+
+
+def test_a_429_whose_headers_say_the_quota_is_spent_paces_the_model(settings: Settings) -> None:
+    from fleet import keys
+    from fleet.limits import Bucket, MemoryLimiter
+    from fleet.providers.base import Quota, QuotaPart
+
+    # Given a 429 whose rate-limit headers say 0 of 20 requests are left, whole again in 5 s
+    limited = RateLimited("slow down", retry_after=60)
+    limited.quota = Quota(requests=QuotaPart(remaining=0, reset_s=5.0, limit=20))
+    limiter = MemoryLimiter()
+    chain = Chain(settings, providers={"openai": Scripted("openai", [fail(limited)])}, limiter=limiter)  # type: ignore[dict-item]
+    chain.run(LINKS[:1], TaskRequest(prompt="hi"))
+    # Then the model's rpm bucket is booked ahead: no token for a while (the config's 5000 rpm)
+    rpm = settings.model("openai", "gpt-4.1-mini").rpm
+    assert rpm is not None
+    rate = rpm / 60.0
+    bucket = Bucket(keys.bucket("rpm", "openai:gpt-4.1-mini"), rate, burst=max(1.0, rate))
+    assert limiter.fill(bucket) == 0
