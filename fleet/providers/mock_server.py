@@ -8,13 +8,17 @@
     GET|POST /_mock/config      the effective fault config; POST merges a JSON patch into it
     POST /_mock/truth           SIMULATED truth for a measurement harness: which answers were flawed
     GET  /healthz
+    /v1/files, /v1/batches, /v1/messages/batches   both providers' batch APIs (mock_batch)
 
 Answers are deterministic text built from the prompt. A JSON schema is honoured when asked through
 OpenAI's ``response_format`` (``json_schema``) or through :data:`fleet.providers._http.SCHEMA_MARKER`
 followed by the schema as JSON in any message or the system prompt (what the Anthropic adapter sends).
 Requests are read and answers written by :mod:`fleet.providers.mock_wire`; this module decides.
 With ``quality.enabled`` the mock SIMULATES model capability: answers are sometimes flawed, a judge
-sometimes wrong (:mod:`fleet.providers.mock_quality`).
+sometimes wrong (:mod:`fleet.providers.mock_quality`). Also SIMULATED: per-model account quotas with
+the providers' rate-limit headers (``quotas``, :mod:`fleet.providers.mock_quota`), prompt caching of
+long prefixes (:mod:`fleet.providers.mock_cache`), and batches that end after ``batch_delay_s`` with
+``batch_failure_rate`` of their items failed (:mod:`fleet.providers.mock_batch`).
 
 Faults (:data:`FAULT_KINDS`) are decided per call from a hash of (seed, model, messages, n), where n
 counts earlier calls with the same model and messages: one workload under one seed meets the same
@@ -50,6 +54,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fleet.providers.mock_answers import MockCall as _Call
 from fleet.providers.mock_answers import Wire
+from fleet.providers.mock_batch import BatchBook, batch_routes
 from fleet.providers.mock_cache import PromptCache
 from fleet.providers.mock_quality import Simulation, TruthBook, decide_answer, job_prompt, simulate
 from fleet.providers.mock_quota import MockQuota, Quotas, quota_headers
@@ -129,6 +134,10 @@ class MockConfig(BaseModel):
     #: SIMULATED account quotas per model (:mod:`fleet.providers.mock_quota`): a call over one gets a
     #: 429, and every answer of the model carries the provider's rate-limit headers. None by default.
     quotas: dict[str, MockQuota] = Field(default_factory=dict)
+    #: SIMULATED batch APIs (:mod:`fleet.providers.mock_batch`): a batch ends this long after it was
+    #: created, and each of its items fails with this probability.
+    batch_delay_s: float = Field(default=30.0, ge=0.0)
+    batch_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
 
     @field_validator("faults_by_model")
     @classmethod
@@ -167,6 +176,8 @@ class _State:
         #: The simulated quotas' buckets (mock_quota), and prompt cache (mock_cache).
         self.quotas = Quotas()
         self.cache = PromptCache()
+        #: The batch APIs' files and batches (mock_batch).
+        self.batches = BatchBook()
 
     def record(self, model: str, kind: str) -> None:
         self.total += 1
@@ -275,6 +286,7 @@ def create_app(config: MockConfig) -> ASGIApp:
             Route("/_mock/config", _config_endpoint, methods=["GET", "POST"]),
             Route("/_mock/truth", _truth, methods=["POST"]),
             Route("/healthz", _healthz, methods=["GET"]),
+            *batch_routes(),
         ]
     )
     app.state.mock = _State(config)
