@@ -58,6 +58,19 @@ def _settings(request: Request) -> tuple[Any, BatchBook]:
     return state.config, state.batches
 
 
+def _find(request: Request, wire: Wire, *, cancel: bool = False) -> _Batch | Response:
+    """The batch the path names, in ``wire``'s API (cancelled first, when asked and not ended), or
+    the provider's 404."""
+    _, book = _settings(request)
+    batch = book.batches.get(request.path_params["batch_id"])
+    if batch is None or batch.wire != wire:
+        kind = "invalid_request_error" if wire == "openai" else "not_found_error"
+        return error_response(wire, 404, kind, "no such batch")
+    if cancel and batch.results is None:
+        batch.cancelled_at = time.time()
+    return batch
+
+
 def _is_ended(request: Request, batch: _Batch) -> bool:
     config, _ = _settings(request)
     return _ended(batch, config.batch_delay_s, config.batch_failure_rate, config.seed)
@@ -145,22 +158,20 @@ async def _create_openai(request: Request) -> Response:
 
 
 async def _get_openai(request: Request) -> Response:
-    _, book = _settings(request)
-    batch = book.batches.get(request.path_params["batch_id"])
-    if batch is None or batch.wire != "openai":
-        return error_response("openai", 404, "invalid_request_error", "no such batch")
-    return json_response(_openai_batch(batch, _is_ended(request, batch)))
+    batch = _find(request, "openai")
+    return (
+        batch
+        if isinstance(batch, Response)
+        else json_response(_openai_batch(batch, _is_ended(request, batch)))
+    )
 
 
 async def _cancel_openai(request: Request) -> Response:
-    config, book = _settings(request)
-    batch = book.batches.get(request.path_params["batch_id"])
-    if batch is None or batch.wire != "openai":
-        return error_response("openai", 404, "invalid_request_error", "no such batch")
-    if batch.results is None:
-        batch.cancelled_at = time.time()
-    return json_response(
-        _openai_batch(batch, _ended(batch, config.batch_delay_s, config.batch_failure_rate, config.seed))
+    batch = _find(request, "openai", cancel=True)
+    return (
+        batch
+        if isinstance(batch, Response)
+        else json_response(_openai_batch(batch, _is_ended(request, batch)))
     )
 
 
@@ -223,20 +234,16 @@ async def _create_anthropic(request: Request) -> Response:
 
 
 async def _get_anthropic(request: Request) -> Response:
-    _, book = _settings(request)
-    batch = book.batches.get(request.path_params["batch_id"])
-    if batch is None or batch.wire != "anthropic":
-        return error_response("anthropic", 404, "not_found_error", "no such batch")
+    batch = _find(request, "anthropic")
+    if isinstance(batch, Response):
+        return batch
     return json_response(_anthropic_batch(batch, _is_ended(request, batch), request))
 
 
 async def _cancel_anthropic(request: Request) -> Response:
-    _, book = _settings(request)
-    batch = book.batches.get(request.path_params["batch_id"])
-    if batch is None or batch.wire != "anthropic":
-        return error_response("anthropic", 404, "not_found_error", "no such batch")
-    if batch.results is None:
-        batch.cancelled_at = time.time()
+    batch = _find(request, "anthropic", cancel=True)
+    if isinstance(batch, Response):
+        return batch
     return json_response(_anthropic_batch(batch, _is_ended(request, batch), request))
 
 
