@@ -23,7 +23,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from fleet import keys
 from fleet.errors import BudgetExceeded
@@ -32,11 +34,12 @@ from fleet.models import RoutingDecision, Tier
 if TYPE_CHECKING:
     from fleet.middleware.tail import Tail
     from fleet.producer import Outgoing
-    from fleet.settings import BudgetSettings, TeamBudget
 
 __all__ = [
     "BudgetExceeded",
+    "BudgetSettings",
     "Spend",
+    "TeamBudget",
     "charge",
     "enforce",
     "enforce_read",
@@ -46,6 +49,35 @@ __all__ = [
     "team_of",
     "teams_to_check",
 ]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeamBudget(_Config):
+    """A team's spend limits in USD at list prices (None: no limit); days and months in UTC."""
+
+    daily_usd: float | None = Field(default=None, gt=0)
+    monthly_usd: float | None = Field(default=None, gt=0)
+
+
+class BudgetSettings(_Config):
+    """Spend per team, counted fleet-wide in Redis, and what happens at a team's budget."""
+
+    #: The ``metadata`` key that names a job's team (jobs without it belong to no team).
+    team_key: str = Field(default="team", min_length=1)
+    #: At a team's budget: "refuse" its new jobs at submit (BudgetExceeded), or "route_down" them
+    #: to the mini tier (a fast job stays on fast: it is already a cheap model).
+    action: Literal["refuse", "route_down"] = "refuse"
+    #: Budgets by team name; ``"*"`` applies to every team not listed.
+    teams: dict[str, TeamBudget] = Field(default_factory=dict)
+
+    def budget(self, team: str) -> TeamBudget | None:
+        """The budget of ``team`` (its own, else ``"*"``'s), None when it has none."""
+        found = self.teams.get(team) or self.teams.get("*")
+        return found if found is not None and (found.daily_usd or found.monthly_usd) else None
+
 
 #: Micro-USD per USD: spend is counted in whole micro-dollars (HINCRBY).
 MICRO = 1_000_000

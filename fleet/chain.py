@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from fleet import keys, telemetry
+from fleet.affinity import CacheAffinity
 from fleet.errors import (
     EmptyAnswer,
     ProviderError,
@@ -43,7 +44,6 @@ from fleet.errors import (
     TruncatedAnswer,
 )
 from fleet.limits import (
-    BREAKER_FAILURES,
     Breaker,
     Bucket,
     Correction,
@@ -52,31 +52,20 @@ from fleet.limits import (
     Limiter,
     Permit,
     apply_correction,
-    pace_floor_ms,
+    link_corrections,
 )
 from fleet.models import Attempt, Purpose, TaskRequest
 from fleet.providers import ChatRequest, ChatResponse, Provider, build_provider, make_http_client
-from fleet.providers._http import CACHE_MIN_TOKENS
 from fleet.providers.base import Quota, estimate_tokens
 from fleet.providers.config import ModelSettings
 from fleet.settings import Settings
 
-__all__ = [
-    "CACHE_WARM_S",
-    "CANCELLED",
-    "CIRCUIT_OPEN",
-    "THROTTLED",
-    "UNHEALTHY_S",
-    "Chain",
-    "ChainOutcome",
-    "check_answer",
-]
+__all__ = ["CANCELLED", "CIRCUIT_OPEN", "THROTTLED", "Chain", "ChainOutcome", "check_answer"]
 
 log = logging.getLogger(__name__)
 
 #: The outcome recorded for a link skipped because its provider's breaker is open.
 CIRCUIT_OPEN = "circuit_open"
-_TPM_PREFIX = keys.bucket("tpm", "")
 #: The outcome recorded for a link whose rpm/tpm bucket had no token within the wait bound.
 THROTTLED = "throttled"
 #: The walk stopped because its job was cancelled (no link was called after that).
@@ -137,12 +126,6 @@ def check_answer(response: ChatResponse, request: TaskRequest, *, provider: str,
 
 #: Connections kept by each thread's HTTP client (a thread makes one call at a time).
 _THREAD_CONNECTIONS = 4
-#: Seconds a provider's prompt cache is taken to stay warm after a call (both providers' default TTL).
-CACHE_WARM_S = 300.0
-#: Seconds after an availability failure before a link counts as healthy for a cache preference.
-UNHEALTHY_S = 60.0
-#: (link, kind) pairs remembered as warm at most.
-_MAX_WARM = 10_000
 
 
 @dataclass
@@ -208,10 +191,8 @@ class Chain:
         self._clients: list[httpx.Client] = []
         self._lock = threading.RLock()
         self._sleep = sleep
-        #: (link, kind) -> when this process last saw the link's prompt cache hold the kind's prefix.
-        self._warm: dict[tuple[str, str], float] = {}
-        #: link -> when this process last saw it fail for availability (5xx, overloaded, timeout, ...).
-        self._failed: dict[str, float] = {}
+        #: Which link to try first for a kind (a warm prompt cache): this process's own knowledge.
+        self.affinity = CacheAffinity(settings)
 
     @property
     def client(self) -> httpx.Client:
@@ -303,47 +284,6 @@ class Chain:
                 return walk.outcome
         return walk.exhausted()
 
-    def ordered(self, links: Sequence[tuple[str, str]], kind: str | None) -> list[tuple[str, str]]:
-        """``links``, with a warm prompt cache first: when the first link's cache is cold for
-        ``kind`` and a later link's is warm (this process saw it hold the kind's prefix within
-        :data:`CACHE_WARM_S`), that link goes first, if it costs no more per token (input and
-        output) and has not failed for availability here within :data:`UNHEALTHY_S`."""
-        out = list(links)
-        if not kind or len(out) < 2:
-            return out
-        now = time.monotonic()
-
-        def warm(link: tuple[str, str]) -> bool:
-            seen = self._warm.get((f"{link[0]}:{link[1]}", kind))
-            return seen is not None and now - seen <= CACHE_WARM_S
-
-        if warm(out[0]):
-            return out
-        first = self.settings.model(*out[0])
-        for i, link in enumerate(out[1:], 1):
-            price = self.settings.model(*link)
-            failed = self._failed.get(f"{link[0]}:{link[1]}")
-            if (
-                warm(link)
-                and price.input_per_mtok <= first.input_per_mtok
-                and price.output_per_mtok <= first.output_per_mtok
-                and (failed is None or now - failed > UNHEALTHY_S)
-            ):
-                return [link, *out[:i], *out[i + 1 :]]
-        return out
-
-    def _remember(self, link: str, kind: str | None, attempt: Attempt, response: ChatResponse | None) -> None:
-        """What the call tells about the link: its cache holds the kind's prefix (it read or wrote
-        it, or a long prompt was answered), or it failed for availability."""
-        if attempt.outcome in BREAKER_FAILURES:
-            self._failed[link] = time.monotonic()
-        elif kind and response is not None and attempt.outcome == "ok":
-            cached = response.cached_input_tokens or response.cache_write_tokens
-            if cached or response.input_tokens >= CACHE_MIN_TOKENS:
-                if len(self._warm) >= _MAX_WARM:
-                    self._warm.clear()  # many kinds: start over rather than grow
-                self._warm[(link, kind)] = time.monotonic()
-
     def _link(self, walk: _Walk, index: int, provider: str, model: str, first: GateAnswer | None) -> bool:
         """Try one link, retrying it as the policy says; True when the walk ends here."""
         retry = self.settings.retry
@@ -391,7 +331,7 @@ class Chain:
             attempt, error, response = self._call(provider, model, chat, walk.request, walk.purpose)
             telemetry.end_attempt(span, attempt, error.code if error is not None else None)
         walk.outcome.attempts.append(attempt)
-        self._remember(attempt.link, walk.request.kind, attempt, response)
+        self.affinity.remember(walk.request.kind, attempt, response)
         quota = response.quota if response is not None else error.quota if error is not None else None
         self._correct(buckets, attempt, quota, walk.corrections)
         if permit is not None and self.breaker is not None:
@@ -521,19 +461,9 @@ class Chain:
         if self.limiter is None:
             return
         limits = self.settings.limits
-        quota = quota if limits.header_pacing else None
-        for bucket in buckets:
-            tpm = bucket.key.startswith(_TPM_PREFIX)
-            delta = attempt.input_tokens + attempt.output_tokens - bucket.cost if tpm else 0.0
-            part = (quota.tokens if tpm else quota.requests) if quota is not None else None
-            floor = (
-                pace_floor_ms(bucket, part.remaining, part.reset_s, part.limit, limits.quota_reserve)
-                if part is not None
-                else 0.0
-            )
-            if not delta and not floor:
-                continue
-            correction = Correction(bucket, delta=delta, floor_ms=floor)
+        paced = quota if limits.header_pacing else None
+        used = attempt.input_tokens + attempt.output_tokens
+        for correction in link_corrections(buckets, used, paced, limits.quota_reserve):
             if corrections is not None:
                 corrections.append(correction)
             else:

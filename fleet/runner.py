@@ -105,8 +105,8 @@ class JobRunner:
         plan = StartPlan(job.id)
         for m in self.middlewares:
             m.before_start(job, plan)
-        # The tier's chain, a link with a warm prompt cache for the job's kind first (Chain.ordered).
-        links = job.links = self.chain.ordered(job.queue.links(), job.request.kind)
+        # The tier's chain, a link with a warm prompt cache for the job's kind first (fleet.affinity).
+        links = job.links = self.chain.affinity.ordered(job.queue.links(), job.request.kind)
         plan.running_link = f"{links[0][0]}:{links[0][1]}" if links else ""
         if plan.queue is not None:
             # The first link's admission rides with the queue's token, asked when that is due at once.

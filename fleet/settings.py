@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from fleet.brokers import AMQP_SCHEMES, REDIS_SCHEMES
+from fleet.budgets import BudgetSettings, TeamBudget
 from fleet.errors import ConfigError
 from fleet.keys import QUEUES, TIER_QUEUES
 from fleet.middleware.chaos import ChaosSettings
@@ -195,30 +196,6 @@ class LimitsSettings(_Section):
     header_pacing: bool = True
     #: Share of a provider's quota kept unused for calls already on their way when it reported it.
     quota_reserve: float = Field(default=0.1, ge=0.0, lt=1.0)
-
-
-class TeamBudget(_Section):
-    """A team's spend limits in USD at list prices (None: no limit); days and months in UTC."""
-
-    daily_usd: float | None = Field(default=None, gt=0)
-    monthly_usd: float | None = Field(default=None, gt=0)
-
-
-class BudgetSettings(_Section):
-    """Spend per team, counted fleet-wide in Redis, and what happens at a team's budget."""
-
-    #: The ``metadata`` key that names a job's team (jobs without it belong to no team).
-    team_key: str = Field(default="team", min_length=1)
-    #: At a team's budget: "refuse" its new jobs at submit (BudgetExceeded), or "route_down" them
-    #: to the mini tier (a fast job stays on fast: it is already a cheap model).
-    action: Literal["refuse", "route_down"] = "refuse"
-    #: Budgets by team name; ``"*"`` applies to every team not listed.
-    teams: dict[str, TeamBudget] = Field(default_factory=dict)
-
-    def budget(self, team: str) -> TeamBudget | None:
-        """The budget of ``team`` (its own, else ``"*"``'s), None when it has none."""
-        found = self.teams.get(team) or self.teams.get("*")
-        return found if found is not None and (found.daily_usd or found.monthly_usd) else None
 
 
 class BreakerSettings(_Section):

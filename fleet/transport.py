@@ -34,6 +34,7 @@ priority is not kept in that rare case.
 
 from __future__ import annotations
 
+import hashlib
 from time import monotonic
 from typing import Any
 
@@ -86,6 +87,10 @@ class QoS(_kombu.QoS):  # type: ignore[misc]
             )  # fmt: skip
 
 
+#: The take script (``priority_take.lua``) and its SHA1, the name the server caches it under.
+_TAKE = scripts.source("priority_take")
+_TAKE_SHA = hashlib.sha1(_TAKE.encode(), usedforsecurity=False).hexdigest()
+
 #: The order a worker looks at a queue's lists in (kombu's ``priority_steps``): the most urgent first.
 PRIORITY_STEPS = list(reversed(keys.PRIORITIES))
 
@@ -101,10 +106,12 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
     #: The queue a BLMOVE is outstanding for, and (in-flight key, raw message) while it is delivered.
     _fetching: str | None = None
     _fetched: tuple[str, bytes] | None = None
-    #: The command of the outstanding fetch: the take script (EVAL) or the wait (BLMOVE).
+    #: The command of the outstanding fetch: the take script (EVAL, EVALSHA) or the wait (BLMOVE).
     _fetch_command = "EVAL"
     #: The next fetch looks at every list (the take script), rather than waiting on the plain one.
     _take_next = True
+    #: The server has the take script (EVALSHA serves).
+    _take_loaded = False
     _indexed: frozenset[str] = frozenset()
     #: Queues consumed without acks.
     _fleet_noack: frozenset[str] = frozenset()
@@ -173,10 +180,13 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
         if self._take_next:
-            self._fetch_command = "EVAL"
+            # EVALSHA once the server has the script (the first take, and the first after a NOSCRIPT
+            # reply, sends it whole): a fetch does not carry the script's text each time.
             lists = keys.queue_lists(queue)
+            self._fetch_command = "EVALSHA" if self._take_loaded else "EVAL"
+            script = _TAKE_SHA if self._take_loaded else _TAKE
             self.client.connection.send_command(
-                "EVAL", scripts.source("priority_take"), len(lists) + 1, *lists, inflight_key
+                self._fetch_command, script, len(lists) + 1, *lists, inflight_key
             )
             return
         self._fetch_command = "BLMOVE"
@@ -197,8 +207,13 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
                 self._take_next = True
                 self.client.connection.disconnect()
                 raise
+            except redis.exceptions.NoScriptError:
+                self._take_loaded = False  # the server lost its scripts (a restart): send it whole
+                raise _kombu.Empty() from None
+            take = command != "BLMOVE"
+            self._take_loaded = self._take_loaded or take
             # An empty queue: wait on its plain list next. After a wait, look at every list again.
-            self._take_next = not (command == "EVAL" and raw is None)
+            self._take_next = not (take and raw is None)
             if raw is None:
                 raise _kombu.Empty()
             self._fetched = (keys.inflight(worker_id(), queue), raw)

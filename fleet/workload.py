@@ -38,8 +38,8 @@ def _read(name: str) -> list[dict[str, Any]]:
             raise ValueError(f"{name} line {number}: expected a JSON object")
         shared = job.pop("system_file", None)
         if shared is not None:
-            text = _data_text(str(shared))
-            job["system"] = f"{job['system']}\n\n{text}" if job.get("system") else text
+            policy = _data_text(str(shared))
+            job["system"] = f"{job['system']}\n\n{policy}" if job.get("system") else policy
         jobs.append(job)
     return jobs
 

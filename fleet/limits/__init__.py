@@ -19,6 +19,7 @@ from fleet.limits.model import (
     GateAnswer,
     Permit,
     Reservation,
+    link_corrections,
     pace_floor_ms,
 )
 from fleet.limits.ports import Breaker, Limiter, apply_correction
@@ -41,5 +42,6 @@ __all__ = [
     "RateLimiter",
     "Reservation",
     "apply_correction",
+    "link_corrections",
     "pace_floor_ms",
 ]

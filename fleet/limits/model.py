@@ -8,7 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from fleet import keys
+
 if TYPE_CHECKING:
+    from fleet.providers.base import Quota
     from fleet.settings import BreakerSettings
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "Permit",
     "Reservation",
     "changes_breaker",
+    "link_corrections",
     "pace_floor_ms",
 ]
 
@@ -28,6 +32,8 @@ __all__ = [
 BREAKER_FAILURES = frozenset({"server_error", "overloaded", "timeout", "connection"})
 
 BreakerState = Literal["closed", "open", "half_open"]
+#: The start of every model's tpm bucket key (its rpm one starts otherwise).
+_TPM_PREFIX = keys.bucket("tpm", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,24 @@ def pace_floor_ms(bucket: Bucket, remaining: int, reset_s: float, limit: int | N
     size = limit if limit is not None else remaining
     budget = max(0, size - math.ceil(reserve * size))
     return max(0.0, reset_s * 1000.0 + bucket.tolerance_ms - budget * bucket.emission_ms)
+
+
+def link_corrections(
+    buckets: Sequence[Bucket], used_tokens: int, quota: Quota | None, reserve: float
+) -> list[Correction]:
+    """A link's buckets corrected after a call: tpm's estimate replaced by the ``used_tokens`` (a
+    refund or a further charge), and rpm and tpm booked ahead when the provider's rate-limit headers
+    (``quota``, an answer's or a 429's) say its quota is nearly spent (:func:`pace_floor_ms`). Only
+    the buckets that change."""
+    out = []
+    for bucket in buckets:
+        tpm = bucket.key.startswith(_TPM_PREFIX)
+        delta = used_tokens - bucket.cost if tpm else 0.0
+        part = (quota.tokens if tpm else quota.requests) if quota is not None else None
+        floor = pace_floor_ms(bucket, part.remaining, part.reset_s, part.limit, reserve) if part else 0.0
+        if delta or floor:
+            out.append(Correction(bucket, delta=delta, floor_ms=floor))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

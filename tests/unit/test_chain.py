@@ -169,11 +169,13 @@ def test_a_link_with_a_warm_cache_for_the_kind_goes_first_when_no_dearer_and_hea
     # Given groq answered a job of the kind from its prompt cache (openai was failing)
     assert chain.run(cheap, TaskRequest(prompt="hi", kind=kind)).answer == "from cache"
     # Then groq, warm and no dearer, goes first for that kind, and only for that kind
-    assert chain.ordered(cheap, kind) == cheap[::-1]
-    assert chain.ordered(cheap, "other.kind") == cheap and chain.ordered(cheap, None) == cheap
+    assert chain.affinity.ordered(cheap, kind) == cheap[::-1]
+    assert (
+        chain.affinity.ordered(cheap, "other.kind") == cheap and chain.affinity.ordered(cheap, None) == cheap
+    )
     # A warm link that costs more per token is not moved up
     assert chain.run(dear, TaskRequest(prompt="hi", kind=kind)).answer == "from cache"
-    assert chain.ordered(dear, kind) == dear
+    assert chain.affinity.ordered(dear, kind) == dear
 
 
 def test_a_warm_link_that_just_failed_is_not_moved_up(settings: Settings) -> None:
@@ -183,10 +185,10 @@ def test_a_warm_link_that_just_failed_is_not_moved_up(settings: Settings) -> Non
         groq=[cached(1280), fail(ServerError("boom", status=500)), fail(ServerError("boom", status=500))],
     )  # fmt: skip
     chain.run(cheap, TaskRequest(prompt="hi", kind="k"))
-    assert chain.ordered(cheap, "k") == cheap[::-1]
+    assert chain.affinity.ordered(cheap, "k") == cheap[::-1]
     # groq first now, and it fails: the walk goes on to openai, and groq is not preferred any more
-    assert chain.run(chain.ordered(cheap, "k"), TaskRequest(prompt="hi", kind="k")).answer == "fine"
-    assert chain.ordered(cheap, "k") == cheap
+    assert chain.run(chain.affinity.ordered(cheap, "k"), TaskRequest(prompt="hi", kind="k")).answer == "fine"
+    assert chain.affinity.ordered(cheap, "k") == cheap
 
 
 def test_each_thread_has_its_own_http_client_and_close_closes_them_all(settings: Settings) -> None:

@@ -3,6 +3,7 @@ unacked messages and of in-flight lists, and reliable fetch in the fleet's kombu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -251,3 +252,27 @@ def test_a_queue_has_a_list_per_priority_the_most_urgent_first() -> None:
     assert keys.queue_lists("mini")[0] == "mini\x06\x169" and keys.queue_lists("mini")[-1] == "mini"
     assert len(set(keys.queue_lists("mini"))) == 10
     assert [keys.priority(v) for v in (None, "x", -3, 0, 4, "7", 12, 2.5)] == [0, 0, 0, 0, 4, 7, 9, 0]
+
+
+def test_the_take_script_is_sent_whole_again_when_the_server_lost_it(
+    connection: Connection, clean_redis: redis.Redis
+) -> None:
+    # Given a worker that fetched once (the server has its take script: it fetches by EVALSHA now)
+    queue = Queue("pq3", Exchange("pq3", type="direct"), routing_key="pq3")
+    producer = connection.Producer()
+    producer.publish({"n": 1}, exchange=queue.exchange, routing_key="pq3", declare=[queue])
+    [first] = _consume(connection, queue)
+    first.ack()
+    assert connection.default_channel._take_loaded
+    # When the server forgets its scripts (a restart does), and the next message arrives
+    clean_redis.script_flush()
+    producer.publish({"n": 2}, exchange=queue.exchange, routing_key="pq3")
+    got: list[Message] = []
+    with connection.Consumer(queue, callbacks=[lambda body, message: got.append(message)], accept=["json"]):
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                connection.drain_events(timeout=0.5)
+    # Then it is still delivered (the NOSCRIPT reply made the next take send the script whole)
+    assert [m.decode() for m in got] == [{"n": 2}]
+    got[0].ack()
