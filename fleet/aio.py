@@ -118,7 +118,7 @@ class AsyncClient:
             if not fresh:
                 return ids
             pipe = self.redis.pipeline(transaction=False)
-            queue_records(pipe, fresh, self.settings.broker.result_expires_s)
+            queue_records(pipe, fresh, self.settings.broker.result_expires_s, settings=self.settings)
             await pipe.execute()
         await asyncio.to_thread(publish, self.app, self.settings, fresh, self.redis_url)
         return ids

@@ -19,6 +19,7 @@ from fleet.settings import Settings, get_settings
 
 __all__ = [
     "ARGS_REPR",
+    "BATCH_TASK",
     "CALLBACK_TASK",
     "EXECUTE_TASK",
     "LEGACY_NOTIFY_TASK",
@@ -43,6 +44,7 @@ ROUTE_TASK = "fleet.route"
 EXECUTE_TASK = "fleet.execute"
 NOTIFY_TASK = "fleet.notify"
 CALLBACK_TASK = "fleet.callback"
+BATCH_TASK = "fleet.batch"
 #: The notify task's name before it was renamed: messages already queued under it still run.
 LEGACY_NOTIFY_TASK = "fleet.escalate"
 #: What a job message's args look like in events, logs and Flower: never the prompt (it may hold

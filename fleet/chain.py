@@ -60,7 +60,16 @@ from fleet.providers.base import Quota, estimate_tokens
 from fleet.providers.config import ModelSettings
 from fleet.settings import Settings
 
-__all__ = ["CANCELLED", "CIRCUIT_OPEN", "THROTTLED", "Chain", "ChainOutcome", "check_answer"]
+__all__ = [
+    "CANCELLED",
+    "CIRCUIT_OPEN",
+    "THROTTLED",
+    "Chain",
+    "ChainOutcome",
+    "charged",
+    "chat_request",
+    "check_answer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -255,20 +264,7 @@ class Chain:
         (with the job's start, in the same round trip). ``purpose`` marks the attempts (a job's answer,
         a judge's verdict, a rewrite); ``logprobs`` asks for token log-probabilities where offered.
         """
-        chat = ChatRequest(
-            model="",
-            prompt=request.ask,
-            system=request.instructions,
-            history=tuple((m.role, m.content) for m in request.history),
-            stop=tuple(request.stop or ()),
-            seed=request.seed,
-            json_mode=request.json_mode,
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            response_schema=request.response_schema,
-            logprobs=logprobs,
-            cache_key=request.kind,
-        )
+        chat = chat_request(request, logprobs=logprobs)
         deadline = time.monotonic() + timeout_s if timeout_s else None
         walk = _Walk(request, chat, deadline, corrections, purpose, cancelled=cancelled)
         for index, (provider, model) in enumerate(links):
@@ -495,7 +491,7 @@ class Chain:
                 else (response.http_status if response else None),
                 latency_ms=round(latency, 2),
                 error=exc.message[:500],
-                **_charged(model_settings, response),
+                **charged(model_settings, response),
             )
             return attempt, exc, response  # (an answer that failed its checks still tells the quota)
         latency = (time.perf_counter() - started) * 1000
@@ -508,14 +504,32 @@ class Chain:
                 outcome="ok",
                 http_status=response.http_status,
                 latency_ms=round(latency, 2),
-                **_charged(model_settings, response),
+                **charged(model_settings, response),
             ),
             None,
             response,
         )
 
 
-def _charged(model: ModelSettings, response: ChatResponse | None) -> dict[str, Any]:
+def chat_request(request: TaskRequest, *, model: str = "", logprobs: bool = False) -> ChatRequest:
+    """The provider call a job's request makes (on ``model``; the chain fills it in per link)."""
+    return ChatRequest(
+        model=model,
+        prompt=request.ask,
+        system=request.instructions,
+        history=tuple((m.role, m.content) for m in request.history),
+        stop=tuple(request.stop or ()),
+        seed=request.seed,
+        json_mode=request.json_mode,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        response_schema=request.response_schema,
+        logprobs=logprobs,
+        cache_key=request.kind,
+    )
+
+
+def charged(model: ModelSettings, response: ChatResponse | None) -> dict[str, Any]:
     """An attempt's tokens and their price (a call that got no answer: nothing)."""
     if response is None:
         return {}

@@ -28,6 +28,7 @@ from fleet.settings import Settings
 __all__ = [
     "MAX_RECORDS",
     "CostRecord",
+    "batch_saving",
     "cache_saving",
     "full_tier_cost",
     "job_fields",
@@ -87,7 +88,21 @@ def job_fields(settings: Settings, result: TaskResult, attempts: Sequence[Attemp
     if cached or any(a.cache_write_tokens for a in attempts):
         fields["cached"] = str(cached)
         fields["cache_saved"] = repr(round(cache_saving(settings, attempts), 10))
+    if any(a.batch_id and a.outcome == "ok" for a in attempts):
+        fields["batch_saved"] = repr(round(batch_saving(settings, attempts), 10))
     return fields
+
+
+def batch_saving(settings: Settings, attempts: Sequence[Attempt]) -> float:
+    """What answering ``attempts``' batch items live would have cost more, in USD (fleet.batch)."""
+    saved = 0.0
+    for a in attempts:
+        if a.batch_id and a.outcome == "ok":
+            try:
+                saved += settings.model(a.provider, a.model).batch_saving(a.cost_usd)
+            except KeyError:
+                continue  # a model no longer in the config: no price to say
+    return saved
 
 
 def cache_saving(settings: Settings, attempts: Sequence[Attempt]) -> float:
@@ -136,6 +151,8 @@ class CostRecord:
     #: Input tokens read from the providers' prompt caches, and what that saved.
     cached_tokens: int = 0
     cache_saved_usd: float = 0.0
+    #: What the batch lane saved on the job (None: it was not answered from a batch).
+    batch_saved_usd: float | None = None
 
 
 def _text(value: Any) -> str:
@@ -163,6 +180,7 @@ def _parse(entry_id: Any, raw: dict[Any, Any]) -> CostRecord | None:
             team=data.get("team", ""),
             cached_tokens=int(data.get("cached", 0)),
             cache_saved_usd=float(data.get("cache_saved", 0.0)),
+            batch_saved_usd=float(data["batch_saved"]) if "batch_saved" in data else None,
         )
     except (KeyError, ValueError, TypeError, IndexError):
         return None  # not one of ours: skip it rather than fail the report
@@ -256,6 +274,9 @@ def report(records: Sequence[CostRecord], *, since_s: float | None = None) -> di
         if totals["input_tokens"]
         else 0.0,
         "cache_saving_usd": round(totals["cache_saving_usd"], 6),
+        # The batch lane: jobs answered from a provider batch, and what that saved on live prices.
+        "batch_jobs": sum(1 for r in records if r.batch_saved_usd is not None and r.status != "shadow"),
+        "batch_saving_usd": round(sum(r.batch_saved_usd or 0.0 for r in records if r.status != "shadow"), 6),
         "by_tier": _rounded(by_tier),
         "by_model": _rounded(by_model),
         "by_kind": _rounded(by_kind),

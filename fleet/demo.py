@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.costs import cache_saving
+from fleet.costs import batch_saving, cache_saving
 from fleet.models import TaskResult
 from fleet.producer import Client
 from fleet.settings import Settings, mask_url
@@ -171,6 +171,12 @@ def summarise(
         "cached_input_tokens": cached,
         "cache_hit_ratio": round(cached / tokens_in, 4) if tokens_in else 0.0,
         "cache_saving_usd": round(cache_saving(settings, attempts), 6),
+        # The batch lane: jobs that carried a deadline long enough and were answered from a provider
+        # batch (SIMULATED by the mock: its batches end after mock.batch_delay_s), and the saving.
+        "batch_jobs": sum(
+            1 for r in results.values() if any(a.batch_id and a.outcome == "ok" for a in r.attempts)
+        ),
+        "batch_saving_usd": round(batch_saving(settings, attempts), 6),
         "judged": sum(1 for r in results.values() if any(c.score is not None for c in r.quality)),
         "upgraded": sum(1 for r in results.values() if any(c.action == "upgrade" for c in r.quality)),
         "polished": sum(1 for r in results.values() if any(c.action == "polish" for c in r.quality)),

@@ -11,6 +11,11 @@ __all__ = [
     "PRIORITIES",
     "QUEUES",
     "TIER_QUEUES",
+    "batch_inflight",
+    "batch_job",
+    "batch_pool",
+    "batch_pools",
+    "batch_pump",
     "breaker",
     "breaker_failures",
     "bucket",
@@ -20,6 +25,10 @@ __all__ = [
     "escalation_by_task",
     "escalations_index",
     "escalations_state",
+    "fair_delayed",
+    "fair_running",
+    "fair_teams",
+    "fair_waiting",
     "idempotency",
     "job",
     "pipeline",
@@ -39,7 +48,7 @@ __all__ = [
 PREFIX = "fleet:"
 
 #: The Celery queues of the fleet, in the order a job meets them.
-QUEUES = ("router", "mini", "standard", "full", "fast", "escalations")
+QUEUES = ("router", "mini", "standard", "full", "fast", "batch", "escalations")
 #: The queues that run model calls.
 TIER_QUEUES = ("mini", "standard", "full", "fast")
 
@@ -160,6 +169,54 @@ def inflight_index() -> str:
 def spend(team: str) -> str:
     """A team's spend in micro-USD, a hash of ``d:YYYYMMDD`` and ``m:YYYYMM`` fields (fleet.budgets)."""
     return f"{PREFIX}spend:{team}"
+
+
+def fair_teams(tier: str) -> str:
+    """The teams with jobs waiting or running on ``tier`` (a set, fleet.fairness)."""
+    return f"{PREFIX}fair:{tier}:teams"
+
+
+def fair_waiting(tier: str, team: str) -> str:
+    """A team's jobs waiting in ``tier``'s queue: a sorted set of job ids scored by when their mark
+    lapses (ms). Ends with the team's name: ``fair_admit.lua`` builds it from the prefix (team "")."""
+    return f"{PREFIX}fair:{tier}:wait:{team}"
+
+
+def fair_delayed(tier: str, team: str) -> str:
+    """Those of a team's waiting jobs that cannot start before a time (they went back to the queue
+    for a countdown): a sorted set of job ids scored by that time (ms). Ends with the team's name."""
+    return f"{PREFIX}fair:{tier}:later:{team}"
+
+
+def fair_running(tier: str, team: str) -> str:
+    """A team's jobs running on ``tier``: a sorted set of job ids scored by when their lease lapses
+    (ms). Ends with the team's name, as :func:`fair_waiting`."""
+    return f"{PREFIX}fair:{tier}:run:{team}"
+
+
+def batch_job(task_id: str) -> str:
+    """A job in the batch lane: its request and envelope, its link and deadline (fleet.batch)."""
+    return f"{PREFIX}batch:job:{task_id}"
+
+
+def batch_pool(link: str) -> str:
+    """The jobs waiting for a batch on one ``provider:model``: a sorted set scored by when they came."""
+    return f"{PREFIX}batch:pool:{link}"
+
+
+def batch_pools() -> str:
+    """The set of links whose pools may hold jobs."""
+    return f"{PREFIX}batch:pools"
+
+
+def batch_inflight() -> str:
+    """The batches in flight: a hash of the fleet's batch id to its record (provider, jobs, times)."""
+    return f"{PREFIX}batch:inflight"
+
+
+def batch_pump() -> str:
+    """The lease of the one batch worker that pools, submits and polls at a time."""
+    return f"{PREFIX}batch:pump"
 
 
 def costs() -> str:

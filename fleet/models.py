@@ -30,6 +30,7 @@ from fleet.errors import InvalidRequest
 __all__ = [
     "DEFAULT_MAX_PROMPT_BYTES",
     "Attempt",
+    "BatchAnswer",
     "ChatMessage",
     "Complexity",
     "Hints",
@@ -93,6 +94,9 @@ class Hints(_Strict):
     requires_reasoning: StrictBool = False
     safety_critical: StrictBool = False
     latency_budget_ms: StrictInt | None = Field(default=None, gt=0, le=86_400_000)
+    #: Seconds after submission by which the answer is wanted. A deadline at or above
+    #: ``batch.min_deadline_s`` sends the job to the batch lane (a provider batch, at batch prices).
+    deadline_s: StrictInt | None = Field(default=None, gt=0, le=86_400)
     files: list[ShortStr] = Field(default_factory=list, max_length=10_000)
 
 
@@ -309,6 +313,17 @@ class Attempt(_Strict):
     reasoning_tokens: int = 0
     cost_usd: float = 0.0
     error: str | None = None
+    #: The provider batch this call was an item of (priced at the model's batch price), if any.
+    batch_id: str | None = None
+
+
+class BatchAnswer(_Strict):
+    """A batch item's answer, carried to the job's tier worker: the job runs there as a live job
+    does (quality gate, cost line, result), with this answer in place of its chain's first call."""
+
+    batch_id: str
+    answer: str
+    attempt: Attempt
 
 
 class QualityCheck(_Strict):
@@ -394,6 +409,8 @@ class JobEnvelope(_Strict):
     shadow: ShadowOf | None = None
     #: Set on a pipeline's step: the pipeline, the step and the item it is.
     step: StepRef | None = None
+    #: Set when the job comes back from the batch lane with its answer (fleet.batch).
+    batch: BatchAnswer | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -463,7 +480,7 @@ class TaskResult(_Strict):
 #: Where a job is: waiting in a queue (``queued``), sent to its tier by the router (``routed``),
 #: running on a worker (``running``), or its final state.
 JobState = Literal[
-    "queued", "routed", "running", "completed", "escalated", "discarded", "cancelled", "failed"
+    "queued", "routed", "batched", "running", "completed", "escalated", "discarded", "cancelled", "failed"
 ]
 
 

@@ -17,12 +17,20 @@ from typing import Any
 import redis
 
 from fleet import brokers, keys
+from fleet.batch.lane import in_flight
 from fleet.budgets import queue_spend_reads, spend_of
 from fleet.escalations import RedisEscalationStore
 from fleet.limits import Bucket, CircuitBreaker, RateLimiter
 from fleet.settings import Settings, mask_url, parse_rate
 
-__all__ = ["budget_snapshot", "collect", "oldest_submitted_at", "prometheus_text", "queue_snapshot"]
+__all__ = [
+    "batch_snapshot",
+    "budget_snapshot",
+    "collect",
+    "oldest_submitted_at",
+    "prometheus_text",
+    "queue_snapshot",
+]
 
 
 def oldest_submitted_at(client: redis.Redis, queue: str) -> float | None:
@@ -113,7 +121,26 @@ def collect(
         "escalations_open": store.count("open"),
         "escalations_claimed": store.count("claimed"),
         "budgets": budget_snapshot(settings, client),
+        "batches": batch_snapshot(client),
     }
+
+
+def batch_snapshot(client: redis.Redis, now: float | None = None) -> dict[str, Any]:
+    """The batch lane: jobs pooled per ``provider:model``, and each batch in flight (its provider's
+    id, its items, how long it has been out, how long until its jobs fall back to live calls)."""
+    now = time.time() if now is None else now
+    members: Any = client.smembers(keys.batch_pools())
+    links = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+    pipe = client.pipeline(transaction=False)
+    for link in links:
+        pipe.zcard(keys.batch_pool(link))
+    pooled = {link: int(n) for link, n in zip(links, pipe.execute() if links else [], strict=True) if n}
+    flying = [
+        {"link": b.link, "batch_id": b.batch_id, "state": b.state, "items": len(b.jobs),
+         "age_s": round(now - b.created_at, 1), "fallback_in_s": round(b.fallback_at - now, 1)}
+        for b in in_flight(client)
+    ]  # fmt: skip
+    return {"pooled": pooled, "in_flight": flying}
 
 
 def budget_snapshot(settings: Settings, client: redis.Redis) -> dict[str, dict[str, Any]]:

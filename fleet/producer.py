@@ -32,11 +32,13 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 
 from fleet import keys, scripts, telemetry
-from fleet.app import ARGS_REPR, EXECUTE_TASK, ROUTE_TASK, FleetCelery, create_app
+from fleet.app import ARGS_REPR, BATCH_TASK, EXECUTE_TASK, ROUTE_TASK, FleetCelery, create_app
+from fleet.batch.config import batch_link
 from fleet.boundary import BoundaryRedis, broker_errors
 from fleet.budgets import enforce_read, queue_spend_reads, teams_to_check
 from fleet.discovery import broker_url, redis_client
 from fleet.errors import InvalidRequest, ResultTimeout, TaskFailed, TaskNotFound
+from fleet.fairness import FairnessSettings, marked_team, queue_wait
 from fleet.models import (
     JobEnvelope,
     JobStatus,
@@ -90,6 +92,8 @@ class Outgoing:
     envelope: JobEnvelope
     idempotency_key: str | None = None
     span: dict[str, Any] | None = None
+    #: Routed here and able to wait: it goes to the batch lane (fleet.batch), not its tier's queue.
+    batch: bool = False
 
     @property
     def id(self) -> str:
@@ -258,7 +262,9 @@ def prepare(settings: Settings, request: Request) -> Outgoing:
         )
     elif req.pipeline is None:
         envelope.routing = _routed_here(settings, req)
+    lane = envelope.routing is not None and batch_link(settings, req, envelope.routing) is not None
     return Outgoing(
+        batch=lane,
         payload=req.model_dump(mode="json", exclude_defaults=True),
         envelope=envelope,
         idempotency_key=req.idempotency_key,
@@ -367,9 +373,13 @@ def status_of(task_id: str, raw: bytes | str | None, record: Mapping[Any, Any] |
     return on_its_way(task_id, fields)
 
 
-def record_routing(client: BoundaryRedis, task_id: str, decision: RoutingDecision, ttl_s: int) -> None:
+def record_routing(
+    client: BoundaryRedis, task_id: str, decision: RoutingDecision, ttl_s: int, *,
+    team: str | None = None, fairness: FairnessSettings | None = None,
+) -> None:  # fmt: skip
     """The router's decision on the job's record (state ``routed``): one write, before the job is sent
-    on to its tier (so the tier's ``running`` cannot be overwritten by it)."""
+    on to its tier (so the tier's ``running`` cannot be overwritten by it). With ``team`` and
+    ``fairness`` on, the job is marked waiting for its team's share of the tier in the same write."""
     pipe = client.pipeline(transaction=False)
     pipe.hset(
         keys.job(task_id),
@@ -377,6 +387,8 @@ def record_routing(client: BoundaryRedis, task_id: str, decision: RoutingDecisio
                  "reasons": json.dumps(decision.reasons), "since": repr(time.time())},
     )  # fmt: skip
     pipe.expire(keys.job(task_id), ttl_s)
+    if team is not None and fairness is not None and fairness.enabled:
+        queue_wait(pipe, str(decision.tier), team, task_id, fairness.wait_ttl_s)
     pipe.execute()
 
 
@@ -387,7 +399,7 @@ def on_its_way(task_id: str, fields: dict[str, str]) -> JobStatus:
     reasons = json.loads(fields["reasons"]) if "reasons" in fields else []
     return JobStatus(
         task_id=task_id,
-        state=state if state in ("queued", "routed", "running") else "queued",
+        state=state if state in ("queued", "routed", "batched", "running") else "queued",
         queue=fields.get("queue"),
         submitted_at=float(fields["submitted_at"]) if "submitted_at" in fields else None,
         since=float(fields["since"]) if "since" in fields else None,
@@ -442,24 +454,32 @@ def enqueue_many(
     if not jobs:
         return
     pipe = client.pipeline(transaction=False)
-    queue_records(pipe, jobs, settings.broker.result_expires_s)
+    queue_records(pipe, jobs, settings.broker.result_expires_s, settings=settings)
     pipe.execute()
     publish(app, settings, jobs, client.fleet_url)
 
 
-def queue_records(pipe: Any, jobs: Iterable[Outgoing], ttl_s: int) -> None:
+def queue_records(
+    pipe: Any, jobs: Iterable[Outgoing], ttl_s: int, *, settings: Settings | None = None
+) -> None:
     """Queue on ``pipe`` (redis-py's, or redis.asyncio's) each job's record: state ``queued``, the
-    queue its message goes to, when it was submitted."""
+    queue its message goes to, when it was submitted. With ``settings``, a team's job sent straight
+    to a tier's queue is also marked waiting for its team's share of the tier (:mod:`fleet.fairness`)."""
     since = repr(time.time())
     for job in jobs:
         record = keys.job(job.id)
-        fields = {"state": "queued", "queue": _queue(job.envelope),
+        fields = {"state": "queued", "queue": _queue(job),
                   "submitted_at": repr(job.envelope.submitted_at), "since": since}  # fmt: skip
         routing = job.envelope.routing
         if routing is not None and routing.classifier != "pinned":  # routed here (in_producer, budget)
             fields |= {"state": "routed", "tier": str(routing.tier), "reasons": json.dumps(routing.reasons)}
         pipe.hset(record, mapping=fields)
         pipe.expire(record, ttl_s)
+        if (
+            settings is not None and routing is not None and fields["queue"] == str(routing.tier)
+            and (team := marked_team(settings, job.payload.get("metadata"))) is not None
+        ):  # fmt: skip
+            queue_wait(pipe, fields["queue"], team, job.id, settings.fairness.wait_ttl_s)
 
 
 def publish(app: FleetCelery, settings: Settings, jobs: Iterable[Outgoing], url: str | None) -> None:
@@ -484,14 +504,21 @@ def _submit_span(job: Outgoing) -> Iterator[None]:
         yield
 
 
-def _queue(envelope: JobEnvelope) -> str:
-    return str(envelope.routing.tier) if envelope.routing is not None else "router"
+def _queue(job: Outgoing) -> str:
+    if job.batch:
+        return "batch"
+    return str(job.envelope.routing.tier) if job.envelope.routing is not None else "router"
 
 
 def _send_task(app: FleetCelery, settings: Settings, job: Outgoing, producer: Any) -> None:
     args = [job.payload, job.envelope.model_dump(mode="json")]
-    queue = _queue(job.envelope)
-    if job.envelope.routing is not None:
+    queue = _queue(job)
+    if job.batch:
+        app.send_task(
+            BATCH_TASK, args=args, task_id=f"batch-{job.id}", queue="batch",
+            argsrepr=ARGS_REPR, kwargsrepr="{}", producer=producer, priority=job.priority,
+        )  # fmt: skip
+    elif job.envelope.routing is not None:
         timeout = settings.tier(queue).timeout_s
         app.send_task(
             EXECUTE_TASK,

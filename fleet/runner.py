@@ -17,17 +17,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fleet.chain import CANCELLED, THROTTLED, Chain
+from fleet.chain import CANCELLED, THROTTLED, Chain, ChainOutcome
 from fleet.errors import BrokerError, Reason
 from fleet.limits import Correction
 from fleet.middleware.base import Finish, Job, Middleware, Requeue, Restart, Skip
 from fleet.middleware.cancel import cancelled_result
 from fleet.middleware.start import JobStarter, StartPlan
 from fleet.middleware.tail import Flushed
-from fleet.models import TaskResult
+from fleet.models import BatchAnswer, TaskResult
 from fleet.settings import LimitsSettings
 
-__all__ = ["MAX_REQUEUES", "HandOver", "JobRunner", "Ran"]
+__all__ = ["MAX_REQUEUES", "HandOver", "JobRunner", "Ran", "batch_outcome"]
 
 #: Times a job may go back to its queue for rate limits before it is escalated as "throttled".
 MAX_REQUEUES = 50
@@ -108,7 +108,7 @@ class JobRunner:
         # The tier's chain, a link with a warm prompt cache for the job's kind first (fleet.affinity).
         links = job.links = self.chain.affinity.ordered(job.queue.links(), job.request.kind)
         plan.running_link = f"{links[0][0]}:{links[0][1]}" if links else ""
-        if plan.queue is not None:
+        if plan.queue is not None and job.envelope.batch is None:  # a batch's answer calls no link
             # The first link's admission rides with the queue's token, asked when that is due at once.
             plan.link = self.chain.first_gate(links, job.request)
             plan.link_within_s = self.limits.max_slot_wait_s
@@ -167,16 +167,23 @@ class JobRunner:
         """
         corrections: list[Correction] = []
         check = self.cancelled
-        try:
-            outcome = self.chain.run(
-                job.links if job.links is not None else job.queue.links(), job.request,
-                timeout_s=job.queue.timeout_s,
-                corrections=corrections, first=job.first_link, logprobs=self.logprobs,
-                cancelled=(lambda: check(job.id)) if check is not None else None,
-            )  # fmt: skip
-        finally:
-            for correction in corrections:
-                job.tail.correct(correction)
+        links = job.links if job.links is not None else job.queue.links()
+        answered = job.envelope.batch
+        if answered is not None:
+            # The batch lane's answer stands for the chain's call (fleet.batch); a requeue (the
+            # quality gate's upgrade) goes without it, to a live call.
+            job.envelope.batch = None
+            outcome = batch_outcome(answered, links)
+        else:
+            try:
+                outcome = self.chain.run(
+                    links, job.request, timeout_s=job.queue.timeout_s,
+                    corrections=corrections, first=job.first_link, logprobs=self.logprobs,
+                    cancelled=(lambda: check(job.id)) if check is not None else None,
+                )  # fmt: skip
+            finally:
+                for correction in corrections:
+                    job.tail.correct(correction)
         job.outcome = outcome
         attempts = [*job.envelope.attempts, *outcome.attempts]
         if outcome.reason == THROTTLED and job.envelope.requeues < MAX_REQUEUES:
@@ -202,3 +209,14 @@ class JobRunner:
             submitted_at=job.envelope.submitted_at,
             finished_at=time.time(),
         )
+
+
+def batch_outcome(answered: BatchAnswer, links: Sequence[tuple[str, str]]) -> ChainOutcome:
+    """A batch item's answer as the chain's outcome: its attempt, on the link it was asked of."""
+    attempt = answered.attempt
+    pair = (attempt.provider, attempt.model)
+    index = list(links).index(pair) if pair in links else 0
+    return ChainOutcome(
+        attempts=[attempt], answer=answered.answer, provider=attempt.provider, model=attempt.model,
+        link_index=index,
+    )  # fmt: skip

@@ -19,7 +19,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from fleet import keys, telemetry
-from fleet.app import EXECUTE_TASK, NOTIFY_TASK, ROUTE_TASK, FleetCelery, encode_result
+from fleet.app import ARGS_REPR, EXECUTE_TASK, NOTIFY_TASK, ROUTE_TASK, FleetCelery, encode_result
+from fleet.batch.lane import BatchPump
+from fleet.batch.middleware import BatchLane
 from fleet.boundary import BoundaryRedis, broker_errors
 from fleet.brokers import is_redis
 from fleet.callbacks import send_callback
@@ -27,6 +29,7 @@ from fleet.chain import Chain
 from fleet.discovery import redis_client
 from fleet.errors import BrokerError, InvalidRequest, ProviderError, Reason
 from fleet.escalations import NewEscalation, RedisEscalationStore
+from fleet.fairness import FairShare
 from fleet.handoff import Handoff
 from fleet.limits import CircuitBreaker, RateLimiter
 from fleet.middleware.base import Job, Middleware
@@ -44,6 +47,7 @@ from fleet.middleware.telemetry import Telemetry
 from fleet.models import JobEnvelope, RoutingDecision, TaskRequest, TaskResult, Tier, validate_request
 from fleet.pipelines.engine import Pipelines
 from fleet.pipelines.middleware import PipelineStep
+from fleet.providers.batch import BatchAPI, batch_api
 from fleet.providers.config import split_links
 from fleet.quality.feedback import PassRates, read_rates
 from fleet.quality.gate import QualityGate
@@ -103,12 +107,14 @@ class Runtime:
             Cancellation(),
             JobLock(redis_drop(self.client), Liveness(self.client, settings.recovery.worker_ttl_s).holds),
             PoisonGuard(settings.limits.max_deliveries, self.handoff.job),
+            FairShare(self.client, settings.fairness, settings.budgets),  # before a slot is waited for
             QueueRateLimit(settings.limits),
             ChaosHook(settings.chaos),
             QualityGate(quality, judge, self.handoff.job, self._polish_links),
             ShadowRun(settings.router.shadow_rate, judge, self._send_shadow),
             CostRecord(settings),
             Recovery(self._heartbeat),
+            BatchLane(self._batch_pump),
             PipelineStep(self.pipelines),
             Callback(functools.partial(send_callback, self.app)),
         ]
@@ -129,6 +135,28 @@ class Runtime:
     def _polish_links(self, tier: str, exact: bool = False) -> list[tuple[str, str]]:
         own = self.settings.tier(tier).links()
         return own if exact else split_links(self.settings.quality.polish) or own
+
+    def _batch_pump(self) -> BatchPump | None:
+        """The batch lane's pump, in a worker that consumes the ``batch`` queue (else None)."""
+        if "batch" not in (self.app.amqp.queues.consume_from or ()):
+            return None
+        return BatchPump(self.client, self.settings, self._batch_api, self.send_on)
+
+    def _batch_api(self, provider: str) -> BatchAPI | None:
+        return batch_api(self.chain.provider(provider)) if provider in self.settings.providers else None
+
+    def send_on(self, payload: object, envelope: JobEnvelope) -> None:
+        """Send a routed job to its tier's queue (from the batch lane), its record saying so."""
+        if envelope.routing is None:
+            raise ValueError(f"job {envelope.id} has no routing: it cannot go to a tier")
+        tier = str(envelope.routing.tier)
+        with broker_errors(self.client.fleet_url):
+            self.client.hset(keys.job(envelope.id), mapping={"state": "routed", "queue": tier,
+                                                             "since": repr(time.time())})  # fmt: skip
+            self.app.send_task(
+                EXECUTE_TASK, args=[payload, envelope.model_dump(mode="json")], task_id=envelope.id,
+                argsrepr=ARGS_REPR, kwargsrepr="{}", **self.queue_options(tier),
+            )  # fmt: skip
 
     def _send_shadow(self, payload: object, envelope: JobEnvelope) -> None:
         with broker_errors(self.client.fleet_url):

@@ -1,10 +1,11 @@
 """The fleet's Lua scripts: one file each under ``fleet/lua/``, loaded by name (Dramatiq's
 ``rate_limits/backends/redis.py`` is the model).
 
-A script is built from its library files (functions shared by several scripts: ``gcra.lua``,
-``breaker_allow.lua``, ``gate.lua``, ``adjust_fn.lua``) followed by its main part. The typed wrappers
-that build each script's KEYS and ARGV, and turn its reply into a dataclass, live beside their
-callers: :mod:`fleet.limits.redis`, :mod:`fleet.middleware.start` and :mod:`fleet.middleware.tail`.
+A script is built from its library files (functions shared by several scripts, or kept apart as a
+concern of their own: ``gcra.lua``, ``breaker_allow.lua``, ``gate.lua``, ``adjust_fn.lua``,
+``fair_admit.lua``) followed by its main part. The typed wrappers that build each script's KEYS and
+ARGV, and turn its reply into a dataclass, live beside their callers: :mod:`fleet.limits.redis`,
+:mod:`fleet.middleware.start` and :mod:`fleet.middleware.tail`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "claim": ("claim",),
     "drop_if_owner": ("drop_if_owner",),
     "job_finish": ("adjust_fn", "job_finish"),
-    "job_start": ("gcra", "breaker_allow", "gate", "job_start"),
+    "job_start": ("gcra", "breaker_allow", "gate", "fair_admit", "job_start"),
     "pace": ("adjust_fn", "pace"),
     "pipeline_step": ("pipeline_step",),
     "priority_put": ("priority_put",),

@@ -41,9 +41,11 @@ from pydantic import (
     model_validator,
 )
 
+from fleet.batch.config import BatchSettings
 from fleet.brokers import AMQP_SCHEMES, REDIS_SCHEMES
 from fleet.budgets import BudgetSettings, TeamBudget
 from fleet.errors import ConfigError
+from fleet.fairness import FairnessSettings
 from fleet.keys import QUEUES, TIER_QUEUES
 from fleet.middleware.chaos import ChaosSettings
 from fleet.models import DEFAULT_MAX_PROMPT_BYTES, Tier
@@ -71,6 +73,7 @@ __all__ = [
     "BrokerSettings",
     "BudgetSettings",
     "EscalationSettings",
+    "FairnessSettings",
     "FlowerSettings",
     "QueueSettings",
     "Settings",
@@ -373,6 +376,8 @@ class Settings(_Section):
     quality: QualitySettings = Field(default_factory=QualitySettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    fairness: FairnessSettings = Field(default_factory=FairnessSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     #: ``config/pipelines.toml``: read and checked by :func:`fleet.pipelines.config.load_pipelines`.
     pipelines: dict[str, Pipeline] = Field(default_factory=dict, exclude=True)
 
@@ -553,6 +558,8 @@ def _read_files(root: Path, profile: str | None) -> tuple[dict[str, Any], _Sourc
         if qfile.is_file():
             queues[name] = {"name": name, **_read_toml(qfile)}
             sources[("queues", name)] = str(qfile)
+        elif name == "batch":  # a config directory from before the batch lane: its defaults
+            queues[name] = {"name": name, "concurrency": 2, "timeout_s": 60.0}
     data["queues"] = _merge(queues, data.get("queues", {}))
     return data, sources
 

@@ -8,6 +8,7 @@ die with the supervisor (PR_SET_PDEATHSIG), so no process outlives it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -201,8 +202,14 @@ class Supervisor:
             "--seed", str(mock.seed),
             "--timeout-sleep-s", str(mock.timeout_sleep_s),
         ]  # fmt: skip
+        patch: dict[str, object] = {
+            "batch_delay_s": mock.batch_delay_s,
+            "batch_failure_rate": mock.batch_failure_rate,
+            "prompt_cache": mock.prompt_cache,
+        }
         if mock.simulate_quality:
-            argv += ["--config-json", '{"quality": {"enabled": true}}']
+            patch["quality"] = {"enabled": True}
+        argv += ["--config-json", json.dumps(patch)]
         self.mock = Child("mock-provider", argv, env=dict(os.environ), log_file=self.log_dir / "mock.log")
         self.mock.start(capture_stdout=True)
         assert self.mock.process is not None and self.mock.process.stdout is not None

@@ -17,6 +17,7 @@ from celery.exceptions import Ignore, Reject
 from fleet import telemetry
 from fleet.app import (
     ARGS_REPR,
+    BATCH_TASK,
     CALLBACK_TASK,
     EXECUTE_TASK,
     LEGACY_NOTIFY_TASK,
@@ -25,7 +26,10 @@ from fleet.app import (
     ROUTE_TASK,
     app,
 )
+from fleet.batch.config import batch_link
+from fleet.batch.lane import pool_job
 from fleet.boundary import BROKER_ERRORS
+from fleet.budgets import team_of
 from fleet.callbacks import deliver
 from fleet.errors import InvalidRequest, Reason
 from fleet.escalations import NewEscalation
@@ -36,7 +40,7 @@ from fleet.producer import record_routing
 from fleet.router import decide
 from fleet.runtime import Runtime, get_runtime
 
-__all__ = ["FleetTask", "callback", "execute", "notify", "route"]
+__all__ = ["FleetTask", "batch", "callback", "execute", "notify", "route"]
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +62,8 @@ class FleetTask(Task[Any, Any]):
 def route(self: Task[Any, Any], request: Any = None, job: Any = None) -> None:
     """Classify a job and enqueue it on its tier's queue, keeping its id."""
     runtime = get_runtime()
-    checked = runtime.validate(self, request, job)
-    if isinstance(checked, TaskResult):
-        # The router stores no results: its escalation's result goes under the job's id.
-        app.backend.store_result(checked.task_id, checked.model_dump(mode="json"), "SUCCESS")
+    checked = _checked(runtime, self, request, job)
+    if checked is None:
         return
     req, envelope = checked
     if req.pipeline is not None:
@@ -72,13 +74,55 @@ def route(self: Task[Any, Any], request: Any = None, job: Any = None) -> None:
     envelope.routing = decide(req, settings.router, ask=ask, feedback=runtime.feedback())
     span = telemetry.task_span("route", {"fleet.task_id": envelope.id, "fleet.kind": req.kind})
     telemetry.set_routing(span, envelope.routing)
-    record_routing(runtime.client, envelope.id, envelope.routing, settings.broker.result_expires_s)
+    link = batch_link(settings, req, envelope.routing)
+    if link is not None:  # it can wait: a provider batch, at batch prices
+        envelope.routing.reasons.append(
+            f"hints.deadline_s {req.hints.deadline_s}: the batch lane ({link[0]}:{link[1]})"
+        )
+        app.send_task(
+            BATCH_TASK, args=[request, envelope.model_dump(mode="json")], task_id=f"batch-{envelope.id}",
+            queue="batch", argsrepr=ARGS_REPR, kwargsrepr="{}",
+        )  # fmt: skip
+        return
+    record_routing(
+        runtime.client, envelope.id, envelope.routing, settings.broker.result_expires_s,
+        team=team_of(settings.budgets, req.metadata), fairness=settings.fairness,
+    )  # fmt: skip
     timeout = settings.tier(envelope.routing.tier).timeout_s
     app.send_task(
         EXECUTE_TASK, args=[request, envelope.model_dump(mode="json")], task_id=envelope.id,
         queue=str(envelope.routing.tier), time_limit=math.ceil(timeout + 30),
         soft_time_limit=math.ceil(timeout), argsrepr=ARGS_REPR, kwargsrepr="{}", priority=req.priority,
     )  # fmt: skip
+
+
+@app.task(name=BATCH_TASK, bind=True, ignore_result=True, base=FleetTask)
+def batch(self: Task[Any, Any], request: Any = None, job: Any = None) -> None:
+    """Pool a job that can wait for its provider's next batch (:mod:`fleet.batch`); its message is
+    acked once the job is in Redis."""
+    runtime = get_runtime()
+    checked = _checked(runtime, self, request, job)
+    if checked is None:
+        return
+    req, envelope = checked
+    routing = envelope.routing
+    link = batch_link(runtime.settings, req, routing) if routing is not None else None
+    if link is None or req.hints.deadline_s is None:  # the lane is off on this worker: a live job
+        runtime.send_on(request, envelope)
+        return
+    pool_job(runtime.client, request, envelope, link, req.hints.deadline_s)
+
+
+def _checked(
+    runtime: Runtime, task: Task[Any, Any], request: Any, job: Any
+) -> tuple[TaskRequest, JobEnvelope] | None:
+    """A routing task's message validated, or None once an invalid one went to people. These tasks
+    store no results: the escalation's result goes under the job's id."""
+    checked = runtime.validate(task, request, job)
+    if isinstance(checked, TaskResult):
+        app.backend.store_result(checked.task_id, checked.model_dump(mode="json"), "SUCCESS")
+        return None
+    return checked
 
 
 def _start_pipeline(runtime: Runtime, req: TaskRequest, envelope: JobEnvelope, request: Any) -> None:

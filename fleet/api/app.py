@@ -216,7 +216,7 @@ def _task_routes(settings: Settings, fleet: _Fleet) -> APIRouter:
     @api.get("/v1/tasks/{task_id}", tags=["tasks"])
     def get_task(task_id: str) -> dict[str, Any]:
         """The job's TaskResult when it has a final state, else its JobStatus: ``state`` (queued,
-        routed, running), ``queue``, ``since``, ``tier`` and ``reasons``, ``worker``, ``link``,
+        routed, batched, running), ``queue``, ``since``, ``tier`` and ``reasons``, ``worker``, ``link``,
         ``attempt``, ``cancelling``; 404 for an id nobody submitted."""
         return fleet.task(task_id)
 

@@ -79,6 +79,11 @@ def costs(
         f"prompt caches: {data['cached_input_tokens']:,} input tokens read from them "
         f"({data['cache_hit_ratio']:.1%} of input), saving ${data['cache_saving_usd']:.4f}"
     )
+    if data["batch_jobs"]:
+        out_console.print(
+            f"batch lane: {data['batch_jobs']} jobs answered from provider batches, "
+            f"saving ${data['batch_saving_usd']:.4f} on live prices"
+        )
     if data["shadow"]["runs"]:
         shadow = data["shadow"]
         out_console.print(

@@ -70,6 +70,12 @@ def submit(
     ] = False,
     safety_critical: Annotated[bool, typer.Option("--safety-critical", help="Hint: send to full.")] = False,
     latency_budget_ms: Annotated[int | None, typer.Option(help="Hint: latency budget in ms.")] = None,
+    deadline_s: Annotated[
+        int | None,
+        typer.Option(
+            help="Hint: the answer is wanted within S seconds; long enough, it goes to a provider batch."
+        ),
+    ] = None,
     files: Annotated[list[str] | None, typer.Option("--file", help="Hint: a file the job touches.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Upper bound of the answer's tokens.")] = None,
     priority: Annotated[
@@ -92,6 +98,8 @@ def submit(
     A pipeline: fleet submit --pipeline extract_reason - < meeting-notes.txt
 
     Ahead of its tier's backlog: fleet submit "Reply to this customer: ..." --tier fast --priority 9
+
+    Can wait a day (the batch lane, at batch prices): fleet submit "Summarise ..." --deadline-s 86400
     """
     from fleet.producer import Client
 
@@ -105,6 +113,7 @@ def submit(
                 requires_reasoning=requires_reasoning or None,
                 safety_critical=safety_critical or None,
                 latency_budget_ms=latency_budget_ms,
+                deadline_s=deadline_s,
             ),
         }
         request = {
@@ -224,8 +233,9 @@ def job(
     as_json: Annotated[bool, typer.Option("--json", help="Print the JobStatus as JSON.")] = False,
 ) -> None:
     """Where a job is now: queued (which queue, how long it has waited), routed (the tier and the
-    router's reasons), running (the worker, the chain's first link, the delivery), or its final state
-    (completed, escalated, discarded). An id nobody submitted exits 8 at once.
+    router's reasons), batched (in the batch lane, waiting for a provider batch), running (the worker,
+    the chain's first link, the delivery), or its final state (completed, escalated, discarded). An
+    id nobody submitted exits 8 at once.
 
     Example: fleet job 3f2a... --json
     """

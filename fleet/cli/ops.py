@@ -88,6 +88,15 @@ def status(
             state = "[red]at budget[/]" if b["over"] else ""
             budgets.add_row(team, f"${b['day_usd']:.2f}", limit[0], f"${b['month_usd']:.2f}", limit[1], state)
         out_console.print(budgets)
+    batches = data.get("batches") or {}
+    if batches.get("pooled") or batches.get("in_flight"):
+        table = Table("link", "batch", "state", "items", "out for", "falls back in", title="batch lane")
+        for link, n in batches["pooled"].items():
+            table.add_row(link, "-", "pooled", str(n), "", "")
+        for b in batches["in_flight"]:
+            table.add_row(b["link"], b["batch_id"] or "-", b["state"], str(b["items"]), f"{b['age_s']:.0f}s",
+                          f"{max(0.0, b['fallback_in_s']):.0f}s")  # fmt: skip
+        out_console.print(table)
 
 
 def _pool_sizes(app: Any, timeout: float) -> dict[str, tuple[str, int, tuple[int, int] | None]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from fleet import keys, scripts
+from fleet.fairness import FairAnswer, FairAsk
 from fleet.limits import Bucket, Gate, GateAnswer, MemoryLimiter, Reservation
 from fleet.limits.redis import acquire_args, gate_answer, gate_layout
 
@@ -57,6 +58,8 @@ class StartPlan:
     link_within_s: float = 0.0
     #: Mark the job ``running`` on its record, with the chain's first link (``provider:model``).
     running_link: str = ""
+    #: The job's team's share of its tier (FairShare), asked once the lock is ours, before any token.
+    fair: FairAsk | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +69,8 @@ class StartAnswer:
     ``state``: ``done`` (the job already has its final result), ``cancelled`` (its record is marked
     cancelled: nothing was taken), ``locked`` (another worker runs it:
     ``holder``, its lock's ``holder_ttl_s``), ``poison`` (past the delivery limit; the lock is ours)
-    or ``ok`` (the lock is ours; ``queue`` and ``link`` answer the parts that were asked).
+    or ``ok`` (the lock is ours; ``queue``, ``link`` and ``fair`` answer the parts that were asked:
+    a job its fair share refuses took no token, and its ``queue`` and ``link`` are None).
     """
 
     state: Literal["done", "cancelled", "locked", "poison", "ok"]
@@ -75,6 +79,7 @@ class StartAnswer:
     deliveries: int = 1
     queue: Reservation | None = None
     link: GateAnswer | None = None
+    fair: FairAnswer | None = None
 
 
 class JobStarter(Protocol):
@@ -115,7 +120,7 @@ class RedisJobStarter:
             script_keys += link_keys
             args += link_args
         script_keys.append(keys.job(plan.task_id))
-        args.append(plan.running_link)
+        args += [plan.fair.spec(plan.task_id) if plan.fair is not None else "", plan.running_link]
         return script_keys, args
 
     def start(self, plan: StartPlan) -> StartAnswer:
@@ -136,7 +141,11 @@ class RedisJobStarter:
         link = None
         if plan.link is not None and _text(reply[4]) != "":
             link = gate_answer(plan.link, *reply[4:8])
-        return StartAnswer("ok", deliveries=int(reply[1]), queue=queue, link=link)
+        fair = None
+        if plan.fair is not None and _text(reply[8]) != "":
+            own, running, teams, waiting = (int(n) for n in reply[9:13])
+            fair = FairAnswer(bool(int(reply[8])), own, running, teams, waiting)
+        return StartAnswer("ok", deliveries=int(reply[1]), queue=queue, link=link, fair=fair)
 
 
 @dataclass
@@ -164,7 +173,8 @@ class MemoryJobs:
 
 
 class MemoryJobStarter:
-    """The job's start in one process (locks never expire here: tests release them)."""
+    """The job's start in one process (locks never expire here: tests release them; a team's fair
+    share is not asked here: it is tested on a real broker)."""
 
     def __init__(self, jobs: MemoryJobs, limiter: MemoryLimiter) -> None:
         self.jobs = jobs

@@ -46,6 +46,9 @@ class ModelSettings(_Section):
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
     #: USD per million input tokens written to the prompt cache (None: the input price).
     cache_write_per_mtok: float | None = Field(default=None, ge=0)
+    #: The share of the list price a provider batch's item costs (OpenAI's Batch API and Anthropic's
+    #: Message Batches: half).
+    batch_price_ratio: float = Field(default=0.5, gt=0, le=1)
 
     def cost(self, input_tokens: int, output_tokens: int, cached: int = 0, written: int = 0) -> float:
         """USD for one call of this model; ``cached`` and ``written`` of the input tokens were read
@@ -57,6 +60,10 @@ class ModelSettings(_Section):
             + written * self._write_price
             + output_tokens * self.output_per_mtok
         ) / 1_000_000
+
+    def batch_saving(self, batch_cost: float) -> float:
+        """What a batch item that cost ``batch_cost`` would have cost more as a live call, in USD."""
+        return batch_cost / self.batch_price_ratio - batch_cost
 
     def cache_saving(self, cached: int, written: int) -> float:
         """What the prompt cache saved on one call, in USD (a write's surcharge counts against it)."""
@@ -87,6 +94,9 @@ class ProviderSettings(_Section):
     #: Send prompt-cache hints: OpenAI's ``prompt_cache_key`` (the job's kind), Anthropic's
     #: ``cache_control`` on a system prompt long enough to cache (about 1,024 tokens and up).
     prompt_cache: bool = False
+    #: The provider takes batches (OpenAI's ``/files`` + ``/batches``, Anthropic's
+    #: ``/v1/messages/batches``): jobs that can wait go to the batch lane on its models (fleet.batch).
+    batch: bool = True
     #: The provider's models by name, with their prices, context windows and rate limits.
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     #: Resolved from ``api_key_env`` at load time; never printed, logged or traced.
@@ -123,6 +133,12 @@ class MockSettings(_Section):
     #: SIMULATE model quality in the mock (capability per model, flawed answers, a judge's accuracy:
     #: fleet.providers.mock_quality), so the quality gate has something to catch. Needs "http".
     simulate_quality: bool = False
+    #: SIMULATED batch APIs: a batch ends this long after it was created (real ones: minutes to
+    #: hours, within 24 h), and each of its items fails with this probability.
+    batch_delay_s: float = Field(default=30.0, ge=0.0)
+    batch_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: SIMULATED prompt caching of long repeated prefixes (off: a workload's cost without caches).
+    prompt_cache: bool = True
 
     @model_validator(mode="after")
     def _inline_has_no_faults(self) -> MockSettings:

@@ -55,7 +55,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from fleet.providers.mock_answers import MockCall as _Call
 from fleet.providers.mock_answers import Wire
 from fleet.providers.mock_batch import BatchBook, batch_routes
-from fleet.providers.mock_cache import PromptCache
+from fleet.providers.mock_cache import CacheUse, PromptCache
 from fleet.providers.mock_quality import Simulation, TruthBook, decide_answer, job_prompt, simulate
 from fleet.providers.mock_quota import MockQuota, Quotas, quota_headers
 from fleet.providers.mock_wire import (
@@ -138,6 +138,9 @@ class MockConfig(BaseModel):
     #: created, and each of its items fails with this probability.
     batch_delay_s: float = Field(default=30.0, ge=0.0)
     batch_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: SIMULATED prompt caching of long repeated prefixes (:mod:`fleet.providers.mock_cache`); off:
+    #: every prompt is read in full (a workload's cost without the providers' caches).
+    prompt_cache: bool = True
 
     @field_validator("faults_by_model")
     @classmethod
@@ -343,7 +346,7 @@ async def _answer(request: Request, state: _State, parsed: _Call) -> Response:
     await asyncio.sleep(state.config.timeout_sleep_s if kind == "timeout" else latency)
     if kind == "malformed_response":
         return Response(MALFORMED, media_type="application/json")
-    cache = state.cache.use(parsed, time.monotonic())
+    cache = state.cache.use(parsed, time.monotonic()) if state.config.prompt_cache else CacheUse()
     sim = state.config.quality
     if kind == "ok" and sim.enabled:
         simulated = simulate(sim, state.config.seed, state.book, parsed, base.hex())

@@ -15,7 +15,7 @@ AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 def test_rabbitmq_queues_are_quorum_queues_with_the_delivery_limit_and_dead_letters() -> None:
     settings = load_settings(env={}, overrides={"limits.max_deliveries": 4})
     queues = brokers.queues(settings, AMQP)
-    assert {q.name for q in queues} == {"router", "mini", "standard", "full", "fast", "escalations"}
+    assert {q.name for q in queues} == {"router", "mini", "standard", "full", "fast", "batch", "escalations"}
     for queue in queues:
         assert queue.durable
         assert queue.queue_arguments == {

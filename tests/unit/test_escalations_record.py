@@ -47,6 +47,7 @@ def test_every_record_the_dict_store_wrote_loads_and_dumps_to_the_same_json(docu
         assert attempt.pop("purpose") == "answer"
         for added in ("cached_input_tokens", "cache_write_tokens", "reasoning_tokens"):
             assert attempt.pop(added) == 0
+        assert attempt.pop("batch_id") is None
     assert dumped == document
     assert list(dumped) == list(document)
     assert json.loads(record.dump())["attempts"] == record.model_dump(mode="json")["attempts"]

@@ -26,7 +26,7 @@ def _copy_config(tmp_path: Path) -> Path:
 
 def test_defaults_load_with_every_queue_and_a_chain_per_tier() -> None:
     settings = load_settings(env={})
-    assert set(settings.queues) == {"router", "mini", "standard", "full", "fast", "escalations"}
+    assert set(settings.queues) == {"router", "mini", "standard", "full", "fast", "batch", "escalations"}
     for tier in ("mini", "standard", "full", "fast"):
         assert len(settings.tier(tier).links()) >= 2
     assert settings.visibility_timeout() > max(q.timeout_s for q in settings.queues.values())
@@ -206,3 +206,8 @@ def test_each_owners_settings_load_without_fleet_settings(module: str) -> None:
     code = f"import sys, {module}; assert 'fleet.settings' not in sys.modules, sorted(sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(Path(fleet.__file__).resolve().parents[1])}
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env)
+
+
+def test_a_batch_lane_whose_jobs_could_not_fall_back_in_time_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"min_deadline_s \(100\) must be at least max_wait_s \+ poll_s"):
+        load_settings(env={}, overrides={"batch.min_deadline_s": 100})

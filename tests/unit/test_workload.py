@@ -78,8 +78,11 @@ def test_the_mix_exercises_every_routing_path() -> None:
     assert any(j.hints.requires_reasoning for j in jobs)
     assert {j.hints.complexity for j in jobs if j.hints.complexity} == {"low", "medium", "high"}
     assert 8 <= sum(j.response_schema is not None for j in jobs) <= 15
-    hinted = sum("hints" in job for job in load_workload())
+    # (a deadline is no routing hint: it only sends the job to the batch lane)
+    hinted = sum(bool(set(job.get("hints", {})) - {"deadline_s"}) for job in load_workload())
     assert 0.35 <= hinted / len(jobs) <= 0.65
+    deadlines = sum(j.hints.deadline_s is not None for j in jobs)
+    assert 0.15 <= deadlines / len(jobs) <= 0.35
 
 
 @pytest.mark.parametrize("n", [10, 400])
