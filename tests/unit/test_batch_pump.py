@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -22,8 +23,22 @@ from fleet.providers.batch import BatchAPI, batch_api
 from fleet.providers.mock_server import MockConfig, MockServerThread
 from fleet.settings import Settings, load_settings
 
+from ..conftest import flush_fleet_keys
+
 LANE = {"batch.min_deadline_s": 100, "batch.max_wait_s": 5, "batch.poll_s": 1, "batch.fallback_margin_s": 20,
         "batch.max_items": 3}  # fmt: skip
+
+
+@pytest.fixture
+def lane_redis(broker_url: str) -> Iterator[redis.Redis]:
+    """A database of its own: the batch workers of fleets on the session's broker pump its first
+    ones (and would take these tests' pools)."""
+    parts = urlsplit(broker_url)
+    url = urlunsplit((parts.scheme, parts.netloc, "/13", parts.query, parts.fragment))
+    flush_fleet_keys(url)
+    client = redis.Redis.from_url(url)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -94,20 +109,20 @@ def _wait_ended(pump: BatchPump) -> None:
 
 
 def test_a_young_pool_waits_and_an_old_one_goes_out_as_one_batch(
-    settings: Settings, clean_redis: redis.Redis, http: httpx.Client
+    settings: Settings, lane_redis: redis.Redis, http: httpx.Client
 ) -> None:
     clock = Clock()
-    pump, sent = _pump(settings, clean_redis, http, clock)
-    ids = _pool(clean_redis, settings, 2)
+    pump, sent = _pump(settings, lane_redis, http, clock)
+    ids = _pool(lane_redis, settings, 2)
     # A pool of 2 (under max_items 3) younger than max_wait_s: nothing is submitted
     counts = pump.step()
-    assert counts is not None and counts.submitted == 0 and not in_flight(clean_redis)
+    assert counts is not None and counts.submitted == 0 and not in_flight(lane_redis)
     # Once it is old enough, it goes out as one batch on the tier's first link (the mock's batch
     # ends at once: the same pass polls it and delivers)
     clock.now += 6
     counts = pump.step()
     assert counts is not None and counts.submitted == 1 and counts.answered == 2, counts
-    assert clean_redis.zcard(keys.batch_pool("openai:gpt-4.1-mini")) == 0 and not in_flight(clean_redis)
+    assert lane_redis.zcard(keys.batch_pool("openai:gpt-4.1-mini")) == 0 and not in_flight(lane_redis)
     batch_ids = {e.batch.batch_id for e in sent if e.batch is not None}
     assert len(batch_ids) == 1 and next(iter(batch_ids)).startswith("batch_")
     # Each job goes to its tier with its item's answer, priced at half the list price
@@ -118,17 +133,17 @@ def test_a_young_pool_waits_and_an_old_one_goes_out_as_one_batch(
         a = env.batch.attempt
         assert a.batch_id in batch_ids and a.outcome == "ok" and a.link == "openai:gpt-4.1-mini"
         assert a.cost_usd == pytest.approx(model.cost(a.input_tokens, a.output_tokens) * 0.5)
-    assert not clean_redis.exists(*(keys.batch_job(i) for i in ids))
+    assert not lane_redis.exists(*(keys.batch_job(i) for i in ids))
 
 
 def test_a_full_pool_goes_at_once_and_anthropic_batches_work_the_same(
-    settings: Settings, clean_redis: redis.Redis, http: httpx.Client
+    settings: Settings, lane_redis: redis.Redis, http: httpx.Client
 ) -> None:
-    pump, sent = _pump(settings, clean_redis, http, Clock())
-    ids = _pool(clean_redis, settings, 4, tier=Tier.STANDARD)  # standard's first link: anthropic
+    pump, sent = _pump(settings, lane_redis, http, Clock())
+    ids = _pool(lane_redis, settings, 4, tier=Tier.STANDARD)  # standard's first link: anthropic
     counts = pump.step()  # 3 (max_items) at once, young as they are; 1 stays
     assert counts is not None and counts.submitted == 1
-    assert clean_redis.zcard(keys.batch_pool("anthropic:claude-sonnet-4-5")) == 1
+    assert lane_redis.zcard(keys.batch_pool("anthropic:claude-sonnet-4-5")) == 1
     _wait_ended(pump)
     assert len(sent) == 3 and all(
         e.batch is not None and e.batch.batch_id.startswith("msgbatch_") for e in sent
@@ -137,13 +152,13 @@ def test_a_full_pool_goes_at_once_and_anthropic_batches_work_the_same(
 
 
 def test_failed_items_go_live_with_their_attempt(
-    settings: Settings, clean_redis: redis.Redis, http: httpx.Client, mock: MockServerThread
+    settings: Settings, lane_redis: redis.Redis, http: httpx.Client, mock: MockServerThread
 ) -> None:
     httpx.post(f"{mock.url}/_mock/config", json={"batch_failure_rate": 1.0}, timeout=5)
     try:
         clock = Clock()
-        pump, sent = _pump(settings, clean_redis, http, clock)
-        _pool(clean_redis, settings, 2)
+        pump, sent = _pump(settings, lane_redis, http, clock)
+        _pool(lane_redis, settings, 2)
         clock.now += 6
         pump.step()
         _wait_ended(pump)
@@ -157,16 +172,16 @@ def test_failed_items_go_live_with_their_attempt(
 
 
 def test_a_batch_that_will_not_end_in_time_is_cancelled_and_its_jobs_go_live(
-    settings: Settings, clean_redis: redis.Redis, http: httpx.Client, mock: MockServerThread
+    settings: Settings, lane_redis: redis.Redis, http: httpx.Client, mock: MockServerThread
 ) -> None:
     httpx.post(f"{mock.url}/_mock/config", json={"batch_delay_s": 3600}, timeout=5)
     try:
         clock = Clock()
-        pump, sent = _pump(settings, clean_redis, http, clock)
-        _pool(clean_redis, settings, 2, deadline_s=120)
+        pump, sent = _pump(settings, lane_redis, http, clock)
+        _pool(lane_redis, settings, 2, deadline_s=120)
         clock.now += 6
         pump.step()
-        (batch,) = in_flight(clean_redis)
+        (batch,) = in_flight(lane_redis)
         assert batch.state == "submitted" and batch.batch_id and not sent
         clock.now += 120 - 20 - 6 - 1  # one second before its fallback time: it still waits
         pump.step()
@@ -175,30 +190,30 @@ def test_a_batch_that_will_not_end_in_time_is_cancelled_and_its_jobs_go_live(
         pump.step()
     finally:
         httpx.post(f"{mock.url}/_mock/config", json={"batch_delay_s": 0.0}, timeout=5)
-    assert len(sent) == 2 and not in_flight(clean_redis)
+    assert len(sent) == 2 and not in_flight(lane_redis)
     assert all(e.batch is None and e.attempts[0].outcome == "batch_timeout" for e in sent)
 
 
 def test_a_pump_that_died_mid_submit_leaves_nothing_lost(
-    settings: Settings, clean_redis: redis.Redis, http: httpx.Client
+    settings: Settings, lane_redis: redis.Redis, http: httpx.Client
 ) -> None:
     clock = Clock()
-    pump, sent = _pump(settings, clean_redis, http, clock)
-    ids = _pool(clean_redis, settings, 2)
+    pump, sent = _pump(settings, lane_redis, http, clock)
+    ids = _pool(lane_redis, settings, 2)
     # A record written, its jobs out of their pool, and no batch made: the pump died there
     stale = InFlight("dead", "openai:gpt-4.1-mini", ids, clock.now, clock.now + 1000)
-    clean_redis.hset(keys.batch_inflight(), stale.id, stale.dumps())
-    clean_redis.zrem(keys.batch_pool("openai:gpt-4.1-mini"), *ids)
+    lane_redis.hset(keys.batch_inflight(), stale.id, stale.dumps())
+    lane_redis.zrem(keys.batch_pool("openai:gpt-4.1-mini"), *ids)
     pump.step()
     assert not sent  # it may still be submitting
     clock.now += 121
     pump.step()
-    assert sorted(e.id for e in sent) == ids and not in_flight(clean_redis)
+    assert sorted(e.id for e in sent) == ids and not in_flight(lane_redis)
 
 
-def test_one_pump_at_a_time(settings: Settings, clean_redis: redis.Redis, http: httpx.Client) -> None:
-    first, _ = _pump(settings, clean_redis, http, Clock())
-    second, _ = _pump(settings, clean_redis, http, Clock())
+def test_one_pump_at_a_time(settings: Settings, lane_redis: redis.Redis, http: httpx.Client) -> None:
+    first, _ = _pump(settings, lane_redis, http, Clock())
+    second, _ = _pump(settings, lane_redis, http, Clock())
     assert first.step() is not None
     assert second.step() is None  # the lease is held
     first.stop()  # hands it on at once
