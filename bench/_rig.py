@@ -135,6 +135,8 @@ def fleet_env(redis_url: str, mock_url: str, **extra: str) -> dict[str, str]:
         # The fleet's own machinery is measured: a judge's calls are model calls, as more jobs would be.
         FLEET_QUALITY__ENABLED="false",
         FLEET_MOCK__SIMULATE_QUALITY="false",
+        # Live calls only: the workload's jobs with deadlines would wait for a provider batch.
+        FLEET_BATCH__ENABLED="false",
         PYTHONPATH=f"{BENCH}:{BENCH.parent}",
         **extra,
     )

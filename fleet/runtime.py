@@ -195,7 +195,7 @@ class Runtime:
     def validate(self, task: Any, request: Any, job: Any) -> tuple[TaskRequest, JobEnvelope] | TaskResult:
         """The request and envelope of a message, or the escalated result of one that does not validate
         (a message can come from anywhere: reason ``invalid_message``, never an exception)."""
-        # Every task starts here: name its consumer span (the Celery instrumentation's run/<task>).
+        # Every task starts here: name its consumer span (run/<task>, fleet.telemetry.consumer).
         span_name = _SPAN_NAMES.get(task.name, task.name)
         telemetry.task_span(span_name, {"fleet.task_id": task.request.id})
         queue = (task.request.delivery_info or {}).get("routing_key")

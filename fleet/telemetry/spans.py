@@ -9,12 +9,12 @@ One trace per job::
             ├── chat {model}
             └── escalate (escalations pool, when no link answered)
 
-The ``route``, ``execute`` and ``escalate`` spans are the Celery instrumentation's consumer spans
-(``run/<task>``), renamed by the task body: one span per task run, its parent extracted from the
-message headers. The instrumentation's own publish spans are not used: for a task sent by name
-(``send_task``, which is how the fleet enqueues everything) they are never ended, and their context
-stays attached to the thread (opentelemetry-python-contrib#609). :func:`inject_context`, connected
-to ``before_task_publish``, writes the current context into the headers instead.
+The ``route``, ``execute`` and ``escalate`` spans are the consumer spans of
+:mod:`fleet.telemetry.consumer` (``run/<task>``), renamed by the task body: one span per task run,
+its parent extracted from the message headers. :func:`inject_context`, connected to
+``before_task_publish``, writes the current context into the headers (no publish span: for a task
+sent by name, ``send_task``, opentelemetry-instrumentation-celery's were never ended and their context
+stayed attached to the thread, opentelemetry-python-contrib#609).
 """
 
 from __future__ import annotations
@@ -243,8 +243,8 @@ def link_back(target: Span, traceparent: str | None) -> None:
 def inject_context(headers: dict[str, Any] | None = None, **_: Any) -> None:
     """``before_task_publish``: the current trace context into the message headers.
 
-    The worker's Celery instrumentation extracts it, so the next hop continues the same trace,
-    also for a task sent by name (send_task). Without a current span it costs one lookup.
+    The worker's consumer span (fleet.telemetry.consumer) extracts it, so the next hop continues the
+    same trace, also for a task sent by name (send_task). Without a current span it costs one lookup.
     """
     if headers is None or not trace.get_current_span().get_span_context().is_valid:
         return
@@ -255,15 +255,12 @@ signals.before_task_publish.connect(inject_context, weak=False, dispatch_uid="fl
 
 
 def instrument_celery() -> None:
-    """Consumer spans and context extraction by opentelemetry-instrumentation-celery (once per
-    process), without its publish spans (see the module docstring)."""
+    """A consumer span around each task run of this process, on the fleet's tracer
+    (:mod:`fleet.telemetry.consumer`); again after a new setup, on its tracer."""
     state = runtime.state()
-    if state.celery_instrumented or state.tracer_provider is None:
+    if state.tracer is None:
         return
-    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from fleet.telemetry import consumer
 
-    instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
-    instrumentor.instrument(tracer_provider=state.tracer_provider, meter_provider=state.meter_provider)
-    signals.before_task_publish.disconnect(instrumentor._trace_before_publish)
-    signals.after_task_publish.disconnect(instrumentor._trace_after_publish)
+    consumer.connect(state.tracer)
     state.celery_instrumented = True
