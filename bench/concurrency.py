@@ -13,6 +13,7 @@ its own process: ``--in-flight`` calls at once through an asyncio semaphore, ``-
 all. ``--skip-litellm`` leaves it out (no network needed).
 
 Usage: python bench/concurrency.py [--json] [--in-flight 1000] [--latency-ms 5000] [--jobs 4000]
+                                  [--pool threads|gevent] [--skip-litellm]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from fleet.producer import Client
 from fleet.settings import load_settings
 
 LITELLM_VENV = BENCH.parent / ".bench" / "litellm"
+GEVENT_DIR = BENCH.parent / ".bench" / "gevent"
 
 #: The LiteLLM side, run by the throwaway venv's interpreter: argv = mock URL, in flight, calls.
 LITELLM_SCRIPT = r"""
@@ -90,18 +92,30 @@ print(json.dumps({"calls_per_s": round(rate, 1), "cpu_ms_per_call": round(cpu * 
 """
 
 
+def _gevent_path() -> Path:
+    """gevent, installed on first use under ``.bench/gevent`` (never a dependency of the fleet)."""
+    if not (GEVENT_DIR / "gevent").is_dir():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(GEVENT_DIR), "gevent"],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    return GEVENT_DIR
+
+
 def run_fleet(
-    url: str, mock_url: str, jobs: int, in_flight: int, latency_s: float, log_dir: Path
+    url: str, mock_url: str, jobs: int, in_flight: int, latency_s: float, log_dir: Path, pool: str = "threads"
 ) -> dict[str, Any]:
     redis.Redis.from_url(url).flushdb()
     env = fleet_env(url, mock_url, **otel_env(), **high_limits())
+    if pool == "gevent":  # `celery -P gevent` patches the worker at its start (celery/__main__.py)
+        env["PYTHONPATH"] = f"{env['PYTHONPATH']}:{_gevent_path()}"
     # The demo profile's 2 s read timeout would end every 5 s call: a timeout well past the latency.
     settings = load_settings(env=env)
     for name in settings.providers:
         env[f"FLEET_PROVIDERS__{name.upper()}__READ_TIMEOUT_S"] = str(max(60.0, 3 * latency_s))
     client = Client(load_settings(env=env), redis_url=url)
     ids = client.submit_many([{"prompt": f"Rename field f{i} to g{i}", "tier": "mini"} for i in range(jobs)])
-    [worker] = start_workers("fleet.worker", "mini", 1, env=env, concurrency=in_flight, pool="threads",
+    [worker] = start_workers("fleet.worker", "mini", 1, env=env, concurrency=in_flight, pool=pool,
                              log_dir=log_dir, name=f"mini-c{in_flight}")  # fmt: skip
     try:
         cpu0 = cpu_s(worker.pid or 0)
@@ -159,6 +173,10 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=4000)
     parser.add_argument("--litellm-calls", type=int, default=4000)
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument(
+        "--pool", choices=["threads", "gevent"], default="threads",
+        help="the tier worker's pool (gevent: installed under .bench/gevent on first use)",
+    )  # fmt: skip
     args = parser.parse_args()
     ceiling = args.in_flight / (args.latency_ms / 1000.0)
     with (
@@ -166,9 +184,12 @@ def main() -> int:
         broker() as url,
         mock_provider(args.latency_ms, Path(tmp)) as mock_url,
     ):
-        fleet = run_fleet(url, mock_url, args.jobs, args.in_flight, args.latency_ms / 1000.0, Path(tmp))
+        fleet = run_fleet(
+            url, mock_url, args.jobs, args.in_flight, args.latency_ms / 1000.0, Path(tmp), pool=args.pool
+        )
         litellm = {} if args.skip_litellm else run_litellm(mock_url, args.in_flight, args.litellm_calls)
     out = {
+        "pool": args.pool,
         "in_flight": args.in_flight,
         "latency_ms": args.latency_ms,
         "ceiling_per_s": round(ceiling, 1),

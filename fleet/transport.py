@@ -93,6 +93,8 @@ _TAKE_SHA = hashlib.sha1(_TAKE.encode(), usedforsecurity=False).hexdigest()
 
 #: The order a worker looks at a queue's lists in (kombu's ``priority_steps``): the most urgent first.
 PRIORITY_STEPS = list(reversed(keys.PRIORITIES))
+#: How long a command waits for a free connection of a channel's pool before it is a connection error.
+_POOL_WAIT_S = 20.0
 
 
 class Channel(_kombu.Channel):  # type: ignore[misc]
@@ -115,6 +117,21 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
     _indexed: frozenset[str] = frozenset()
     #: Queues consumed without acks.
     _fleet_noack: frozenset[str] = frozenset()
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        """The synchronous commands' pool waits for a free connection rather than failing.
+
+        kombu's raises MaxConnectionsError once ``max_connections`` (10) are in use. A threads pool
+        acks on the consumer's thread, so it never gets there; a gevent pool acks from each job's
+        greenlet, and at hundreds in flight the 11th concurrent ack failed, which the consumer took
+        for a lost broker connection (bench/concurrency.py --pool gevent, docs/performance.md).
+        """
+        if asynchronous:
+            return super()._get_pool(asynchronous=True)
+        params = self._connparams(asynchronous=False)
+        me: Any = self
+        me.keyprefix_fanout = me.keyprefix_fanout.format(db=params["db"])
+        return redis.BlockingConnectionPool(timeout=_POOL_WAIT_S, **params)  # type: ignore[no-untyped-call]
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         try:
