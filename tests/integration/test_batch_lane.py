@@ -5,14 +5,20 @@ deadline; a job without a deadline never waits for a batch."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import redis
 
 from fleet.models import TaskResult
+from fleet.monitor import batch_snapshot
 
 from .chaosrig import ChaosFleet, chaos_fleet, wait_for
+from .procs import run
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +44,19 @@ def fleet(lane_fleet: ChaosFleet) -> Iterator[ChaosFleet]:
     lane_fleet.mock_reset()
     lane_fleet.mock_config(batch_delay_s=0.5, batch_failure_rate=0.0, failure_rate=0.0, faults_by_model={})
     yield lane_fleet
+
+
+def _env(fleet: ChaosFleet) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    return {**env, "FLEET_REDIS_URL": fleet.redis_url, "FLEET_STATE_DIR": str(fleet.state_dir), **LANE}
+
+
+def _batches(fleet: ChaosFleet) -> dict[str, Any]:
+    """The batch lane as `fleet status --json` shows it."""
+    shown = run(["status", "--json"], _env(fleet))
+    assert shown.returncode == 0, shown.stderr
+    batches: dict[str, Any] = json.loads(shown.stdout)["batches"]
+    return batches
 
 
 def _job(prompt: str, tier: str, deadline_s: int | None) -> dict[str, object]:
@@ -86,17 +105,26 @@ def test_a_batch_that_will_not_end_in_time_falls_back_before_the_deadline(fleet:
     # Given batches that take far longer than the job can wait (SIMULATED)
     fleet.mock_config(batch_delay_s=3600)
     started = time.time()
-    task_id = fleet.client.submit(_job("Rename a to b in late.py", "mini", 8))
-    # Then the job is answered by its live chain before its deadline of 8 s
-    res = fleet.wait_final([task_id], 30)[task_id]
+    task_id = fleet.client.submit(_job("Rename a to b in late.py", "mini", 14))
+    # While its batch is out, `fleet status` shows it, with the time left before it falls back
+    state = redis.Redis.from_url(fleet.redis_url)
+    wait_for(lambda: batch_snapshot(state)["in_flight"], 10, "the batch to be submitted")
+    (flying,) = _batches(fleet)["in_flight"]
+    assert flying["link"] == "openai:gpt-4.1-mini" and flying["items"] == 1 and flying["batch_id"]
+    assert 0 < flying["fallback_in_s"] <= 14 - 3
+    shown = run(["status"], {**_env(fleet), "COLUMNS": "200"})
+    state.close()
+    assert shown.returncode == 0 and "batch lane" in shown.stdout and flying["batch_id"] in shown.stdout
+    # Then the job is answered by its live chain before its deadline of 14 s
+    res = fleet.wait_final([task_id], 40)[task_id]
     assert res.status == "completed", res
     assert res.finished_at is not None and res.submitted_at is not None
-    assert res.finished_at - res.submitted_at < 8, res.finished_at - res.submitted_at
+    assert res.finished_at - res.submitted_at < 14, res.finished_at - res.submitted_at
     # And its record says why: the batch attempt timed out, then a live call answered at list price
     first, last = res.attempts[0], res.attempts[-1]
     assert first.outcome == "batch_timeout" and first.batch_id, first
     assert last.outcome == "ok" and last.batch_id is None, last
-    assert time.time() - started >= 8 - 3 - 1  # it waited for the batch until its fallback time
+    assert time.time() - started >= 14 - 3 - 1  # it waited for the batch until its fallback time
 
 
 def test_a_failed_batch_item_goes_to_the_live_chain(fleet: ChaosFleet) -> None:
