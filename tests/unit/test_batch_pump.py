@@ -34,7 +34,8 @@ def lane_redis(broker_url: str) -> Iterator[redis.Redis]:
     """A database of its own: the batch workers of fleets on the session's broker pump its first
     ones (and would take these tests' pools)."""
     parts = urlsplit(broker_url)
-    url = urlunsplit((parts.scheme, parts.netloc, "/13", parts.query, parts.fragment))
+    db = (int(parts.path.strip("/") or 0) + 7) % 16  # neither the session's nor other_db_url's
+    url = urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
     flush_fleet_keys(url)
     client = redis.Redis.from_url(url)
     yield client
