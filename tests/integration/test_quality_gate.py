@@ -12,6 +12,7 @@ import pytest
 
 from fleet.models import Tier
 
+from ..conftest import flush_fleet_keys
 from .chaosrig import ChaosFleet, chaos_fleet, wait_for
 from .procs import run
 
@@ -50,7 +51,9 @@ def quality_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosFle
 def fleet(quality_fleet: ChaosFleet) -> Iterator[ChaosFleet]:
     quality_fleet.mock_reset()
     quality_fleet.mock_config(quality=CERTAIN)
-    quality_fleet.client.redis.flushdb()
+    # Not FLUSHDB: the running workers hold kombu's queue bindings (a publish with none is routed
+    # nowhere), and lose them only here (see flush_fleet_keys).
+    flush_fleet_keys(quality_fleet.redis_url)
     yield quality_fleet
 
 
