@@ -7,6 +7,8 @@ configuration is read, so importing this module does no work. Producers import o
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -143,7 +145,7 @@ class FleetCelery(Celery):
 
 def encode_result(app: Celery, task_id: str, result: dict[str, Any]) -> tuple[str, str, int | None]:
     """A task's SUCCESS result as Celery's Redis backend stores it: (key, value, expiry in seconds)."""
-    backend: Any = app.backend
+    encode, expires = _result_encoding(app)
     meta: dict[str, Any] = {
         "status": "SUCCESS",
         "result": result,
@@ -152,13 +154,31 @@ def encode_result(app: Celery, task_id: str, result: dict[str, Any]) -> tuple[st
         "date_done": datetime.now(UTC).isoformat(),
         "task_id": task_id,
     }
-    expires = backend.expires
-    value = backend.encode(meta)
-    return (
-        keys.result(task_id),
-        value.decode() if isinstance(value, bytes) else str(value),
-        (int(expires) if expires else None),
-    )
+    value = encode(meta)
+    return keys.result(task_id), value.decode() if isinstance(value, bytes) else str(value), expires
+
+
+_ENCODING_LOCK = threading.Lock()
+
+
+def _result_encoding(app: Celery) -> tuple[Callable[[Any], Any], int | None]:
+    """The result backend's encoder and expiry, taken once per app and process.
+
+    ``app.backend`` is a new backend for every thread (Celery keeps it thread-local), and each one is
+    a new Redis connection pool whose first connection looks up redis-py's version on disk: with 1,000
+    threads, that was a tenth of a tier worker's CPU in py-spy. Encoding needs neither a connection
+    nor a thread's own backend. The lock: a new worker's first thousand jobs arrive at once.
+    """
+    encoding: tuple[Callable[[Any], Any], int | None] | None = getattr(app, "_fleet_result_encoding", None)
+    if encoding is None:
+        with _ENCODING_LOCK:
+            encoding = getattr(app, "_fleet_result_encoding", None)
+            if encoding is None:
+                backend: Any = app.backend
+                expires = backend.expires
+                encoding = (backend.encode, int(expires) if expires else None)
+                app._fleet_result_encoding = encoding  # type: ignore[attr-defined]
+    return encoding
 
 
 def queue_result(app: Celery, pipe: Any, task_id: str, result: dict[str, Any]) -> None:

@@ -3,11 +3,15 @@ fleet's pool and transport, and Celery's worker signals wired to the middlewares
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 from typing import Any
 
 import celery.concurrency
+import redis.utils
 from celery.signals import (
+    after_setup_logger,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -27,8 +31,20 @@ __all__ = ["app", "worker_argv"]
 _POOL_ALIASES: dict[str, str] = celery.concurrency.ALIASES  # type: ignore[attr-defined]  # not in the stubs
 # `--pool threads` means our resizable threads pool in every fleet worker (fleet scale grows it).
 _POOL_ALIASES["threads"] = "fleet.pool:ResizableThreadPool"
+# redis-py 8 reads its own version from the installed metadata (importlib.metadata: a walk of
+# sys.path) for every connection it opens; a tier worker with hundreds of threads opens hundreds.
+redis.utils.get_lib_version = functools.cache(redis.utils.get_lib_version)
 # On RabbitMQ, the escalations worker turns dead letters into escalations (fleet/deadletters.py).
 app.steps["consumer"].add(DeadLetters)
+
+
+@after_setup_logger.connect
+def _quiet_http_log(loglevel: int | str | None = None, **_: Any) -> None:
+    """httpx logs every request at INFO: a line per model call, each taking the logging lock on the
+    hot path. The fleet's attempts and spans record every call; a worker at DEBUG keeps httpx's."""
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, str) else loglevel
+    if not isinstance(level, int) or level > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @worker_init.connect
