@@ -126,7 +126,8 @@ def inline_mock() -> dict[str, str]:
 
 def fleet_env(redis_url: str, mock_url: str, **extra: str) -> dict[str, str]:
     """Environment for fleet workers on this broker, every provider pointed at the mock."""
-    env = dict(os.environ)
+    # FLEET_BENCH_* are the benchmarks' own switches, not settings: the fleet refuses unknown keys.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_BENCH_")}
     env.update(
         FLEET_REDIS_URL=redis_url,
         FLEET_PROFILE="demo",

@@ -13,7 +13,7 @@ its own process: ``--in-flight`` calls at once through an asyncio semaphore, ``-
 all. ``--skip-litellm`` leaves it out (no network needed).
 
 Usage: python bench/concurrency.py [--json] [--in-flight 1000] [--latency-ms 5000] [--jobs 4000]
-                                  [--pool threads|gevent] [--skip-litellm]
+                                  [--pool threads|gevent] [--skip-litellm] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from fleet.settings import load_settings
 
 LITELLM_VENV = BENCH.parent / ".bench" / "litellm"
 GEVENT_DIR = BENCH.parent / ".bench" / "gevent"
+TOOLS_VENV = BENCH.parent / ".bench" / "tools"
 
 #: The LiteLLM side, run by the throwaway venv's interpreter: argv = mock URL, in flight, calls.
 LITELLM_SCRIPT = r"""
@@ -102,8 +103,38 @@ def _gevent_path() -> Path:
     return GEVENT_DIR
 
 
+def _py_spy() -> Path:
+    """py-spy, installed on first use into a throwaway venv under ``.bench/tools``."""
+    exe = TOOLS_VENV / "bin" / "py-spy"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(TOOLS_VENV)], check=True)
+        subprocess.run(
+            [str(TOOLS_VENV / "bin" / "pip"), "install", "--quiet", "py-spy"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return exe
+
+
+def start_profile(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """Sample the worker's thread holding the GIL (``--gil``: where its CPU goes, not where its threads
+    wait) for ``seconds``, as folded stacks (flamegraph.pl's input; one line per stack, with a count)."""
+    return subprocess.Popen(
+        [str(_py_spy()), "record", "--pid", str(pid), "--gil", "--rate", "250", "--format", "raw",
+         "--duration", str(int(seconds)), "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def run_fleet(
-    url: str, mock_url: str, jobs: int, in_flight: int, latency_s: float, log_dir: Path, pool: str = "threads"
+    url: str,
+    mock_url: str,
+    jobs: int,
+    in_flight: int,
+    latency_s: float,
+    log_dir: Path,
+    pool: str = "threads",
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     redis.Redis.from_url(url).flushdb()
     env = fleet_env(url, mock_url, **otel_env(), **high_limits())
@@ -119,10 +150,16 @@ def run_fleet(
                              log_dir=log_dir, name=f"mini-c{in_flight}")  # fmt: skip
     try:
         cpu0 = cpu_s(worker.pid or 0)
+        spy = None
+        if profile:  # steady state: from the first wave's end until a wave before the last
+            wait_for_fleet(url, in_flight, timeout=600)
+            spy = start_profile(worker.pid or 0, profile, max(2.0, (jobs / in_flight - 2) * latency_s))
         finished = wait_for_fleet(url, jobs, timeout=600)
         cpu = cpu_s(worker.pid or 0) - cpu0
         rss = peak_rss_mb(worker.pid or 0)
         results = collect_results(client, ids)
+        if spy:
+            spy.wait(timeout=60)
     finally:
         stop([worker])
         client.close()
@@ -177,6 +214,10 @@ def main() -> int:
         "--pool", choices=["threads", "gevent"], default="threads",
         help="the tier worker's pool (gevent: installed under .bench/gevent on first use)",
     )  # fmt: skip
+    parser.add_argument(
+        "--profile", type=Path, metavar="FILE",
+        help="write py-spy's folded stacks of the tier worker (the GIL holder) to FILE",
+    )  # fmt: skip
     args = parser.parse_args()
     ceiling = args.in_flight / (args.latency_ms / 1000.0)
     with (
@@ -185,7 +226,14 @@ def main() -> int:
         mock_provider(args.latency_ms, Path(tmp)) as mock_url,
     ):
         fleet = run_fleet(
-            url, mock_url, args.jobs, args.in_flight, args.latency_ms / 1000.0, Path(tmp), pool=args.pool
+            url,
+            mock_url,
+            args.jobs,
+            args.in_flight,
+            args.latency_ms / 1000.0,
+            Path(tmp),
+            pool=args.pool,
+            profile=args.profile,
         )
         litellm = {} if args.skip_litellm else run_litellm(mock_url, args.in_flight, args.litellm_calls)
     out = {
