@@ -272,17 +272,17 @@ class BatchPump:
             return
         # A batch lives on the provider that holds its file: polled there, never anywhere else.
         api = self.api(batch.provider)
+        if api is None:  # the provider's batches were turned off since it was sent
+            off = ProviderError(f"provider {batch.provider} takes no batches", provider=batch.provider)
+            self._unreadable(batch, off, now, counts)
+            return
         try:
-            if api is None:
-                raise ProviderError(f"provider {batch.provider} takes no batches", provider=batch.provider)
             state = api.poll(batch.batch_id)
             if state.ended:
                 self._deliver(batch, api, now, counts)
                 return
         except ProviderError as exc:
-            log.warning("batch lane: %s batch %s: %s", batch.link, batch.batch_id, exc)
-            if now >= batch.fallback_at:
-                self._all_live(batch, self._failed(batch, exc, now), counts, "its batch could not be read")
+            self._unreadable(batch, exc, now, counts)
             return
         if now >= batch.fallback_at:
             try:
@@ -294,6 +294,13 @@ class BatchPump:
             )
             self._all_live(batch, self._failed(batch, timeout, now, outcome="batch_timeout"), counts,
                            "its batch would not end before its deadline")  # fmt: skip
+
+    def _unreadable(self, batch: InFlight, exc: ProviderError, now: float, counts: PumpCounts) -> None:
+        """A batch that could not be read: tried again at the next poll, its jobs sent live once its
+        fallback time has come."""
+        log.warning("batch lane: %s batch %s: %s", batch.link, batch.batch_id, exc)
+        if now >= batch.fallback_at:
+            self._all_live(batch, self._failed(batch, exc, now), counts, "its batch could not be read")
 
     def _deliver(self, batch: InFlight, api: BatchAPI, now: float, counts: PumpCounts) -> None:
         jobs = self._load(batch.jobs)

@@ -44,6 +44,12 @@ class ChaosFleet:
     def mock_url(self) -> str:
         return self.supervisor.mock_url
 
+    def cli_env(self, **extra: str) -> dict[str, str]:
+        """The environment of a ``fleet`` CLI run against this fleet: this process's environment
+        without its FLEET_ settings (the session's broker), then this fleet's broker and state."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+        return {**env, "FLEET_REDIS_URL": self.redis_url, "FLEET_STATE_DIR": str(self.state_dir), **extra}
+
     def mock_config(self, **patch: object) -> None:
         httpx.post(f"{self.mock_url}/_mock/config", json=patch, timeout=5).raise_for_status()
 

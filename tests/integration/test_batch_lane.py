@@ -6,7 +6,6 @@ deadline; a job without a deadline never waits for a batch."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -46,14 +45,9 @@ def fleet(lane_fleet: ChaosFleet) -> Iterator[ChaosFleet]:
     yield lane_fleet
 
 
-def _env(fleet: ChaosFleet) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-    return {**env, "FLEET_REDIS_URL": fleet.redis_url, "FLEET_STATE_DIR": str(fleet.state_dir), **LANE}
-
-
 def _batches(fleet: ChaosFleet) -> dict[str, Any]:
     """The batch lane as `fleet status --json` shows it."""
-    shown = run(["status", "--json"], _env(fleet))
+    shown = run(["status", "--json"], fleet.cli_env(**LANE))
     assert shown.returncode == 0, shown.stderr
     batches: dict[str, Any] = json.loads(shown.stdout)["batches"]
     return batches
@@ -112,7 +106,7 @@ def test_a_batch_that_will_not_end_in_time_falls_back_before_the_deadline(fleet:
     (flying,) = _batches(fleet)["in_flight"]
     assert flying["link"] == "openai:gpt-4.1-mini" and flying["items"] == 1 and flying["batch_id"]
     assert 0 < flying["fallback_in_s"] <= 14 - 3
-    shown = run(["status"], {**_env(fleet), "COLUMNS": "200"})
+    shown = run(["status"], fleet.cli_env(**LANE, COLUMNS="200"))
     state.close()
     assert shown.returncode == 0 and "batch lane" in shown.stdout and flying["batch_id"] in shown.stdout
     # Then the job is answered by its live chain before its deadline of 14 s

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -55,11 +54,6 @@ def fleet(contract_fleet: ChaosFleet) -> Iterator[ChaosFleet]:
     contract_fleet.mock_config(latency_ms=5, faults_by_model={})
 
 
-def _env(fleet: ChaosFleet) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-    return {**env, "FLEET_REDIS_URL": fleet.redis_url, "FLEET_STATE_DIR": str(fleet.state_dir)}
-
-
 def test_a_queued_job_ends_cancelled_without_a_call(fleet: ChaosFleet) -> None:
     # Given one job running on mini's only thread, and a second one queued behind it
     client = fleet.client
@@ -70,7 +64,7 @@ def test_a_queued_job_ends_cancelled_without_a_call(fleet: ChaosFleet) -> None:
     # second on a loaded machine), and again from the CLI (harmless)
     marked = client.cancel(queued)
     assert marked.state in ("queued", "routed") and marked.cancelling, marked
-    again = run(["cancel", queued], _env(fleet))
+    again = run(["cancel", queued], fleet.cli_env())
     assert again.returncode == 0 and "cancelled" in again.stdout, again.stderr
     # Then the waiting producer sees it cancelled, with no call made and nothing charged
     res = client.result(queued, timeout=30)
@@ -153,7 +147,7 @@ def test_a_team_at_its_budget_is_refused_or_routed_down(fleet: ChaosFleet) -> No
     other = refusing.submit({"prompt": "Rename e to f in z.py", "tier": "mini", "metadata": {"team": "beta"}})
     assert refusing.result(other, 30).status == "completed"
     # And the CLI says so with exit code 9
-    env = {**_env(fleet), "FLEET_BUDGETS__TEAMS__ACME__DAILY_USD": str(first.cost_usd / 2)}
+    env = fleet.cli_env(FLEET_BUDGETS__TEAMS__ACME__DAILY_USD=str(first.cost_usd / 2))
     cli = run(["submit", "Rename g to h", "--tier", "mini", "--meta", "team=acme"], env)
     assert cli.returncode == 9 and "daily budget" in cli.stderr, (cli.returncode, cli.stderr)
     # With route_down instead, a job pinned to full runs on mini (this fleet has no full worker)
@@ -201,10 +195,10 @@ def test_a_bulk_retry_redrives_the_matching_escalations_paced_and_leaves_the_res
     # When the outage is over and people redrive one kind's escalations from the CLI
     fleet.mock_config(faults_by_model={})
     args = ["escalations", "retry", "--where", "reason=bad_request", "--where", "kind=test.redrive", "--json"]
-    dry = run([*args, "--dry-run"], _env(fleet))
+    dry = run([*args, "--dry-run"], fleet.cli_env())
     assert dry.returncode == 0 and json.loads(dry.stdout)["matched"] == 6, dry.stderr
     started = time.monotonic()
-    done = run([*args, "--yes"], {**_env(fleet), "FLEET_ESCALATION__REDRIVE_PER_S": "5"})
+    done = run([*args, "--yes"], fleet.cli_env(FLEET_ESCALATION__REDRIVE_PER_S="5"))
     took = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

@@ -6,7 +6,6 @@ and runs no finished step again."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 from collections.abc import Iterator
 
@@ -49,16 +48,14 @@ def pipeline_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosFl
         yield fleet
 
 
+#: The CLI's settings here: the judge is off, as in the pipeline fleet's workers.
+NO_JUDGE = {"FLEET_QUALITY__ENABLED": "false"}
+
+
 @pytest.fixture
 def fleet(pipeline_fleet: ChaosFleet) -> ChaosFleet:
     pipeline_fleet.mock_config(failure_rate=0.0, faults_by_model={}, latency_ms=5)
     return pipeline_fleet
-
-
-def _env(fleet: ChaosFleet) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-    return {**env, "FLEET_REDIS_URL": fleet.redis_url, "FLEET_STATE_DIR": str(fleet.state_dir),
-            "FLEET_QUALITY__ENABLED": "false"}  # fmt: skip
 
 
 def test_extract_reason_runs_mini_then_full_under_one_task_id(fleet: ChaosFleet) -> None:
@@ -74,7 +71,7 @@ def test_extract_reason_runs_mini_then_full_under_one_task_id(fleet: ChaosFleet)
     full_in, mini_in = res.steps[1].input_tokens, res.steps[0].input_tokens
     assert 0 < full_in < mini_in / 2
     # `fleet result` shows the steps
-    shown = run(["result", task_id], _env(fleet))
+    shown = run(["result", task_id], fleet.cli_env(**NO_JUDGE))
     assert shown.returncode == 0, shown.stderr
     assert "pipeline extract_reason" in shown.stdout and "reason" in shown.stdout
     # `fleet costs` splits spend by pipeline and by step
@@ -131,7 +128,7 @@ def test_an_unknown_pipeline_is_refused_at_the_door(fleet: ChaosFleet) -> None:
         fleet.client.submit({"prompt": "x", "pipeline": "nope"})
     with pytest.raises(InvalidRequest, match="cannot set tier"):
         fleet.client.submit({"prompt": "x", "pipeline": "review", "tier": "mini"})
-    refused = run(["submit", "--pipeline", "nope", "a document"], _env(fleet))
+    refused = run(["submit", "--pipeline", "nope", "a document"], fleet.cli_env(**NO_JUDGE))
     assert refused.returncode == 6 and "unknown pipeline 'nope'" in refused.stderr
     assert fleet.client.redis.llen("router") == 0  # nothing was enqueued
 

@@ -5,7 +5,6 @@ up a tier at the router; shadow runs on full are judged side by side and show in
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -57,13 +56,8 @@ def fleet(quality_fleet: ChaosFleet) -> Iterator[ChaosFleet]:
     yield quality_fleet
 
 
-def _cli_env(fleet: ChaosFleet) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-    return {**env, **ENV, "FLEET_REDIS_URL": fleet.redis_url, "FLEET_STATE_DIR": str(fleet.state_dir)}
-
-
 def _quality(fleet: ChaosFleet) -> dict[str, object]:
-    done = run(["quality", "--since", "1h", "--json"], _cli_env(fleet))
+    done = run(["quality", "--since", "1h", "--json"], fleet.cli_env(**ENV))
     assert done.returncode == 0, done.stderr
     data: dict[str, object] = json.loads(done.stdout)
     return data
@@ -134,7 +128,7 @@ def test_failures_move_a_kind_up_at_the_router_and_say_why(fleet: ChaosFleet) ->
     assert isinstance(moved, list) and moved[0]["kind"] == "test.feedback"
     # And `fleet classify --report --feedback` says what the feedback moved
     line = json.dumps({"prompt": "Extract the id from: 'Order #C-1'", "kind": "test.feedback"})
-    report = run(["classify", "--report", "--feedback"], _cli_env(fleet), input=line + "\n")
+    report = run(["classify", "--report", "--feedback"], fleet.cli_env(**ENV), input=line + "\n")
     assert report.returncode == 0, report.stderr
     assert json.loads(report.stdout)["tier"] == "standard"
     assert "quality feedback moved 1 test.feedback job(s) from mini up to standard" in report.stderr
