@@ -35,9 +35,6 @@ MAX_REQUEUES = 50
 #: Hands a job to people with a reason and a detail; returns its escalated result.
 HandOver = Callable[[Job, Reason, str], TaskResult]
 
-#: What the Celery task gets back from a run: the summary shown in events and Flower.
-SUMMARY_FIELDS = ("task_id", "status", "tier", "model", "cost_usd", "escalation_id")
-
 
 @dataclass(frozen=True, slots=True)
 class Ran:
@@ -53,8 +50,20 @@ class Ran:
     def written(self) -> bool:
         return self.flushed == "written"
 
-    def summary(self) -> dict[str, Any]:
-        return {key: self.stored.get(key) for key in SUMMARY_FIELDS}
+    def summary(self) -> str:
+        """What the Celery task returns: one line for its "succeeded" log line and its task event
+        (Flower's Result column). A string, which Celery's saferepr copies through; a dict of the same
+        fields it walked item by item, twice per job (about 40 µs each, measured on its own)."""
+        r = self.result
+        words: list[str] = [r.status]
+        if r.tier is not None:
+            words.append(f"on {r.tier}")
+        if r.model:
+            words.append(f"by {r.model}")
+        words.append(f"${r.cost_usd:.6f}")
+        if r.escalation_id:
+            words.append(f"escalation {r.escalation_id}")
+        return " ".join(words)
 
 
 class JobRunner:

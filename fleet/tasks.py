@@ -144,9 +144,10 @@ def _start_pipeline(runtime: Runtime, req: TaskRequest, envelope: JobEnvelope, r
 
 
 # Requeues are bounded by fleet.runner.MAX_REQUEUES. A short repr of the result: Celery builds it for
-# every task (events, the "succeeded" log line), and an answer can be long.
+# every task (events, the "succeeded" log line), and an answer can be long (a job whose result Celery
+# stores returns the whole of it; one the worker stored returns a line, Ran.summary).
 @app.task(name=EXECUTE_TASK, bind=True, max_retries=None, resultrepr_maxsize=RESULT_REPR_MAX, base=FleetTask)
-def execute(self: Task[Any, Any], request: Any = None, job: Any = None) -> dict[str, Any]:
+def execute(self: Task[Any, Any], request: Any = None, job: Any = None) -> dict[str, Any] | str:
     """Run one tier job through the worker's middlewares and its tier's chain."""
     runtime = get_runtime()
     accepted = runtime.accept(self, request, job)

@@ -28,6 +28,8 @@ def test_an_answer_is_the_result_and_its_cost_line_goes_with_it() -> None:
     assert res.cost_usd == pytest.approx(sum(a.cost_usd for a in res.attempts)) and res.cost_usd > 0
     [line] = h.jobs.costs
     assert line["task_id"] == "t1" and line["kind"] == "code.rename" and float(line["cost"]) > 0
+    # and the task returns one line for Celery's log and Flower, not the result
+    assert ran.summary() == f"completed on mini by {res.model} ${res.cost_usd:.6f}"
 
 
 def test_no_link_left_hands_the_job_to_people_with_the_last_outcome() -> None:
@@ -38,6 +40,8 @@ def test_no_link_left_hands_the_job_to_people_with_the_last_outcome() -> None:
     assert ran.result.status == "escalated"
     assert h.escalations[0][1] is Reason.SERVER_ERROR
     assert len(ran.result.attempts) >= 2 and h.jobs.costs[0]["status"] == "escalated"
+    line = ran.summary()
+    assert line.startswith("escalated on mini") and line.endswith(f"escalation {ran.result.escalation_id}")
 
 
 def test_links_all_at_their_rate_limit_send_the_job_back_to_its_queue() -> None:
