@@ -27,7 +27,7 @@ unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
 test: lint chromium
-	$(BIN)/pytest -q -m "not chaos"
+	$(BIN)/pytest -q -m "not chaos" --durations=25
 
 # The inbox's browser test drives Debian's chromium (never a downloaded browser); best effort.
 chromium:

@@ -70,6 +70,9 @@ def test_pool_process_killed_mid_call_the_job_is_redelivered_and_completes_once(
     assert not fleet.client.redis.exists(keys.running(task_id))
 
 
+# Long (the visibility timeout, then the job): in make chaos. make test kills a main process in
+# test_recovery.py, where the reaper gives the job back under the default configuration.
+@pytest.mark.chaos
 def test_worker_main_process_killed_the_job_comes_back_after_the_visibility_timeout(
     fleet: ChaosFleet,
 ) -> None:
