@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.costs import batch_saving, cache_saving
+from fleet.errors import FleetError
 from fleet.models import TaskResult
 from fleet.producer import Client
 from fleet.settings import Settings, mask_url
@@ -223,3 +224,24 @@ def simulated_quality(
         "quality_note": "SIMULATED by the mock provider (fleet/providers/mock_quality.py): which answers "
         "are flawed, and what the full tier's model would have answered, are the mock's hidden truth",
     }
+
+
+def lost_jobs(
+    client: Client, task_ids: list[str], results: dict[str, TaskResult], limit: int = 20
+) -> list[dict[str, Any]]:
+    """Where each job with no final result was last seen (its record: state, queue, how long it has
+    been there, the worker running it): what to look for in the workers' logs. At most ``limit``."""
+    rows: list[dict[str, Any]] = []
+    for task_id in [t for t in task_ids if t not in results][:limit]:
+        try:
+            status = client.status(task_id)
+        except FleetError as exc:  # no record at all (or the broker is away): say so
+            rows.append({"task_id": task_id, "state": "unknown", "detail": str(exc)})
+            continue
+        waited = status.waited_s
+        rows.append({
+            "task_id": task_id, "state": status.state, "queue": status.queue,
+            "for_s": None if waited is None else round(waited, 1),
+            "worker": status.worker, "attempt": status.attempt,
+        })  # fmt: skip
+    return rows

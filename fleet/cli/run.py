@@ -26,7 +26,7 @@ from fleet.cli.common import (
     settings_for,
 )
 from fleet.demo import Progress as DemoProgress
-from fleet.demo import run_workload, summarise
+from fleet.demo import lost_jobs, run_workload, summarise
 from fleet.errors import ConfigError, FleetError
 from fleet.keys import QUEUES
 from fleet.supervisor import FleetOptions, Supervisor, is_loopback
@@ -228,7 +228,8 @@ def demo(
     cache_hit_ratio, cache_saving_usd (the providers' prompt caches, SIMULATED), judge_cost_usd,
     judged, upgraded, polished, escalated_by_gate, pipelines ({NAME: {submitted, completed,
     escalated, lost}}), quality, quality_all_full (simulated), shadow_runs, shadow_cost_usd, p50_ms,
-    p99_ms, broker. Exits 0 only when lost is 0 (pipeline jobs included).
+    p99_ms, broker; with lost jobs, lost_jobs (up to 20: task_id, state, queue, for_s, worker,
+    attempt: where each was last seen). Exits 0 only when lost is 0 (pipeline jobs included).
 
     Example: fleet demo --tasks 200 --failure-rate 0.3 --json
     """
@@ -283,6 +284,8 @@ def demo(
             console.line()  # off a terminal, Live leaves its last row unterminated
         summary = summarise(settings, sup.redis_url, task_ids, results, jobs)
         summary.update(_simulated(settings, sup, jobs, results, task_ids))
+        if summary["lost"]:
+            summary["lost_jobs"] = lost_jobs(client, task_ids, results)
         client.close()
     except (KeyboardInterrupt, _Stop):
         console.print("[yellow]interrupted[/]: stopping everything the demo started ...")
@@ -293,6 +296,11 @@ def demo(
             sup.stop()
         tmp.cleanup()
     console.print(_summary_table(summary))
+    for row in summary.get("lost_jobs", []):
+        where = ", ".join(
+            f"{k} {row[k]}" for k in ("queue", "for_s", "worker", "attempt", "detail") if row.get(k)
+        )
+        console.print(f"[red]lost[/] {row['task_id']}: {row['state']}" + (f" ({where})" if where else ""))
     if as_json:
         print_json(summary)
     raise typer.Exit(EXIT_OK if summary["lost"] == 0 else EXIT_FAILURE)

@@ -132,3 +132,25 @@ def test_the_live_progress_counts_pipelines_done_against_those_submitted() -> No
         "draft_polish": 1,
     }
     assert (progress.completed, progress.escalated) == (4, 3)
+
+
+def test_lost_jobs_say_where_each_was_last_seen() -> None:
+    import time
+
+    from fleet.demo import lost_jobs
+    from fleet.errors import TaskNotFound
+    from fleet.models import JobStatus
+
+    class Records:
+        def status(self, task_id: str) -> JobStatus:
+            if task_id == "gone":
+                raise TaskNotFound("no job gone")
+            return JobStatus(task_id=task_id, state="running", queue="mini", since=time.time() - 30,
+                             worker="vm:1:abc#0", attempt=2)  # fmt: skip
+
+    done = {"ok": TaskResult(task_id="ok", status="completed")}
+    rows = lost_jobs(Records(), ["ok", "stuck", "gone"], done)  # type: ignore[arg-type]
+    assert [r["task_id"] for r in rows] == ["stuck", "gone"]
+    assert rows[0]["state"] == "running" and rows[0]["queue"] == "mini" and rows[0]["worker"] == "vm:1:abc#0"
+    assert 29 <= rows[0]["for_s"] <= 60 and rows[0]["attempt"] == 2
+    assert rows[1]["state"] == "unknown" and "no job gone" in rows[1]["detail"]
