@@ -12,7 +12,7 @@ zero latency; the jobs are submitted first, as a producer would.
   one run (``--tree DIR`` runs the path of the fleet in DIR, in a child process, alternately).
 - ``--profile FILE``: cProfile of the measured jobs, written for ``python -m pstats FILE``.
 
-Usage: python bench/job_path.py [--json] [--jobs 2000] [--tree DIR ...] [--rounds 3] [--profile FILE]
+Usage: python bench/job_path.py [--json] [--jobs 2000] [--tree DIR ...] [--rounds N] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -99,11 +99,14 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--jobs", type=int, default=2000, help="jobs measured per round")
     parser.add_argument("--warmup", type=int, default=200, help="jobs run first, not measured")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per tree (the median is reported)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds per tree, the median reported (default: 3 with --tree, else 1)"
+    )
     parser.add_argument("--tree", type=Path, action="append", default=[],
                         help="also run the fleet in this checkout, alternately with this one")  # fmt: skip
     parser.add_argument("--profile", metavar="FILE", help="cProfile of the measured jobs (one round)")
     args = parser.parse_args()
+    args.rounds = args.rounds or (3 if args.tree else 1)
     if args.rounds == 1 and not args.tree:
         with (
             tempfile.TemporaryDirectory(prefix="fleet-bench-path-") as tmp,
