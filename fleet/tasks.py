@@ -158,11 +158,17 @@ def execute(self: Task[Any, Any], request: Any = None, job: Any = None) -> dict[
     except Skip:
         raise Ignore() from None
     except Requeue as again:
+        # Sent on, then ignored, not raised as Celery's Retry: Celery would store a RETRY state under
+        # the job's result key after the message is out, and the run it starts (a quality upgrade goes
+        # at once, on another worker) may have written the job's final result there by then; Celery's
+        # read-then-write guard leaves a window where RETRY lands on top of it, and the job shows no
+        # result ever again.
         args = (accepted.payload, accepted.envelope.model_dump(mode="json"))
-        raise self.retry(
-            args=args, kwargs={}, countdown=round(again.countdown_s, 3), max_retries=None,
+        self.retry(
+            args=args, kwargs={}, countdown=round(again.countdown_s, 3), max_retries=None, throw=False,
             **runtime.queue_options(again.queue),
-        ) from None  # fmt: skip
+        )  # fmt: skip
+        raise Ignore() from None
     if ran.flushed == "failed":
         return ran.stored  # the broker stayed away: Celery stores it, with its own retries
     self.request.ignore_result = True  # stored with the job's last round trip; Celery gets a summary

@@ -8,7 +8,9 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import redis
 
+from fleet import keys
 from fleet.models import Tier
 
 from ..conftest import flush_fleet_keys
@@ -70,11 +72,20 @@ def _row(data: dict[str, object], tier: str, kind: str) -> dict[str, object]:
 
 
 def test_a_flawed_mini_answer_is_upgraded_and_ships_from_standard(fleet: ChaosFleet) -> None:
-    # Given a job the router sends to mini, whose model answers it wrong
+    # Given a job the router sends to mini, whose model answers it wrong, and a watch on every write
+    # of a result key (each is PUBLISHed on the key's channel)
+    watch = redis.Redis.from_url(fleet.redis_url).pubsub()
+    watch.psubscribe(keys.result("*"))
     task_id = fleet.client.submit({"prompt": "Rename x to total in: x = a + b", "kind": "test.upgrade",
                                    "hints": {"complexity": "low"}})  # fmt: skip
     # When it runs, Then the judge fails mini's answer, the job runs again on standard, and passes
     res = fleet.client.result(task_id, timeout=60)
+    # and its result key was written once, with its final result: never a RETRY state of the hop to
+    # standard, which Celery's check-then-write could put over the final result of the standard run
+    writes = [json.loads(m["data"])["status"] for m in iter(lambda: watch.get_message(timeout=1.0), None)
+              if m["type"] == "pmessage" and m["channel"] == keys.result(task_id).encode()]  # fmt: skip
+    watch.close()
+    assert writes == ["SUCCESS"], writes
     assert res.status == "completed" and res.tier is Tier.STANDARD and res.model == "claude-sonnet-4-5"
     assert [(c.tier, c.action) for c in res.quality] == [(Tier.MINI, "upgrade"), (Tier.STANDARD, "pass")]
     assert res.quality[0].score is not None and res.quality[0].score <= 2 and res.quality[0].problems
