@@ -168,6 +168,7 @@ def execute(self: Task[Any, Any], request: Any = None, job: Any = None) -> dict[
             args=args, kwargs={}, countdown=round(again.countdown_s, 3), max_retries=None, throw=False,
             **runtime.queue_options(again.queue),
         )  # fmt: skip
+        log.info("task %s %s", self.request.id, again)  # "requeued for 0.500 s [on standard]: why"
         raise Ignore() from None
     if ran.flushed == "failed":
         return ran.stored  # the broker stayed away: Celery stores it, with its own retries
