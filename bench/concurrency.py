@@ -103,16 +103,16 @@ def _gevent_path() -> Path:
     return GEVENT_DIR
 
 
-def _py_spy() -> Path:
-    """py-spy, installed on first use into a throwaway venv under ``.bench/tools``."""
-    exe = TOOLS_VENV / "bin" / "py-spy"
+def _throwaway(venv: Path, package: str, command: str) -> Path:
+    """``command`` of ``package``, installed on first use into its own venv under ``.bench`` (never a
+    dependency of the fleet)."""
+    exe = venv / "bin" / command
     if not exe.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(TOOLS_VENV)], check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
-            [str(TOOLS_VENV / "bin" / "pip"), "install", "--quiet", "py-spy"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", package],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
     return exe
 
 
@@ -120,7 +120,8 @@ def start_profile(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes
     """Sample the worker's thread holding the GIL (``--gil``: where its CPU goes, not where its threads
     wait) for ``seconds``, as folded stacks (flamegraph.pl's input; one line per stack, with a count)."""
     return subprocess.Popen(
-        [str(_py_spy()), "record", "--pid", str(pid), "--gil", "--rate", "250", "--format", "raw",
+        [str(_throwaway(TOOLS_VENV, "py-spy", "py-spy")),
+         "record", "--pid", str(pid), "--gil", "--rate", "250", "--format", "raw",
          "--duration", str(int(seconds)), "--output", str(out), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -175,19 +176,8 @@ def run_fleet(
     }
 
 
-def _litellm_python() -> Path:
-    """The throwaway venv's interpreter, with LiteLLM installed (made on first use)."""
-    python = LITELLM_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "litellm"], check=True, stdout=subprocess.DEVNULL
-        )
-    return python
-
-
 def run_litellm(mock_url: str, in_flight: int, calls: int) -> dict[str, Any]:
-    python = _litellm_python()
+    python = _throwaway(LITELLM_VENV, "litellm", "python")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "OTEL_"))}
     done = subprocess.run(
         [str(python), "-c", LITELLM_SCRIPT, mock_url, str(in_flight), str(calls)],

@@ -18,6 +18,7 @@ Usage: python bench/job_path.py [--json] [--jobs 2000] [--tree DIR ...] [--round
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import statistics
@@ -57,18 +58,14 @@ def run_here(url: str, mock_url: str, jobs: int, warmup: int, profile: str | Non
 
     run(outgoing[:warmup])
     measured = outgoing[warmup:]
-    profiler = None
-    if profile:
-        import cProfile
-
-        profiler = cProfile.Profile()
-        profiler.enable()
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    run(measured)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    if profiler is not None and profile:
-        profiler.disable()
+    if profile:
+        with cProfile.Profile() as profiler:
+            run(measured)
         profiler.dump_stats(profile)
+    else:
+        run(measured)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     done = client.peek([job.id for job in measured])
     completed = sum(1 for r in done.values() if r.status == "completed")
     client.close()

@@ -166,8 +166,9 @@ def _result_encoding(app: Celery) -> tuple[Callable[[Any], Any], int | None]:
 
     ``app.backend`` is a new backend for every thread (Celery keeps it thread-local), and each one is
     a new Redis connection pool whose first connection looks up redis-py's version on disk: with 1,000
-    threads, that was a tenth of a tier worker's CPU in py-spy. Encoding needs neither a connection
-    nor a thread's own backend. The lock: a new worker's first thousand jobs arrive at once.
+    threads, a tenth of a tier worker's py-spy samples over a run's first waves. Encoding needs
+    neither a connection nor a thread's own backend. The lock: a new worker's first thousand jobs
+    arrive at once.
     """
     encoding: tuple[Callable[[Any], Any], int | None] | None = getattr(app, "_fleet_result_encoding", None)
     if encoding is None:

@@ -43,8 +43,11 @@ def test_threads_share_one_result_encoder(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_redis_version_is_looked_up_once() -> None:
-    assert redis.utils.get_lib_version() == redis.__version__
-    assert hasattr(redis.utils.get_lib_version, "cache_info")  # functools.cache, set by fleet.worker
+    lookup: Any = redis.utils.get_lib_version  # functools.cache'd by fleet.worker
+    assert lookup() == redis.__version__
+    hits = lookup.cache_info().hits
+    lookup()
+    assert lookup.cache_info().hits == hits + 1
 
 
 @pytest.mark.parametrize(("level", "quiet"), [("INFO", True), (logging.WARNING, True), ("DEBUG", False)])
