@@ -20,6 +20,7 @@ import redis
 
 from fleet.embedded import EmbeddedBroker
 from fleet.procs import Child, children_of
+from fleet.worker import worker_env
 
 BENCH = Path(__file__).resolve().parent
 READY = re.compile(r"listening on (http://\S+)")
@@ -162,10 +163,13 @@ def start_workers(
     base = name or queue
     for i in range(count):
         argv = [
-            sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-P", pool,
+            sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
+            # the fleet's asyncio pool is Celery's "custom" pool in a fleet worker (fleet/worker.py)
+            "-P", "custom" if pool == "asyncio" else pool,
             "-c", str(concurrency), "-n", f"{base}-{i}@{socket.gethostname()}",
             "--without-gossip", "--without-mingle", "-l", loglevel,
         ]  # fmt: skip
+        env = {**env, **worker_env(pool)}
         child = Child(f"{base}-{i}", argv, env=env, log_file=log_dir / f"{base}-{i}.log")
         child.start()
         children.append(child)

@@ -13,7 +13,7 @@ its own process: ``--in-flight`` calls at once through an asyncio semaphore, ``-
 all. ``--skip-litellm`` leaves it out (no network needed).
 
 Usage: python bench/concurrency.py [--json] [--in-flight 1000] [--latency-ms 5000] [--jobs 4000]
-                                  [--pool threads|gevent] [--skip-litellm] [--profile FILE]
+                                  [--pool threads|asyncio|gevent] [--skip-litellm] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def main() -> int:
     parser.add_argument("--litellm-calls", type=int, default=4000)
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument(
-        "--pool", choices=["threads", "gevent"], default="threads",
+        "--pool", choices=["threads", "asyncio", "gevent"], default="threads",
         help="the tier worker's pool (gevent: installed under .bench/gevent on first use)",
     )  # fmt: skip
     parser.add_argument(

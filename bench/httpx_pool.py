@@ -13,12 +13,18 @@ Variants:
   per_thread  one httpx.Client per thread (same settings)
   adapter     the fleet's OpenAI adapter on the shared client (payload, parse, usage, quota)
 
-Usage: python bench/httpx_pool.py [--json] [--threads 50,200] [--latency-ms 200] [--seconds 5]
+With ``--async``, coroutines on one event loop instead of threads (what the asyncio pool's calls are):
+  async_httpx     one httpx.AsyncClient per coroutine
+  async_shared    one httpx.AsyncClient for every coroutine
+  aiohttp         one aiohttp.ClientSession (what fleet/providers/_aio.py uses)
+
+Usage: python bench/httpx_pool.py [--json] [--threads 50,200] [--latency-ms 200] [--seconds 5] [--async]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import resource
 import threading
@@ -97,6 +103,57 @@ def _variants(
     return variants, [shared, *own]
 
 
+def _run_async(tasks: int, seconds: float, variant: str, url: str) -> dict[str, float]:
+    """``tasks`` coroutines on one loop calling until ``seconds`` have passed."""
+    import aiohttp  # a dependency of the fleet's asyncio pool
+
+    async def main() -> dict[str, float]:
+        calls, errors = [0], [0]
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        one = httpx.AsyncClient(limits=httpx.Limits(max_connections=tasks))
+        own = [httpx.AsyncClient(limits=httpx.Limits(max_connections=1)) for _ in range(tasks)]
+
+        async def call(i: int) -> None:
+            if variant == "aiohttp":
+                async with session.post(url, json=BODY) as answer:
+                    answer.raise_for_status()
+                    await answer.read()
+                return
+            client = one if variant == "async_shared" else own[i]
+            (await client.post(url, json=BODY)).raise_for_status()
+
+        go, stop_at = asyncio.Event(), [0.0]
+
+        async def worker(i: int) -> None:
+            await call(i)  # a warm connection before the clock starts
+            await go.wait()
+            while time.monotonic() < stop_at[0]:
+                try:
+                    await call(i)
+                    calls[0] += 1
+                except (httpx.HTTPError, aiohttp.ClientError):
+                    errors[0] += 1
+
+        workers = [asyncio.create_task(worker(i)) for i in range(tasks)]
+        await asyncio.sleep(min(3.0, seconds))
+        began, cpu0 = time.monotonic(), _cpu_s()
+        stop_at[0] = began + seconds
+        go.set()
+        await asyncio.gather(*workers)
+        wall, cpu = time.monotonic() - began, _cpu_s() - cpu0
+        await session.close()
+        for client in (one, *own):
+            await client.aclose()
+        done = calls[0]
+        return {
+            "calls_per_s": round(done / wall, 1),
+            "cpu_ms_per_call": round(cpu * 1000 / done, 3) if done else 0.0,
+            "errors": errors[0],
+        }
+
+    return asyncio.run(main())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -105,6 +162,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--async", dest="use_async", action="store_true", help="coroutines, not threads")
     args = parser.parse_args()
     counts = [int(n) for n in args.threads.split(",")]
     settings = load_settings(env={})
@@ -112,15 +170,21 @@ def main() -> None:
     with mock_provider(latency_ms=args.latency_ms) as mock_url:
         for threads in counts:
             ceiling = threads / (args.latency_ms / 1000.0)
-            variants, clients = _variants(mock_url, threads, settings)
-            for name, call_for in variants.items():
-                result = _run(threads, args.seconds, call_for)
+            if args.use_async:
+                runs = {
+                    name: _run_async(threads, args.seconds, name, f"{mock_url}/v1/chat/completions")
+                    for name in ("async_httpx", "async_shared", "aiohttp")
+                }
+            else:
+                variants, clients = _variants(mock_url, threads, settings)
+                runs = {name: _run(threads, args.seconds, call_for) for name, call_for in variants.items()}
+                for client in clients:
+                    client.close()
+            for name, result in runs.items():
                 result["of_ceiling"] = round(result["calls_per_s"] / ceiling, 3)
                 out["runs"][f"{name}_c{threads}"] = result
                 if not args.json:
-                    print(f"{name:>10} c{threads:<4} {result}", flush=True)
-            for client in clients:
-                client.close()
+                    print(f"{name:>12} c{threads:<4} {result}", flush=True)
     if args.json:
         print(json.dumps(out))
 

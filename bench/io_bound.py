@@ -15,7 +15,7 @@ it serves ~1,800 requests/s at 400 connections on this kind of machine (its own 
 <= 1,000/s it is not the bottleneck.
 Jobs are queued before the worker starts; the rate is taken between 10% and 90% of completions.
 
-Usage: python bench/io_bound.py [--json] [--jobs-c50 2500] [--jobs-c200 5000]
+Usage: python bench/io_bound.py [--json] [--jobs-c50 2500] [--jobs-c200 5000] [--pool threads|asyncio]
 """
 
 from __future__ import annotations
@@ -50,15 +50,20 @@ LATENCY_S = 0.2
 
 
 def run_fleet(
-    url: str, mock_url: str, jobs: int, concurrency: int, log_dir: Path, processes: int = 1
+    url: str,
+    mock_url: str,
+    jobs: int,
+    concurrency: int,
+    log_dir: Path,
+    processes: int = 1,
+    pool: str = "threads",
 ) -> float:
     redis.Redis.from_url(url).flushdb()
     env = fleet_env(url, mock_url, **otel_env(), **high_limits())
     client = Client(load_settings(env=env), redis_url=url)
     ids = [client.submit({"prompt": f"Rename field f{i} to g{i}", "tier": "mini"}) for i in range(jobs)]
     workers = start_workers("fleet.worker", "mini", processes, env=env, concurrency=concurrency // processes,
-                            pool="threads",
-                            log_dir=log_dir, name=f"mini-c{concurrency}")  # fmt: skip
+                            pool=pool, log_dir=log_dir, name=f"mini-c{concurrency}")  # fmt: skip
     try:
         wait_for_fleet(url, jobs, timeout=300)
         results = collect_results(client, ids)
@@ -100,6 +105,10 @@ def main() -> int:
     parser.add_argument("--jobs-c50", type=int, default=2500)
     parser.add_argument("--jobs-c200", type=int, default=5000)
     parser.add_argument("--processes", type=int, default=2, help="worker processes sharing a tier's slots")
+    parser.add_argument(
+        "--pool", choices=["threads", "asyncio"], default="threads",
+        help="the fleet tier's pool (bare Celery runs threads either way)",
+    )  # fmt: skip
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="fleet-bench-io-") as tmp,
@@ -107,13 +116,13 @@ def main() -> int:
         mock_provider(LATENCY_S * 1000, Path(tmp)) as mock_url,
     ):
         began, cpu0 = time.monotonic(), mock_cpu_s()
-        c50 = run_fleet(url, mock_url, args.jobs_c50, 50, Path(tmp), args.processes)
-        c200 = run_fleet(url, mock_url, args.jobs_c200, 200, Path(tmp), args.processes)
+        c50 = run_fleet(url, mock_url, args.jobs_c50, 50, Path(tmp), args.processes, args.pool)
+        c200 = run_fleet(url, mock_url, args.jobs_c200, 200, Path(tmp), args.processes, args.pool)
         mock_share = (mock_cpu_s() - cpu0) / (time.monotonic() - began)
         bare200 = run_bare(url, mock_url, args.jobs_c200, 200, Path(tmp), args.processes)
     out = {
         "latency_ms": LATENCY_S * 1000,
-        "pool": "threads",
+        "pool": args.pool,
         "processes": args.processes,
         "c50_fleet_tps": round(c50, 1),
         "efficiency_c50": round(c50 / (50 / LATENCY_S), 3),

@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from fleet import keys, telemetry
+from fleet import asyncio_pool, keys, telemetry
 from fleet.affinity import CacheAffinity
 from fleet.errors import (
     EmptyAnswer,
@@ -188,7 +188,7 @@ class Chain:
         providers: dict[str, Provider] | None = None,
         breaker: Breaker | None = None,
         limiter: Limiter | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = asyncio_pool.sleep,
     ) -> None:
         self.settings = settings
         self.breaker = breaker

@@ -223,8 +223,10 @@ class QueueSettings(_Section):
     #: interpreter lock and one consumer thread per process: I/O-bound tiers scale better as 2-4
     #: processes of 25-50 threads than as one process of 100-200.
     processes: int = Field(default=1, gt=0, le=64)
-    #: Celery pool type; model calls are I/O-bound, so tiers want threads (or gevent).
-    pool: Literal["prefork", "threads", "gevent", "solo"] = "threads"
+    #: Celery pool type; model calls are I/O-bound, so tiers want threads, or "asyncio" (each job a
+    #: greenlet on one event loop per process, fleet/asyncio_pool.py: hundreds of calls in flight
+    #: without a thread each), or gevent.
+    pool: Literal["prefork", "threads", "asyncio", "gevent", "solo"] = "threads"
     #: Fleet-wide rate limit of the queue, e.g. "600/m" (None: no limit).
     rate_limit: str | None = None
     #: (min, max) worker slots for Celery's autoscaler (None: fixed concurrency).

@@ -229,7 +229,7 @@ class Supervisor:
         self.on_event(f"mock provider: {self.mock_url} (failure rate {mock.failure_rate:.0%}{simulated})")
 
     def _start_pool(self, queue: str) -> None:
-        from fleet.worker import worker_argv  # deferred: the supervisor itself needs no tasks
+        from fleet.worker import worker_argv, worker_env  # deferred: the supervisor itself needs no tasks
 
         qs = self.settings.queues[queue]
         concurrency = self.options.scale.get(queue, qs.concurrency)
@@ -249,7 +249,8 @@ class Supervisor:
                     autoscale=autoscale,
                 ),
             ]  # fmt: skip
-            child = Child(name, argv, env=self._child_env(), log_file=self.log_dir / f"{name}.log")
+            env = {**self._child_env(), **worker_env(qs.pool)}
+            child = Child(name, argv, env=env, log_file=self.log_dir / f"{name}.log")
             child.start()
             self.pools[name] = child
         size = f"autoscale {autoscale[0]}-{autoscale[1]}" if autoscale else str(concurrency)

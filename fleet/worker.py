@@ -26,14 +26,27 @@ from fleet.errors import ConfigError
 from fleet.recovery import worker_id
 from fleet.runtime import get_runtime, reset_runtime
 
-__all__ = ["app", "worker_argv"]
+__all__ = ["ASYNCIO_POOL", "app", "worker_argv", "worker_env"]
+
+#: The Celery pool class behind ``pool = "asyncio"`` (fleet/asyncio_pool.py).
+ASYNCIO_POOL = "fleet.asyncio_pool:AsyncioPool"
 
 _POOL_ALIASES: dict[str, str] = celery.concurrency.ALIASES  # type: ignore[attr-defined]  # not in the stubs
 # `--pool threads` means our resizable threads pool in every fleet worker (fleet scale grows it).
 _POOL_ALIASES["threads"] = "fleet.pool:ResizableThreadPool"
+# `pool = "asyncio"` starts a worker with `--pool custom`, Celery's name for an out-of-tree pool (its
+# command line fixes the pool choices before the app is imported), and CELERY_CUSTOM_WORKER_POOL
+# naming the class (worker_env), which `celery` resolves before it imports anything. A worker started
+# in-process (`fleet worker`) resolves the name after this import: "custom" is the asyncio pool there.
+if not _POOL_ALIASES.get("custom"):
+    _POOL_ALIASES["custom"] = ASYNCIO_POOL
 # redis-py 8 reads its own version from the installed metadata (importlib.metadata: a walk of
 # sys.path) for every connection it opens; a tier worker with hundreds of threads opens hundreds.
 redis.utils.get_lib_version = functools.cache(redis.utils.get_lib_version)
+# redis-py 8 wraps its pools' get_connection in a check for deprecated arguments that builds a dict of
+# the call's arguments on every command (about 5% of a tier worker's CPU under py-spy); it only warns.
+for _pool in (redis.ConnectionPool, redis.BlockingConnectionPool):
+    _pool.get_connection = getattr(_pool.get_connection, "__wrapped__", _pool.get_connection)  # type: ignore[method-assign]
 # On RabbitMQ, the escalations worker turns dead letters into escalations (fleet/deadletters.py).
 app.steps["consumer"].add(DeadLetters)
 
@@ -76,6 +89,11 @@ def _before_process_shutdown(**_: Any) -> None:
     runtime.close()
 
 
+def worker_env(pool: str) -> dict[str, str]:
+    """Environment a worker process of ``pool`` needs beside :func:`worker_argv`'s arguments."""
+    return {"CELERY_CUSTOM_WORKER_POOL": ASYNCIO_POOL} if pool == "asyncio" else {}
+
+
 def worker_argv(
     queue: str,
     *,
@@ -100,7 +118,7 @@ def worker_argv(
         "worker",
         "--queues", queue,
         "--hostname", hostname or f"{queue}@%h",
-        "--pool", pool,
+        "--pool", "custom" if pool == "asyncio" else pool,
         "--loglevel", loglevel,
         "--task-events",
         "--without-gossip",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import tempfile
 import time
@@ -312,7 +313,7 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Worker slots (default: the queue file).")
     ] = None,
-    pool: Annotated[str | None, typer.Option(help="prefork, threads, gevent or solo.")] = None,
+    pool: Annotated[str | None, typer.Option(help="prefork, threads, asyncio, gevent or solo.")] = None,
     hostname: Annotated[str | None, typer.Option(help="Node name (default QUEUE@%h).")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
@@ -324,8 +325,9 @@ def worker(
         raise ConfigError(f"unknown queue {queue!r}: expected one of {', '.join(QUEUES)}")
     settings = settings_for()
     qs = settings.queues[queue]
-    from fleet.worker import app, worker_argv
+    from fleet.worker import app, worker_argv, worker_env
 
+    os.environ.update(worker_env(pool or qs.pool))
     app.worker_main(
         worker_argv(
             queue,

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable
 
-from fleet import keys
+from fleet import asyncio_pool, keys
 from fleet.limits import Bucket
 from fleet.middleware.base import Job, Middleware, Requeue
 from fleet.middleware.start import QueueToken, StartAnswer, StartPlan
@@ -31,7 +31,7 @@ def queue_buckets(queue: QueueSettings) -> list[Bucket]:
 
 
 class QueueRateLimit(Middleware):
-    def __init__(self, limits: LimitsSettings, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, limits: LimitsSettings, sleep: Callable[[float], None] = asyncio_pool.sleep) -> None:
         self.limits = limits
         self.sleep = sleep
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from fleet import keys, scripts
+from fleet import asyncio_pool, keys, scripts
 from fleet.costs import MAX_RECORDS
 from fleet.errors import BrokerError
 from fleet.limits import Correction, MemoryLimiter, apply_correction
@@ -72,7 +72,7 @@ class RedisTail:
         encode_result: Callable[[str, dict[str, Any]], tuple[str, str, int | None]],
         *,
         grace_s: float = 60.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = asyncio_pool.sleep,
     ) -> None:
         self._client = client
         self._script = scripts.register(client, "job_finish")

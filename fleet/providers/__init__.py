@@ -9,13 +9,11 @@ Every failed call raises a :class:`fleet.errors.ProviderError` subclass.
 
 from __future__ import annotations
 
-import functools
-import ssl
 from typing import TYPE_CHECKING
 
-import certifi
 import httpx
 
+from fleet.providers._http import tls_context
 from fleet.providers.anthropic import AnthropicProvider
 from fleet.providers.base import ChatRequest, ChatResponse, Provider
 from fleet.providers.config import effective_base_url
@@ -40,13 +38,6 @@ __all__ = [
 DEFAULT_MAX_CONNECTIONS = 200
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One TLS context per process, shared by every client: httpx builds one per client by default
-    (loading the CA bundle each time), 0.8 MB apiece, which a client per worker thread multiplies."""
-    return ssl.create_default_context(cafile=certifi.where())
-
-
 def make_http_client(settings: Settings, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> httpx.Client:
     """One pooled, thread-safe client per worker process.
 
@@ -56,7 +47,7 @@ def make_http_client(settings: Settings, *, max_connections: int = DEFAULT_MAX_C
     read = max((p.read_timeout_s for p in settings.providers.values()), default=60.0)
     connect = max((p.connect_timeout_s for p in settings.providers.values()), default=5.0)
     return httpx.Client(
-        verify=_tls_context(),
+        verify=tls_context(),
         limits=httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max_connections,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import pytest
 from pydantic import SecretStr
 
 from fleet import errors
-from fleet.providers import AnthropicProvider, ChatRequest, ChatResponse, OpenAICompatProvider
+from fleet.asyncio_pool import run_in_greenlet
+from fleet.providers import AnthropicProvider, ChatRequest, ChatResponse, OpenAICompatProvider, _aio
 from fleet.providers.mock_server import FAULT_KINDS, MockConfig, MockServerThread
 
 Adapter = OpenAICompatProvider | AnthropicProvider
@@ -326,3 +328,33 @@ def test_mock_server_thread_serves_and_stops() -> None:
         assert httpx.get(f"{mock.url}/healthz").status_code == 200
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{mock.url}/healthz", timeout=1)
+
+
+@pytest.mark.parametrize("wire", ["openai", "anthropic"])
+def test_on_the_asyncio_pool_the_same_answers_and_error_codes(
+    adapter: Callable[[str, str | None], Adapter], http: httpx.Client, wire: str
+) -> None:
+    """A job on the asyncio pool calls through aiohttp on the loop (fleet/providers/_aio.py): the same
+    answers, and every fault as the same error code as over httpx."""
+
+    def on_the_loop(fault: str | None, request: ChatRequest) -> ChatResponse | str:
+        async def call() -> ChatResponse:
+            try:
+                return await run_in_greenlet(adapter(wire, fault).complete, request)
+            finally:
+                await _aio.close()
+
+        try:
+            return asyncio.run(call())
+        except errors.ProviderError as exc:
+            return exc.code
+
+    request = ChatRequest(model="mock-model", prompt="Write a docstring for parse().")
+    over_httpx = adapter(wire, None).complete(request)
+    answer = on_the_loop(None, request)
+    assert isinstance(answer, ChatResponse)
+    assert (answer.text, answer.input_tokens, answer.output_tokens) == (
+        over_httpx.text, over_httpx.input_tokens, over_httpx.output_tokens,
+    )  # fmt: skip
+    quick = ChatRequest(model="mock-model", prompt="Extract the dates.", timeout_s=0.3)
+    assert {fault: on_the_loop(fault, quick) for fault in ERROR_FAULTS} == {f: f for f in ERROR_FAULTS}

@@ -183,6 +183,8 @@ def test_scale_changes_a_running_pool(fleet: RunningFleet) -> None:
     stats = fleet.client.app.control.inspect(timeout=2).stats() or {}
     sizes = {node.split("@")[0]: s["pool"]["max-concurrency"] for node, s in stats.items()}
     assert sizes["mini"] == 20
+    pools = {node.split("@")[0]: s["pool"]["implementation"] for node, s in stats.items()}
+    assert pools["mini"] == "fleet.asyncio_pool:AsyncioPool"  # queues/mini.toml
     back = run(["scale", "mini=16"], fleet.env())
     assert back.returncode == 0, back.stderr
     assert run(["scale", "nope=3"], fleet.env()).returncode == 3
