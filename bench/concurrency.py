@@ -201,7 +201,7 @@ def main() -> int:
     parser.add_argument("--litellm-calls", type=int, default=4000)
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument(
-        "--pool", choices=["threads", "asyncio", "gevent"], default="threads",
+        "--pool", choices=["threads", "asyncio", "gevent"], default="asyncio",
         help="the tier worker's pool (gevent: installed under .bench/gevent on first use)",
     )  # fmt: skip
     parser.add_argument(

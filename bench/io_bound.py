@@ -106,7 +106,7 @@ def main() -> int:
     parser.add_argument("--jobs-c200", type=int, default=5000)
     parser.add_argument("--processes", type=int, default=2, help="worker processes sharing a tier's slots")
     parser.add_argument(
-        "--pool", choices=["threads", "asyncio"], default="threads",
+        "--pool", choices=["threads", "asyncio"], default="asyncio",
         help="the fleet tier's pool (bare Celery runs threads either way)",
     )  # fmt: skip
     args = parser.parse_args()

@@ -32,6 +32,8 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "pipeline_step": ("pipeline_step",),
     "priority_put": ("priority_put",),
     "priority_take": ("priority_take",),
+    "unacked_add": ("unacked_add",),
+    "unacked_drop": ("unacked_drop",),
 }
 
 

@@ -235,6 +235,10 @@ class QueueSettings(_Section):
     timeout_s: float = Field(default=120.0, gt=0)
     #: Ordered ``provider:model`` links; after the last, the job goes to people.
     chain: list[str] = Field(default_factory=list)
+    #: Celery's two INFO lines per task ("received", "succeeded in"). About a tenth of a tier
+    #: worker's CPU at hundreds of jobs a second (docs/performance.md); the tiers' queue files turn
+    #: them off: Flower, the traces and ``fleet result`` show every job, and failures still log.
+    task_log_lines: bool = True
 
     @field_validator("rate_limit")
     @classmethod

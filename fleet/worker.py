@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import celery.concurrency
@@ -25,8 +26,9 @@ from fleet.deadletters import DeadLetters
 from fleet.errors import ConfigError
 from fleet.recovery import worker_id
 from fleet.runtime import get_runtime, reset_runtime
+from fleet.settings import Settings
 
-__all__ = ["ASYNCIO_POOL", "app", "worker_argv", "worker_env"]
+__all__ = ["ASYNCIO_POOL", "TASK_LINE_LOGGERS", "app", "quiet_task_lines", "worker_argv", "worker_env"]
 
 #: The Celery pool class behind ``pool = "asyncio"`` (fleet/asyncio_pool.py).
 ASYNCIO_POOL = "fleet.asyncio_pool:AsyncioPool"
@@ -60,10 +62,28 @@ def _quiet_http_log(loglevel: int | str | None = None, **_: Any) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+#: Celery's loggers of its two INFO lines per task: "Task ... received" and "Task ... succeeded in".
+TASK_LINE_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+def quiet_task_lines(queues: Iterable[str], settings: Settings) -> bool:
+    """Set Celery's per-task INFO lines off when every queue the worker consumes says
+    ``task_log_lines = false``; whether it did. Warnings and errors of tasks still log."""
+    consumed = [settings.queues[q] for q in queues if q in settings.queues]
+    if not consumed or any(q.task_log_lines for q in consumed):
+        return False
+    for name in TASK_LINE_LOGGERS:  # both read their level when the worker builds its consumer
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return True
+
+
 @worker_init.connect
 def _before_worker_boot(sender: Any = None, **_: Any) -> None:
     worker_id()  # fixed in the main process, before the pool forks: its children are this worker
-    get_runtime().emit("before_worker_boot", sender)
+    runtime = get_runtime()
+    queues = getattr(getattr(sender, "app", app).amqp.queues, "consume_from", None) or {}
+    quiet_task_lines(queues, runtime.settings)
+    runtime.emit("before_worker_boot", sender)
 
 
 @worker_ready.connect
@@ -89,6 +109,11 @@ def _before_process_shutdown(**_: Any) -> None:
     runtime.close()
 
 
+#: Queues whose tasks make blocking HTTP calls the asyncio pool's loop cannot wait on (the notify and
+#: callback webhooks, the batch lane's provider batch APIs): they run on threads.
+_BLOCKING_QUEUES = frozenset({"escalations", "batch"})
+
+
 def worker_env(pool: str) -> dict[str, str]:
     """Environment a worker process of ``pool`` needs beside :func:`worker_argv`'s arguments."""
     return {"CELERY_CUSTOM_WORKER_POOL": ASYNCIO_POOL} if pool == "asyncio" else {}
@@ -112,6 +137,12 @@ def worker_argv(
         raise ConfigError(
             "pool 'gevent' needs the gevent package, which is not installed: `pip install gevent`, "
             'or use pool = "threads" (the default for tiers)',
+            key=f"queues.{queue}.pool",
+        )
+    if pool == "asyncio" and queue in _BLOCKING_QUEUES:
+        raise ConfigError(
+            f"pool 'asyncio' cannot run the {queue} queue: its tasks make blocking HTTP calls "
+            '(webhooks, batch APIs) that would stall every job of the process; use pool = "threads"',
             key=f"queues.{queue}.pool",
         )
     argv = [

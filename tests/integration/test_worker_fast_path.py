@@ -67,6 +67,16 @@ def test_task_events_reach_monitors_batched(clean_fleet: RunningFleet) -> None:
         listener.join(5)
     for task_id in ids:  # what Flower needs to follow every job
         assert {"task-received", "task-started", "task-succeeded"} <= by_job.get(task_id, set()), by_job
+    # Celery's per-task INFO lines: kept by the router, off on the tiers (task_log_lines = false)
+    routed = clean_fleet.client.submit({"prompt": "Rename variable a to b in one line of code"})
+    assert clean_fleet.client.result(routed, timeout=30).status == "completed"
+    logs = clean_fleet.state_dir / "logs"
+    router_log = (logs / "router.log").read_text(errors="replace")
+    assert f"fleet.route[route-{routed}] received" in router_log
+    tiers_log = "".join(
+        (logs / f"{tier}.log").read_text(errors="replace") for tier in ("mini", "standard", "full", "fast")
+    )
+    assert not any(f"{task_id}]" in tiers_log for task_id in [*ids, routed])
     # The worker stored each result itself and handed Celery only the summary (with the answer Celery
     # would have stored it): Flower shows that summary.
     succeeded = [

@@ -178,8 +178,10 @@ def test_reliable_fetch_records_a_message_as_unacked_and_leaves_no_copy(
     assert clean_redis.sismember(keys.inflight_index(), inflight)
     assert clean_redis.llen(inflight) == 0 and clean_redis.llen("rf") == 0
     assert clean_redis.hexists("unacked", message.delivery_tag)
+    assert clean_redis.zscore("unacked_index", message.delivery_tag) is not None
     message.ack()
     assert not clean_redis.hexists("unacked", message.delivery_tag)
+    assert clean_redis.zscore("unacked_index", message.delivery_tag) is None
 
 
 def test_a_delivery_lost_on_its_way_goes_back_at_the_next_one(

@@ -36,3 +36,13 @@ def test_gevent_with_the_package_is_passed_on(monkeypatch: pytest.MonkeyPatch) -
         importlib.util, "find_spec", lambda name, *a: object() if name == "gevent" else real(name, *a)
     )
     assert "gevent" in worker.worker_argv("mini", concurrency=200, pool="gevent")
+
+
+def test_asyncio_pool_is_celerys_custom_pool_and_refused_where_tasks_block() -> None:
+    argv = worker.worker_argv("mini", concurrency=500, pool="asyncio")
+    assert argv[argv.index("--pool") + 1] == "custom"
+    assert worker.worker_env("asyncio") == {"CELERY_CUSTOM_WORKER_POOL": "fleet.asyncio_pool:AsyncioPool"}
+    assert worker.worker_env("threads") == {}
+    for queue in ("escalations", "batch"):
+        with pytest.raises(ConfigError, match=rf"queues.{queue}.pool: pool 'asyncio' cannot run"):
+            worker.worker_argv(queue, concurrency=2, pool="asyncio")

@@ -60,3 +60,24 @@ def test_httpx_request_lines_only_at_debug(level: int | str, quiet: bool) -> Non
         assert (httpx_log.level == logging.WARNING) is quiet
     finally:
         httpx_log.setLevel(before)
+
+
+@pytest.fixture
+def task_line_levels() -> Any:
+    loggers = [logging.getLogger(name) for name in worker.TASK_LINE_LOGGERS]
+    before = [lg.level for lg in loggers]
+    yield loggers
+    for lg, level in zip(loggers, before, strict=True):
+        lg.setLevel(level)
+
+
+def test_celerys_task_lines_are_off_only_where_every_consumed_queue_says_so(task_line_levels: Any) -> None:
+    settings = load_settings(env={})
+    assert not settings.queues["mini"].task_log_lines and settings.queues["router"].task_log_lines
+    levels = [lg.level for lg in task_line_levels]
+    # A worker on the router (and the tiers) keeps Celery's lines
+    assert not worker.quiet_task_lines(["router", "mini"], settings)
+    assert [lg.level for lg in task_line_levels] == levels
+    # A tier worker drops them; a task's warnings and errors still log
+    assert worker.quiet_task_lines(["mini", "full"], settings)
+    assert all(lg.level == logging.WARNING for lg in task_line_levels)
