@@ -297,6 +297,7 @@ def test_fleet_costs_json_sums_match_the_results(clean: TracedFleet) -> None:
     # Given finished jobs on every tier, some with fallbacks (their failed calls cost tokens too)
     clean.mock_config(faults_by_model={MINI[0]: {"truncated": 0.5}})
     results = clean.run_jobs(_routed_jobs(12, "cost"))
+    finished = time.monotonic()
     assert redis.Redis.from_url(clean.redis_url).xlen(keys.costs()) == 12
     # When `fleet costs --json` reads the records
     env = dict(os.environ, FLEET_REDIS_URL=clean.redis_url, FLEET_STATE_DIR=str(clean.state_dir))
@@ -324,9 +325,10 @@ def test_fleet_costs_json_sums_match_the_results(clean: TracedFleet) -> None:
     assert data["cost_all_full_usd"] == pytest.approx(full, abs=1e-6)
     assert data["saving_usd"] == pytest.approx(full - data["cost_usd"], abs=1e-6)
     assert 0 < data["saving_ratio"] < 1
-    # and a window that ends before the jobs holds none of them
+    # and a window that starts after the last job finished holds none of them
+    time.sleep(max(0.0, 1.5 - (time.monotonic() - finished)))
     done = run(["costs", "--since", "1s", "--json"], env)
-    assert done.returncode == 0 and json.loads(done.stdout)["jobs"] < 12
+    assert done.returncode == 0 and json.loads(done.stdout)["jobs"] == 0
 
 
 def test_a_pipeline_is_one_trace_from_submit_through_every_step(clean: TracedFleet) -> None:
