@@ -373,14 +373,14 @@ def status_of(task_id: str, raw: bytes | str | None, record: Mapping[Any, Any] |
     return on_its_way(task_id, fields)
 
 
-def record_routing(
-    client: BoundaryRedis, task_id: str, decision: RoutingDecision, ttl_s: int, *,
+def queue_routing(
+    pipe: Any, task_id: str, decision: RoutingDecision, ttl_s: int, *,
     team: str | None = None, fairness: FairnessSettings | None = None,
 ) -> None:  # fmt: skip
-    """The router's decision on the job's record (state ``routed``): one write, before the job is sent
-    on to its tier (so the tier's ``running`` cannot be overwritten by it). With ``team`` and
-    ``fairness`` on, the job is marked waiting for its team's share of the tier in the same write."""
-    pipe = client.pipeline(transaction=False)
+    """Queue on ``pipe`` the router's decision on the job's record (state ``routed``), written before
+    the job is sent on to its tier (so the tier's ``running`` cannot be overwritten by it; the route
+    task makes it in the publish's round trip, :func:`fleet.transport.writes_with_publish`). With
+    ``team`` and ``fairness`` on, the job is marked waiting for its team's share of the tier too."""
     pipe.hset(
         keys.job(task_id),
         mapping={"state": "routed", "queue": str(decision.tier), "tier": str(decision.tier),
@@ -389,7 +389,6 @@ def record_routing(
     pipe.expire(keys.job(task_id), ttl_s)
     if team is not None and fairness is not None and fairness.enabled:
         queue_wait(pipe, str(decision.tier), team, task_id, fairness.wait_ttl_s)
-    pipe.execute()
 
 
 def on_its_way(task_id: str, fields: dict[str, str]) -> JobStatus:

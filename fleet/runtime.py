@@ -47,6 +47,7 @@ from fleet.middleware.telemetry import Telemetry
 from fleet.models import JobEnvelope, RoutingDecision, TaskRequest, TaskResult, Tier, validate_request
 from fleet.pipelines.engine import Pipelines
 from fleet.pipelines.middleware import PipelineStep
+from fleet.producer import queue_routing
 from fleet.providers.batch import BatchAPI, batch_api
 from fleet.providers.config import split_links
 from fleet.quality.feedback import PassRates, read_rates
@@ -58,6 +59,7 @@ from fleet.router import Feedback
 from fleet.router.llm import VERDICT_SCHEMA
 from fleet.runner import JobRunner
 from fleet.settings import Settings
+from fleet.transport import writes_with_publish
 
 __all__ = ["Runtime", "get_runtime", "reset_runtime"]
 
@@ -129,7 +131,7 @@ class Runtime:
         reaper = Reaper(self.client, restore_orphan(self.client), recovery.orphan_after_s)
         return Heartbeat(
             self.client, heartbeat_s=recovery.heartbeat_s, worker_ttl_s=recovery.worker_ttl_s,
-            reaper=reaper if is_redis(str(self.app.conf.broker_url or "")) else None,
+            reaper=reaper if self._messages_in_redis else None,
         )  # fmt: skip
 
     def _polish_links(self, tier: str, exact: bool = False) -> list[tuple[str, str]]:
@@ -145,18 +147,35 @@ class Runtime:
     def _batch_api(self, provider: str) -> BatchAPI | None:
         return batch_api(self.chain.provider(provider)) if provider in self.settings.providers else None
 
-    def send_on(self, payload: object, envelope: JobEnvelope) -> None:
-        """Send a routed job to its tier's queue (from the batch lane), its record saying so."""
-        if envelope.routing is None:
+    def send_on(
+        self, payload: object, envelope: JobEnvelope, *, team: str | None = None, priority: int | None = None
+    ) -> None:  # fmt: skip
+        """Send a routed job to its tier's queue (from the router, or the batch lane), its record
+        saying so (state ``routed``, the decision's reasons; with ``team``, its fair-share mark) in the
+        publish's round trip on Redis, ahead of the message (:func:`fleet.transport.writes_with_publish`)."""
+        routing = envelope.routing
+        if routing is None:
             raise ValueError(f"job {envelope.id} has no routing: it cannot go to a tier")
-        tier = str(envelope.routing.tier)
-        with broker_errors(self.client.fleet_url):
-            self.client.hset(keys.job(envelope.id), mapping={"state": "routed", "queue": tier,
-                                                             "since": repr(time.time())})  # fmt: skip
+        settings = self.settings
+
+        def record(pipe: Any) -> None:
+            ttl = settings.broker.result_expires_s
+            queue_routing(pipe, envelope.id, routing, ttl, team=team, fairness=settings.fairness)
+
+        with (
+            broker_errors(self.client.fleet_url),
+            writes_with_publish(self.client, record, merge=self._messages_in_redis),
+        ):
             self.app.send_task(
                 EXECUTE_TASK, args=[payload, envelope.model_dump(mode="json")], task_id=envelope.id,
-                argsrepr=ARGS_REPR, kwargsrepr="{}", **self.queue_options(tier),
+                argsrepr=ARGS_REPR, kwargsrepr="{}", priority=priority,
+                **self.queue_options(str(routing.tier)),
             )  # fmt: skip
+
+    @functools.cached_property
+    def _messages_in_redis(self) -> bool:
+        """Whether the messages go through the fleet's Redis (its state's), not RabbitMQ."""
+        return is_redis(str(self.app.conf.broker_url or ""))
 
     def _send_shadow(self, payload: object, envelope: JobEnvelope) -> None:
         with broker_errors(self.client.fleet_url):

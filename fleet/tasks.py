@@ -8,7 +8,6 @@ A broker that drops out mid-task is not the job's failure: the message goes back
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from celery import Task
@@ -36,7 +35,6 @@ from fleet.escalations import NewEscalation
 from fleet.middleware.base import Requeue, Skip
 from fleet.models import JobEnvelope, TaskRequest, TaskResult
 from fleet.notify import notify_people
-from fleet.producer import record_routing
 from fleet.router import decide
 from fleet.runtime import Runtime, get_runtime
 
@@ -84,16 +82,7 @@ def route(self: Task[Any, Any], request: Any = None, job: Any = None) -> None:
             queue="batch", argsrepr=ARGS_REPR, kwargsrepr="{}",
         )  # fmt: skip
         return
-    record_routing(
-        runtime.client, envelope.id, envelope.routing, settings.broker.result_expires_s,
-        team=team_of(settings.budgets, req.metadata), fairness=settings.fairness,
-    )  # fmt: skip
-    timeout = settings.tier(envelope.routing.tier).timeout_s
-    app.send_task(
-        EXECUTE_TASK, args=[request, envelope.model_dump(mode="json")], task_id=envelope.id,
-        queue=str(envelope.routing.tier), time_limit=math.ceil(timeout + 30),
-        soft_time_limit=math.ceil(timeout), argsrepr=ARGS_REPR, kwargsrepr="{}", priority=req.priority,
-    )  # fmt: skip
+    runtime.send_on(request, envelope, team=team_of(settings.budgets, req.metadata), priority=req.priority)
 
 
 @app.task(name=BATCH_TASK, bind=True, ignore_result=True, base=FleetTask)

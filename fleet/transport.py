@@ -30,11 +30,20 @@ the in-flight list (``priority_take.lua``); only when the queue is empty does th
 BLMOVE on the plain list, and after that wait it looks at every list again. A message that goes back
 from an in-flight list (a lost delivery, an orphan) goes to the head of the plain list: its
 priority is not kept in that rare case.
+
+**Writes with a publish** (:func:`writes_with_publish`). The router writes a job's record (state
+``routed``) before it sends the job on, so the tier's ``running`` is never overwritten by it: two
+round trips per job. Where the channel allows, the record's commands go in the same pipeline as the
+message's LPUSH, ahead of it: one round trip, the same order (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
@@ -44,12 +53,59 @@ from kombu.utils.json import loads
 
 from fleet import keys, scripts
 
-__all__ = ["PRIORITY_STEPS", "Channel", "QoS", "Transport", "give_back"]
+__all__ = ["PRIORITY_STEPS", "Channel", "QoS", "Transport", "give_back", "writes_with_publish"]
 
 #: kombu's Redis transport, most of which its type stubs leave out.
 _kombu: Any = kombu_redis
 #: kombu's own client factory (private).
 _kombu_create_client: Any = _kombu.Channel._create_client
+
+
+@dataclass
+class _Writes:
+    """Commands to make ahead of the next message this context publishes."""
+
+    #: Queues the commands on a pipeline (redis-py's).
+    queue: Callable[[Any], None]
+    #: The client of the fleet's state, for a channel that cannot take them in its own pipeline.
+    client: Any
+    done: bool = False
+
+    def apply(self, pipe: Any | None = None) -> None:
+        """The commands on ``pipe`` (the caller executes it), or in a round trip of their own."""
+        if pipe is not None:
+            self.queue(pipe)
+            return
+        own = self.client.pipeline(transaction=False)
+        self.queue(own)
+        own.execute()
+        self.done = True
+
+
+_writes: ContextVar[_Writes | None] = ContextVar("fleet_writes_with_publish", default=None)
+
+
+@contextmanager
+def writes_with_publish(client: Any, queue: Callable[[Any], None], *, merge: bool = True) -> Iterator[None]:
+    """Make the commands ``queue`` puts on a pipeline before the message published in this block
+    (one message): in the same round trip as its LPUSH where the fleet's channel sends it, else in
+    one of their own just before it. ``client`` is the fleet's state client. ``merge`` False (the
+    messages are not on that Redis: RabbitMQ): they are made on entering the block. A publish that
+    kombu retries after a lost connection makes them again (they must be idempotent).
+
+    Raises:
+        RuntimeError: nothing was published through the fleet's Redis channel in the block.
+    """
+    pending = _Writes(queue, client)
+    if not merge:
+        pending.apply()
+    token = _writes.set(pending)
+    try:
+        yield
+    finally:
+        _writes.reset(token)
+    if not pending.done:
+        raise RuntimeError("writes_with_publish: no message was published through the fleet's Redis channel")
 
 
 def give_back(client: Any, inflight_key: str) -> int:
@@ -178,8 +234,20 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         priority = self._get_message_priority(message, reverse=False)
-        plain = not priority or bool(self.global_keyprefix) or bool(self._expires and queue in self._expires)
-        if plain or kwargs.get("_publish_batch") is not None:
+        odd = bool(self.global_keyprefix) or bool(self._expires and queue in self._expires)
+        writes = _writes.get()
+        if writes is not None and not writes.done:
+            if odd or priority or kwargs.get("_publish_batch") is not None:
+                writes.apply()  # a round trip of their own, ahead of the message
+            else:  # the commands and the LPUSH in one pipeline, in that order
+                with self.conn_or_acquire() as client:
+                    pipe = client.pipeline(transaction=False)
+                    writes.apply(pipe)
+                    pipe.lpush(self._q_for_pri(queue, 0), _kombu.dumps(message))
+                    pipe.execute()
+                writes.done = True
+                return
+        if not priority or odd or kwargs.get("_publish_batch") is not None:
             super()._put(queue, message, **kwargs)
             return
         lists = [keys.queue_list(queue, priority), *keys.queue_lists(queue)]

@@ -17,7 +17,7 @@ from fleet.limits import Bucket
 from fleet.middleware.base import Job, Middleware, Requeue
 from fleet.middleware.start import QueueToken, RedisJobStarter, StartPlan
 from fleet.models import JobEnvelope, RoutingDecision, Tier
-from fleet.producer import Outgoing, queue_records, record_routing
+from fleet.producer import Outgoing, queue_records, queue_routing
 from fleet.runner import JobRunner
 from fleet.settings import Settings, load_settings
 
@@ -362,8 +362,10 @@ def test_the_router_marks_a_teams_job_with_its_decision(clean_redis: redis.Redis
     decision = RoutingDecision(tier=Tier.STANDARD, reasons=["score 3"], classifier="heuristic")
     client = BoundaryRedis(connection_pool=clean_redis.connection_pool)
     fairness = _settings().fairness
-    record_routing(client, "r1", decision, 60, team="a", fairness=fairness)
-    record_routing(client, "r2", decision, 60, team=None, fairness=fairness)
-    record_routing(client, "r3", decision, 60, team="a")
+    pipe = client.pipeline(transaction=False)
+    queue_routing(pipe, "r1", decision, 60, team="a", fairness=fairness)
+    queue_routing(pipe, "r2", decision, 60, team=None, fairness=fairness)
+    queue_routing(pipe, "r3", decision, 60, team="a")
+    pipe.execute()
     assert clean_redis.zrange(keys.fair_waiting("standard", "a"), 0, -1) == [b"r1"]
     assert clean_redis.hget(keys.job("r1"), "state") == b"routed"

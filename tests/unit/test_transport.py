@@ -1,14 +1,17 @@
-"""The fleet's kombu Redis channel on a closed connection: a connection error Celery recovers from,
-never the AttributeError it takes for an unrecoverable one (and exits every worker on)."""
+"""The fleet's kombu Redis channel: on a closed connection, a connection error Celery recovers from,
+never the AttributeError it takes for an unrecoverable one (and exits every worker on); and writes
+that ride with a publish (the router's record of a job)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import redis
 
-from fleet.transport import Channel
+from fleet import keys
+from fleet.transport import Channel, writes_with_publish
 
 
 def test_a_channel_of_a_closed_connection_raises_a_connection_error() -> None:
@@ -20,3 +23,80 @@ def test_a_channel_of_a_closed_connection_raises_a_connection_error() -> None:
     # reconnect loop handle
     with pytest.raises(redis.ConnectionError, match="closed"):
         channel._create_client()
+
+
+def _app(url: str) -> Any:
+    from fleet.app import create_app
+    from fleet.settings import load_settings
+
+    return create_app(load_settings(env={"FLEET_REDIS_URL": url}), url)
+
+
+def _mark(key: str) -> Any:
+    def queue(pipe: Any) -> None:
+        pipe.hset(key, "state", "routed")
+
+    return queue
+
+
+@pytest.mark.parametrize("priority", [None, 7])
+def test_writes_with_a_publish_land_with_the_message(clean_redis: redis.Redis, priority: int | None) -> None:
+    # Given the fleet's app on the test Redis, and a record to write ahead of a message
+    app = _app(_url(clean_redis))
+    state = redis.Redis(connection_pool=clean_redis.connection_pool)
+    # When a message is published inside the block
+    with writes_with_publish(state, _mark("fleet:job:w1")):
+        app.send_task("fleet.noop", args=[1], task_id="w1", queue="mini", priority=priority)
+    # Then the record and the message are both there (a priority message on its own list)
+    assert clean_redis.hget("fleet:job:w1", "state") == b"routed"
+    lists = [keys.queue_list("mini", p) for p in keys.PRIORITIES]
+    assert sum(int(clean_redis.llen(name)) for name in lists) == 1
+
+
+def test_writes_and_a_plain_publish_take_one_round_trip(
+    clean_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a channel already set up (its first publish declares the queue), and a count of the
+    # requests this process sends to Redis
+    app = _app(_url(clean_redis))
+    state = redis.Redis(connection_pool=clean_redis.connection_pool)
+    sent: list[int] = []
+    send = redis.connection.Connection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        send(self, command, check_health)
+
+    with app.producer_or_acquire() as producer:
+        app.send_task("fleet.noop", args=[0], queue="mini", producer=producer)
+        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+        # When the record's write rides with the next publish
+        with writes_with_publish(state, _mark("fleet:job:w2")):
+            app.send_task("fleet.noop", args=[1], task_id="w2", queue="mini", producer=producer)
+        monkeypatch.undo()
+    # Then one request carried both, the record ahead of the message
+    assert len(sent) == 1, len(sent)
+    assert clean_redis.hget("fleet:job:w2", "state") == b"routed"
+    assert clean_redis.llen("mini") == 2
+
+
+def test_writes_go_first_where_the_messages_are_elsewhere(clean_redis: redis.Redis) -> None:
+    # Given messages that do not go through this Redis (RabbitMQ): the record is written on entry
+    state = redis.Redis(connection_pool=clean_redis.connection_pool)
+    with writes_with_publish(state, _mark("fleet:job:w3"), merge=False):
+        assert clean_redis.hget("fleet:job:w3", "state") == b"routed"
+
+
+def test_a_block_that_publishes_nothing_says_so(clean_redis: redis.Redis) -> None:
+    state = redis.Redis(connection_pool=clean_redis.connection_pool)
+    with (
+        pytest.raises(RuntimeError, match="no message was published"),
+        writes_with_publish(state, _mark("w4")),
+    ):
+        pass
+    assert clean_redis.exists("w4") == 0
+
+
+def _url(client: redis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
