@@ -15,10 +15,15 @@ time:
 - fleet_http: the same, the provider being the mock server over real HTTP with no added latency
   (its CPU and the HTTP client's share the same two cores; --http-jobs, default 3,000).
 
+``--one-hop`` adds a run of fleet_http with the producer routing (``router.in_producer = "all"``):
+no router worker, each job sent straight to its tier (the heuristic's CPU, about 50 us a job, is then
+the producer's, outside these figures); its rate beside fleet_http's (two hops), and its CPU per job.
+
 ``--tier-pool asyncio`` runs the fleet's tier worker on its own pool (the tiers' default, at
 ``--tier-concurrency``, default 16 as in queues/mini.toml) instead of the bare runs' prefork x 2.
 
 Usage: python bench/throughput.py [--json] [--jobs N] [--rounds R] [--http-jobs N] [--tier-pool asyncio]
+                                 [--one-hop]
 Last stdout line: {"bare_1hop_tps", "bare_2hop_tps", "fleet_tps", "fleet_vs_bare_2hop",
 "fleet_http_tps", "fleet_http_vs_bare_2hop", "peak_rss_mb", "cpu_ms_per_job", ...};
 BENCH_OTEL_EXPORTER=none runs the fleet with telemetry off.
@@ -121,9 +126,11 @@ def run_fleet(
     *,
     inline: bool = True,
     tier_pool: tuple[str, int] = (POOL, CONCURRENCY),
+    in_producer: str = "off",
 ) -> tuple[float, dict[str, float], dict[str, float], float]:
     redis.Redis.from_url(url).flushdb()
     env = fleet_env(url, mock_url, **otel_env(), **high_limits(), **(inline_mock() if inline else {}))
+    env["FLEET_ROUTER__IN_PRODUCER"] = in_producer  # "all": the producer routes; no router worker
     settings = load_settings(env=env)
     client = Client(settings, redis_url=url)
     requests = sample(jobs)
@@ -134,8 +141,10 @@ def run_fleet(
     submit_tps = jobs / (time.monotonic() - submit_began)
     broker0, mock0 = broker_cpu_s(), mock_cpu_s()
     began = time.monotonic()
-    workers = start_workers("fleet.worker", "router", 1, env=env, concurrency=CONCURRENCY, pool=POOL,
-                            log_dir=log_dir, loglevel="WARNING")  # fmt: skip
+    workers = [] if in_producer == "all" else start_workers(
+        "fleet.worker", "router", 1, env=env, concurrency=CONCURRENCY, pool=POOL, log_dir=log_dir,
+        loglevel="WARNING",
+    )  # fmt: skip
     workers += start_workers("fleet.worker", TIERS, 1, env=env, concurrency=tier_pool[1], pool=tier_pool[0],
                              log_dir=log_dir, name="tiers", loglevel="WARNING")  # fmt: skip
     try:
@@ -176,6 +185,9 @@ def main() -> int:
         help="bare 2-hop and fleet runs alternate this many times, sharing --jobs (the speed of a "
         "shared machine drifts by the minute; alternating spreads that over both)",
     )  # fmt: skip
+    parser.add_argument(
+        "--one-hop", action="store_true", help="also fleet_http with the producer routing (no router hop)"
+    )
     parser.add_argument("--tier-pool", choices=[POOL, "asyncio"], default=POOL, help="the fleet's tier pool")
     parser.add_argument("--tier-concurrency", type=int, help=f"(default: {CONCURRENCY}, 16 for asyncio)")
     args = parser.parse_args()
@@ -197,6 +209,12 @@ def main() -> int:
             if args.http_jobs > 0
             else None
         )
+        one_hop = (
+            run_fleet(url, mock_url, args.http_jobs or per_round, log_dir, inline=False, tier_pool=tiers,
+                      in_producer="all")
+            if args.one_hop
+            else None
+        )  # fmt: skip
     # Each variant's rate over all its rounds: its jobs over the sum of its rounds' times.
     two = len(bare_rounds) / sum(1 / r[0] for r in bare_rounds)
     fleet = len(fleet_rounds) / sum(1 / r[0] for r in fleet_rounds)
@@ -220,6 +238,14 @@ def main() -> int:
         "fleet_vs_bare_2hop": round(fleet / two, 3),
         "fleet_http_tps": round(http[0], 1) if http else None,
         "fleet_http_vs_bare_2hop": round(http[0] / two, 3) if http else None,
+        **(
+            {
+                "fleet_http_one_hop_tps": round(one_hop[0], 1),
+                "fleet_http_one_hop_vs_two": round(one_hop[0] / http[0], 3) if http else None,
+            }
+            if one_hop
+            else {}
+        ),
         "fleet_submit_tps": round(submit_tps, 1),
         "telemetry": otel_env()["OTEL_TRACES_EXPORTER"],
         "peak_rss_mb": {"bare_1hop": rss1, "bare_2hop": rss2, "fleet": rss_fleet},
@@ -230,6 +256,7 @@ def main() -> int:
             "bare_2hop": cpu2,
             "fleet": cpu_fleet,
             **({"fleet_http": http[2]} if http else {}),
+            **({"fleet_http_one_hop": one_hop[2]} if one_hop else {}),
         },
         "target_met": fleet / two >= 0.8,
     }
