@@ -6,6 +6,7 @@ Requests are validated at the producer and again at the worker (a message can co
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -232,6 +233,8 @@ class TaskRequest(_Strict):
     def _schema_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return value
+        # A key or string with a lone surrogate validates as a dict but cannot go on the wire.
+        _utf8(json.dumps(value, ensure_ascii=False))
         import jsonschema  # deferred: only requests that carry a schema pay for the import
 
         try:

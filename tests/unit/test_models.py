@@ -61,6 +61,10 @@ def test_full_request_round_trips_through_json() -> None:
         ({"prompt": "a", "response_schema": {"type": 12}}, "response_schema"),
         ({"prompt": "\ud800"}, "prompt: Value error, not valid unicode"),
         ({"prompt": "a", "system": "\udfff"}, "system: "),
+        (
+            {"prompt": "a", "response_schema": {"": {"\ud800": None}}},
+            "response_schema: Value error, not valid",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(data: dict[str, object], fragment: str) -> None:

@@ -25,6 +25,16 @@ def test_a_channel_of_a_closed_connection_raises_a_connection_error() -> None:
         channel._create_client()
 
 
+#: A queue no worker consumes (the integration suite's fleets share the session's broker).
+_QUEUE = "fleet-test-writes"
+
+
+def _queue() -> Any:
+    from kombu import Exchange, Queue
+
+    return Queue(_QUEUE, Exchange(_QUEUE, type="direct"), routing_key=_QUEUE)
+
+
 def _app(url: str) -> Any:
     from fleet.app import create_app
     from fleet.settings import load_settings
@@ -46,10 +56,10 @@ def test_writes_with_a_publish_land_with_the_message(clean_redis: redis.Redis, p
     state = redis.Redis(connection_pool=clean_redis.connection_pool)
     # When a message is published inside the block
     with writes_with_publish(state, _mark("fleet:job:w1")):
-        app.send_task("fleet.noop", args=[1], task_id="w1", queue="mini", priority=priority)
+        app.send_task("fleet.noop", args=[1], task_id="w1", queue=_queue(), priority=priority)
     # Then the record and the message are both there (a priority message on its own list)
     assert clean_redis.hget("fleet:job:w1", "state") == b"routed"
-    lists = [keys.queue_list("mini", p) for p in keys.PRIORITIES]
+    lists = [keys.queue_list(_QUEUE, p) for p in keys.PRIORITIES]
     assert sum(int(clean_redis.llen(name)) for name in lists) == 1
 
 
@@ -68,16 +78,16 @@ def test_writes_and_a_plain_publish_take_one_round_trip(
         send(self, command, check_health)
 
     with app.producer_or_acquire() as producer:
-        app.send_task("fleet.noop", args=[0], queue="mini", producer=producer)
+        app.send_task("fleet.noop", args=[0], queue=_queue(), producer=producer)
         monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
         # When the record's write rides with the next publish
         with writes_with_publish(state, _mark("fleet:job:w2")):
-            app.send_task("fleet.noop", args=[1], task_id="w2", queue="mini", producer=producer)
+            app.send_task("fleet.noop", args=[1], task_id="w2", queue=_queue(), producer=producer)
         monkeypatch.undo()
     # Then one request carried both, the record ahead of the message
     assert len(sent) == 1, len(sent)
     assert clean_redis.hget("fleet:job:w2", "state") == b"routed"
-    assert clean_redis.llen("mini") == 2
+    assert clean_redis.llen(_QUEUE) == 2
 
 
 def test_writes_go_first_where_the_messages_are_elsewhere(clean_redis: redis.Redis) -> None:
