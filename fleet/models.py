@@ -6,13 +6,13 @@ Requests are validated at the producer and again at the worker (a message can co
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
+import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -233,8 +233,17 @@ class TaskRequest(_Strict):
     def _schema_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return value
-        # A key or string with a lone surrogate validates as a dict but cannot go on the wire.
-        _utf8(json.dumps(value, ensure_ascii=False))
+        # A dict validates whatever it holds; what goes on the wire is its JSON, as the envelope's
+        # serialisation makes it (a set becomes a list, bytes a string; a lone surrogate fails).
+        try:
+            pydantic_core.to_json(value)
+        except pydantic_core.PydanticSerializationError as exc:
+            why = (
+                "it holds a lone surrogate"
+                if "UnicodeEncodeError" in str(exc)
+                else "a value JSON cannot hold"
+            )
+            raise ValueError(f"cannot be sent as JSON ({why})") from None
         import jsonschema  # deferred: only requests that carry a schema pay for the import
 
         try:

@@ -71,14 +71,11 @@ class _Writes:
     client: Any
     done: bool = False
 
-    def apply(self, pipe: Any | None = None) -> None:
-        """The commands on ``pipe`` (the caller executes it), or in a round trip of their own."""
-        if pipe is not None:
-            self.queue(pipe)
-            return
-        own = self.client.pipeline(transaction=False)
-        self.queue(own)
-        own.execute()
+    def apply(self) -> None:
+        """The commands in a round trip of their own."""
+        pipe = self.client.pipeline(transaction=False)
+        self.queue(pipe)
+        pipe.execute()
         self.done = True
 
 
@@ -234,20 +231,22 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         priority = self._get_message_priority(message, reverse=False)
-        odd = bool(self.global_keyprefix) or bool(self._expires and queue in self._expires)
+        # kombu's own put serves these (and any message of priority 0): a key prefix, a queue TTL, a batch.
+        kombus = bool(self.global_keyprefix or (self._expires and queue in self._expires))
+        kombus = kombus or kwargs.get("_publish_batch") is not None
         writes = _writes.get()
         if writes is not None and not writes.done:
-            if odd or priority or kwargs.get("_publish_batch") is not None:
+            if kombus or priority:
                 writes.apply()  # a round trip of their own, ahead of the message
             else:  # the commands and the LPUSH in one pipeline, in that order
                 with self.conn_or_acquire() as client:
                     pipe = client.pipeline(transaction=False)
-                    writes.apply(pipe)
+                    writes.queue(pipe)
                     pipe.lpush(self._q_for_pri(queue, 0), _kombu.dumps(message))
                     pipe.execute()
                 writes.done = True
                 return
-        if not priority or odd or kwargs.get("_publish_batch") is not None:
+        if kombus or not priority:
             super()._put(queue, message, **kwargs)
             return
         lists = [keys.queue_list(queue, priority), *keys.queue_lists(queue)]

@@ -63,7 +63,11 @@ def test_full_request_round_trips_through_json() -> None:
         ({"prompt": "a", "system": "\udfff"}, "system: "),
         (
             {"prompt": "a", "response_schema": {"": {"\ud800": None}}},
-            "response_schema: Value error, not valid",
+            "response_schema: Value error, cannot be sent as JSON (it holds a lone surrogate)",
+        ),
+        (
+            {"prompt": "a", "response_schema": {"type": "object", "x": object()}},
+            "response_schema: Value error, cannot be sent as JSON (a value JSON cannot hold)",
         ),
     ],
 )
@@ -108,3 +112,11 @@ def test_the_size_limit_applies_to_the_whole_conversation() -> None:
     with pytest.raises(InvalidRequest, match="the conversation is 1201 bytes, over the limit of 1000 bytes"):
         validate_request({"messages": turns}, max_prompt_bytes=1000)
     assert validate_request({"messages": turns}, max_prompt_bytes=1201).ask == "z"
+
+
+def test_a_schema_holding_python_values_json_can_hold_is_accepted() -> None:
+    # A Python producer's schema: a set goes on the wire as a list, bytes as a string
+    req = validate_request(
+        {"prompt": "a", "response_schema": {"type": "string", "x-tags": {"a"}, "x-raw": b"1"}}
+    )
+    assert req.model_dump(mode="json")["response_schema"] == {"type": "string", "x-tags": ["a"], "x-raw": "1"}
