@@ -126,7 +126,7 @@ def test_header_pacing_keeps_a_model_under_the_quota_its_provider_reports(clean_
 
         with ThreadPoolExecutor(16) as pool:
             direct = list(pool.map(call, range(60)))
-        assert direct.count(429) >= 20, direct
+        assert direct.count(429) >= 10, direct  # (30 of 60 in a 5 s window; fewer on a slow machine)
         httpx.post(f"{clean_fleet.mock_url}/_mock/reset", timeout=5)  # the quota whole again
         # When 60 jobs go to mini through the fleet
         client = clean_fleet.client

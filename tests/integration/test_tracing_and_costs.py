@@ -58,9 +58,11 @@ class TracedFleet:
         return [self.client.result(i, timeout=60) for i in ids]
 
     def traces_of(self, results: list[TaskResult], *, timeout: float = 15) -> dict[str, list[dict[str, Any]]]:
-        """Each job's trace (by task id), once its execute span is in the file.
+        """Each job's trace (by task id), once its finished execute span (the delivery that gave it
+        its result, with ``fleet.outcome``) is in the file.
 
-        The execute span ends after Celery stored the result, so the file may lag the result a moment.
+        The execute span ends after Celery stored the result, so the file may lag the result a moment;
+        a job requeued for a rate limit has an earlier execute span that does not say it finished.
         """
         wanted = {r.task_id for r in results}
         deadline = time.monotonic() + timeout
@@ -75,7 +77,11 @@ class TracedFleet:
             done = {
                 task_id: by_trace[trace_of[task_id]]
                 for task_id in wanted
-                if task_id in trace_of and any(s["name"] == "execute" for s in by_trace[trace_of[task_id]])
+                if task_id in trace_of
+                and any(
+                    s["name"] == "execute" and "fleet.outcome" in s["attributes"]
+                    for s in by_trace[trace_of[task_id]]
+                )
             }
             if len(done) == len(wanted) or time.monotonic() > deadline:
                 return done
