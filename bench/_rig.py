@@ -53,6 +53,16 @@ def broker_cpu_s() -> float:
     return cpu_s(_broker_pids[-1]) if _broker_pids else 0.0
 
 
+def broker_reads(url: str) -> int:
+    """Requests the broker has read so far (``total_reads_processed``: a command, a pipeline or a
+    script sent at once is one read, so about one per round trip)."""
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("stats")["total_reads_processed"])
+    finally:
+        client.close()
+
+
 @contextmanager
 def mock_provider(latency_ms: float = 0.0, log_dir: Path | None = None) -> Iterator[str]:
     """The mock provider as its own process; yields its URL."""

@@ -25,7 +25,7 @@ the producer's, outside these figures); its rate beside fleet_http's (two hops),
 Usage: python bench/throughput.py [--json] [--jobs N] [--rounds R] [--http-jobs N] [--tier-pool asyncio]
                                  [--one-hop]
 Last stdout line: {"bare_1hop_tps", "bare_2hop_tps", "fleet_tps", "fleet_vs_bare_2hop",
-"fleet_http_tps", "fleet_http_vs_bare_2hop", "peak_rss_mb", "cpu_ms_per_job", ...};
+"fleet_http_tps", "fleet_http_vs_bare_2hop", "peak_rss_mb", "cpu_ms_per_job", "broker_requests_per_job", ...};
 BENCH_OTEL_EXPORTER=none runs the fleet with telemetry off.
 Target: fleet_vs_bare_2hop >= 0.8 (issue 18; 0.7 before).
 """
@@ -36,6 +36,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +44,7 @@ import redis
 from _rig import (
     broker,
     broker_cpu_s,
+    broker_reads,
     collect_results,
     cpu_s,
     fleet_env,
@@ -86,7 +88,7 @@ def run_bare(
             else:
                 producer.send_task("bare.route", args=[i], queue="router", producer=pub)
     env = fleet_env(url, mock_url)
-    broker0, mock0 = broker_cpu_s(), mock_cpu_s()
+    broker0, mock0, reads0 = broker_cpu_s(), mock_cpu_s(), broker_reads(url)
     began = time.monotonic()
     if hops == 1:
         workers = start_workers("_bare", "bare", 1, env=env, concurrency=CONCURRENCY, pool=POOL,
@@ -102,12 +104,17 @@ def run_bare(
         rss = {w.name: peak_rss_mb(w.pid or 0) for w in workers}
         cpu = {w.name: round(cpu_s(w.pid or 0) * 1000 / jobs, 3) for w in workers}
         cpu.update(_shared_cpu(jobs, broker0, mock0))
+        _requests[f"bare_{hops}hop"].append((broker_reads(url) - reads0) / jobs)
     finally:
         stop(workers)
         producer.close()
     if not ok:
         raise RuntimeError(f"bare {hops}-hop run did not finish: {client.get('bare:done')} of {jobs}")
     return jobs / elapsed, rss, cpu
+
+
+#: Requests the broker read per job in each run (bench/_rig.broker_reads), by variant.
+_requests: dict[str, list[float]] = defaultdict(list)
 
 
 def _shared_cpu(jobs: int, broker0: float, mock0: float) -> dict[str, float]:
@@ -139,7 +146,7 @@ def run_fleet(
     submit_began = time.monotonic()
     ids = [client.submit(r) for r in requests]
     submit_tps = jobs / (time.monotonic() - submit_began)
-    broker0, mock0 = broker_cpu_s(), mock_cpu_s()
+    broker0, mock0, reads0 = broker_cpu_s(), mock_cpu_s(), broker_reads(url)
     began = time.monotonic()
     workers = [] if in_producer == "all" else start_workers(
         "fleet.worker", "router", 1, env=env, concurrency=CONCURRENCY, pool=POOL, log_dir=log_dir,
@@ -150,6 +157,8 @@ def run_fleet(
     try:
         wait_for_fleet(url, jobs, timeout=600)
         elapsed = time.monotonic() - began
+        variant = "fleet" if inline else "fleet_http_one_hop" if in_producer == "all" else "fleet_http"
+        _requests[variant].append((broker_reads(url) - reads0) / jobs)
         rss = {w.name: peak_rss_mb(w.pid or 0) for w in workers}
         cpu = {w.name: round(cpu_s(w.pid or 0) * 1000 / jobs, 3) for w in workers}
         cpu.update(_shared_cpu(jobs, broker0, mock0))
@@ -258,6 +267,9 @@ def main() -> int:
             **({"fleet_http": http[2]} if http else {}),
             **({"fleet_http_one_hop": one_hop[2]} if one_hop else {}),
         },
+        # Requests the broker read per job (about one per round trip; the bench's own polling of
+        # its progress, a few a second, included): what the workers' round trips cost the broker.
+        "broker_requests_per_job": {name: round(sum(v) / len(v), 2) for name, v in _requests.items()},
         "target_met": fleet / two >= 0.8,
     }
     if not args.json:
