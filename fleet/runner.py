@@ -3,8 +3,8 @@
     plan   <- every middleware's part (lock, delivery count, queue token) + the chain's first link
     answer <- the start, in one round trip
     result <- after_start hooks -> before_call hooks -> the chain -> after_call hooks
-    tail   <- before_finish hooks (cost line, metrics) + the result, then after_job hooks (lock
-              release), sent in one round trip
+    tail   <- before_finish hooks (cost line, metrics) + the result (and the message's unacked
+              record: its ack sends nothing), then after_job hooks (lock release), in one round trip
 
 Requeue and Skip leave :meth:`JobRunner.run` for the Celery task to act on; whatever the delivery
 holds is released on the way out.
@@ -100,7 +100,7 @@ class JobRunner:
         try:
             result = self._through(job)
             stored = result.model_dump(mode="json")
-            job.tail.store_result(job.id, stored)
+            job.tail.store_result(job.id, stored, ack_tag=job.ack_tag)
         except Skip:
             job.skipped = True
             raise

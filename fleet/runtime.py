@@ -59,7 +59,7 @@ from fleet.router import Feedback
 from fleet.router.llm import VERDICT_SCHEMA
 from fleet.runner import JobRunner
 from fleet.settings import Settings
-from fleet.transport import writes_with_publish
+from fleet.transport import ack_tag, writes_with_publish
 
 __all__ = ["Runtime", "get_runtime", "reset_runtime"]
 
@@ -148,11 +148,14 @@ class Runtime:
         return batch_api(self.chain.provider(provider)) if provider in self.settings.providers else None
 
     def send_on(
-        self, payload: object, envelope: JobEnvelope, *, team: str | None = None, priority: int | None = None
+        self, payload: object, envelope: JobEnvelope, *, team: str | None = None, priority: int | None = None,
+        task: Any = None,
     ) -> None:  # fmt: skip
         """Send a routed job to its tier's queue (from the router, or the batch lane), its record
         saying so (state ``routed``, the decision's reasons; with ``team``, its fair-share mark) in the
-        publish's round trip on Redis, ahead of the message (:func:`fleet.transport.writes_with_publish`)."""
+        publish's round trip on Redis, ahead of the message (:func:`fleet.transport.writes_with_publish`).
+        ``task``: the Celery task sending it, which then acks its message: the message's unacked record
+        goes in that round trip too, after the new message (its ack sends nothing)."""
         routing = envelope.routing
         if routing is None:
             raise ValueError(f"job {envelope.id} has no routing: it cannot go to a tier")
@@ -164,7 +167,14 @@ class Runtime:
 
         with (
             broker_errors(self.client.fleet_url),
-            writes_with_publish(self.client, record, merge=self._messages_in_redis),
+            writes_with_publish(
+                self.client,
+                record,
+                merge=self._messages_in_redis,
+                ack_tag=ack_tag(task.request.properties)
+                if task is not None and self._messages_in_redis
+                else None,
+            ),
         ):
             self.app.send_task(
                 EXECUTE_TASK, args=[payload, envelope.model_dump(mode="json")], task_id=envelope.id,
@@ -261,6 +271,7 @@ class Runtime:
             redelivered=bool(info.get("redelivered")),
             retries=int(task.request.retries or 0),
             tail=self.new_tail(),
+            ack_tag=ack_tag(task.request.properties) if self._messages_in_redis else None,
         )
 
     def queue_options(self, tier: str | None) -> dict[str, Any]:

@@ -82,7 +82,8 @@ def route(self: Task[Any, Any], request: Any = None, job: Any = None) -> None:
             queue="batch", argsrepr=ARGS_REPR, kwargsrepr="{}",
         )  # fmt: skip
         return
-    runtime.send_on(request, envelope, team=team_of(settings.budgets, req.metadata), priority=req.priority)
+    team = team_of(settings.budgets, req.metadata)
+    runtime.send_on(request, envelope, team=team, priority=req.priority, task=self)
 
 
 @app.task(name=BATCH_TASK, bind=True, ignore_result=True, base=FleetTask)
@@ -97,7 +98,7 @@ def batch(self: Task[Any, Any], request: Any = None, job: Any = None) -> None:
     routing = envelope.routing
     link = batch_link(runtime.settings, req, routing) if routing is not None else None
     if link is None or req.hints.deadline_s is None:  # the lane is off on this worker: a live job
-        runtime.send_on(request, envelope)
+        runtime.send_on(request, envelope, task=self)
         return
     pool_job(runtime.client, request, envelope, link, req.hints.deadline_s)
 

@@ -25,9 +25,12 @@ its queue at its next delivery, and the reaper (:mod:`fleet.recovery`) puts back
 in-flight list idle for ``recovery.orphan_after_s``. The same idea as Sidekiq Pro's super_fetch.
 A worker on several queues keeps kombu's BRPOP (one BLMOVE takes from one list).
 
-With priorities, a fetch is first a script that moves the head of the most urgent non-empty list into
-the in-flight list (``priority_take.lua``); only when the queue is empty does the worker wait, with
-BLMOVE on the plain list, and after that wait it looks at every list again. A message that goes back
+With priorities, a fetch is first a script that takes the head of the most urgent non-empty list
+(``priority_take.lua``) and writes kombu's unacked record of it in the same step, where kombu (and a
+BLMOVE) take a second round trip for it once the message has arrived: a message whose reply is lost
+on the way is then unacked and held by no live worker, and the reaper gives it back after
+``recovery.orphan_after_s``. Only when the queue is empty does the worker wait, with BLMOVE on the
+plain list (recorded as above), and after that wait it looks at every list again. A message that goes back
 from an in-flight list (a lost delivery, an orphan) goes to the head of the plain list: its
 priority is not kept in that rare case.
 
@@ -40,11 +43,13 @@ message's LPUSH, ahead of it: one round trip, the same order (docs/performance.m
 from __future__ import annotations
 
 import hashlib
+import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from time import monotonic
+from time import monotonic, sleep
 from typing import Any
 
 import redis
@@ -53,12 +58,54 @@ from kombu.utils.json import loads
 
 from fleet import keys, scripts
 
-__all__ = ["PRIORITY_STEPS", "Channel", "QoS", "Transport", "give_back", "writes_with_publish"]
+__all__ = [
+    "PRIORITY_STEPS",
+    "Channel",
+    "QoS",
+    "Transport",
+    "ack_tag",
+    "dropped_with_writes",
+    "give_back",
+    "unacked_drop",
+    "writes_with_publish",
+]
 
 #: kombu's Redis transport, most of which its type stubs leave out.
 _kombu: Any = kombu_redis
 #: kombu's own client factory (private).
 _kombu_create_client: Any = _kombu.Channel._create_client
+
+#: The process whose consumer acks through the fleet's QoS (a worker's main process; its threads and
+#: asyncio pools run tasks there too). A prefork child, or a producer, never skips an ack's writes.
+_acking_pid: int | None = None
+#: Delivery tags whose unacked record a task already dropped with its last writes: their ack skips
+#: its round trip. Bounded: a tag whose ack never comes (its channel closed) ages out.
+_dropped: OrderedDict[str, None] = OrderedDict()
+_DROPPED_MAX = 10_000
+_KEPT = object()
+
+
+def ack_tag(properties: Any) -> str | None:
+    """The delivery tag of a task's message (``task.request.properties``) when the task may drop its
+    unacked record with its last writes (:func:`unacked_drop`): its message came through the fleet's
+    Redis transport and this process acks it. Else None."""
+    if _acking_pid != os.getpid() or not isinstance(properties, dict):
+        return None
+    tag = properties.get("delivery_tag")
+    return tag if isinstance(tag, str) and tag else None
+
+
+def unacked_drop(tag: str) -> list[list[str]]:
+    """The commands that drop a message's unacked record (kombu's ack: ZREM and HDEL)."""
+    return [["ZREM", _kombu.Channel.unacked_index_key, tag], ["HDEL", _kombu.Channel.unacked_key, tag]]
+
+
+def dropped_with_writes(tag: str) -> None:
+    """The unacked record of ``tag`` went with the task's last writes: its ack sends nothing. Call
+    only once those writes are applied; the message must then be acked, never requeued."""
+    _dropped[tag] = None
+    if len(_dropped) > _DROPPED_MAX:
+        _dropped.popitem(last=False)
 
 
 @dataclass
@@ -69,6 +116,9 @@ class _Writes:
     queue: Callable[[Any], None]
     #: The client of the fleet's state, for a channel that cannot take them in its own pipeline.
     client: Any
+    #: The delivery tag of the message the task is handling (:func:`ack_tag`): its unacked record
+    #: goes after the publish, in the same pipeline, where the channel merges them.
+    ack_tag: str | None = None
     done: bool = False
 
     def apply(self) -> None:
@@ -83,17 +133,23 @@ _writes: ContextVar[_Writes | None] = ContextVar("fleet_writes_with_publish", de
 
 
 @contextmanager
-def writes_with_publish(client: Any, queue: Callable[[Any], None], *, merge: bool = True) -> Iterator[None]:
+def writes_with_publish(
+    client: Any, queue: Callable[[Any], None], *, merge: bool = True, ack_tag: str | None = None
+) -> Iterator[None]:
     """Make the commands ``queue`` puts on a pipeline before the message published in this block
     (one message): in the same round trip as its LPUSH where the fleet's channel sends it, else in
     one of their own just before it. ``client`` is the fleet's state client. ``merge`` False (the
     messages are not on that Redis: RabbitMQ): they are made on entering the block. A publish that
     kombu retries after a lost connection makes them again (they must be idempotent).
 
+    ``ack_tag`` (:func:`ack_tag`, the message of the task that publishes): where the commands and the
+    LPUSH go in one pipeline, the message's unacked record is dropped after the LPUSH in it too, and
+    its ack then sends nothing (:func:`dropped_with_writes`). The task must then ack its message.
+
     Raises:
         RuntimeError: nothing was published through the fleet's Redis channel in the block.
     """
-    pending = _Writes(queue, client)
+    pending = _Writes(queue, client, ack_tag)
     if not merge:
         pending.apply()
     token = _writes.set(pending)
@@ -116,12 +172,27 @@ def give_back(client: Any, inflight_key: str) -> int:
 
 
 class QoS(_kombu.QoS):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        global _acking_pid
+        channel, default = self.channel, _kombu.Channel
+        if not channel.global_keyprefix and (channel.unacked_key, channel.unacked_index_key) == (
+            default.unacked_key,
+            default.unacked_index_key,
+        ):  # the record's keys are kombu's defaults, which unacked_drop names
+            _acking_pid = os.getpid()
+
     def append(self, message: Any, delivery_tag: str) -> None:
         fetched = self.channel._fetched
         if fetched is None:
             super().append(message, delivery_tag)
             return
-        inflight_key, raw = fetched
+        inflight_key, raw, recorded, left = fetched
+        if recorded:  # the take script wrote the unacked record with the take
+            _kombu.virtual.QoS.append(self, message, delivery_tag)
+            if left:
+                self._give_back_lost(inflight_key)
+            return
         delivery = message.delivery_info
         record = _kombu.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         # kombu's unacked record and the in-flight copy's removal, in one step: one script and one
@@ -132,15 +203,26 @@ class QoS(_kombu.QoS):  # type: ignore[misc]
         )
         _kombu.virtual.QoS.append(self, message, delivery_tag)
         if left:
-            # Nothing else can be in flight on this channel now: these replies were lost.
-            _kombu.logger.warning(
-                "reliable fetch: %d message(s) whose delivery to this worker was lost: back on %s",
-                give_back(self.channel.client, inflight_key), keys.inflight_parts(inflight_key)[1],
-            )  # fmt: skip
+            self._give_back_lost(inflight_key)
+
+    def _give_back_lost(self, inflight_key: str) -> None:
+        # Nothing else can be in flight on this channel now: these replies were lost.
+        _kombu.logger.warning(
+            "reliable fetch: %d message(s) whose delivery to this worker was lost: back on %s",
+            give_back(self.channel.client, inflight_key), keys.inflight_parts(inflight_key)[1],
+        )  # fmt: skip
 
     def ack(self, delivery_tag: str) -> None:
-        # kombu's ZREM and HDEL of the unacked record, as one script rather than a MULTI of two.
-        self._script("unacked_drop")(keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag])
+        # kombu's ZREM and HDEL of the unacked record, as one script rather than a MULTI of two; none
+        # where the task's last writes dropped it (dropped_with_writes).
+        if _dropped.pop(delivery_tag, _KEPT) is _KEPT:
+            self._script("unacked_drop")(keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag])
+        else:
+            # The round trip skipped was where the acking thread (the asyncio pool's loop, a pool
+            # thread) let the consumer's thread have the interpreter lock to fetch the next message.
+            # Without it the consumer waited for the lock's switch interval, refilled the pool in
+            # bursts, and bench/concurrency.py lost 10-15% of its rate (docs/performance.md).
+            sleep(0)
         _kombu.virtual.QoS.ack(self, delivery_tag)
 
     def _script(self, name: str) -> Any:
@@ -178,9 +260,10 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
     _put_script: Any = None
     #: Take messages with BLMOVE into an in-flight list (set from the transport options).
     fleet_reliable_fetch = False
-    #: The queue a BLMOVE is outstanding for, and (in-flight key, raw message) while it is delivered.
+    #: The queue a fetch is outstanding for, and (in-flight key, raw message, whether the take script
+    #: recorded it as unacked, the in-flight list's length then) while it is delivered.
     _fetching: str | None = None
-    _fetched: tuple[str, bytes] | None = None
+    _fetched: tuple[str, bytes, bool, int] | None = None
     #: The command of the outstanding fetch: the take script (EVAL, EVALSHA) or the wait (BLMOVE).
     _fetch_command = "EVAL"
     #: The next fetch looks at every list (the take script), rather than waiting on the plain one.
@@ -238,13 +321,19 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
         if writes is not None and not writes.done:
             if kombus or priority:
                 writes.apply()  # a round trip of their own, ahead of the message
-            else:  # the commands and the LPUSH in one pipeline, in that order
+            else:  # the commands, the LPUSH and the unacked record's drop in one pipeline, in that order
+                tag = writes.ack_tag
                 with self.conn_or_acquire() as client:
                     pipe = client.pipeline(transaction=False)
                     writes.queue(pipe)
                     pipe.lpush(self._q_for_pri(queue, 0), _kombu.dumps(message))
+                    if tag is not None:
+                        pipe.zrem(self.unacked_index_key, tag)
+                        pipe.hdel(self.unacked_key, tag)
                     pipe.execute()
                 writes.done = True
+                if tag is not None:
+                    dropped_with_writes(tag)
                 return
         if kombus or not priority:
             super()._put(queue, message, **kwargs)
@@ -286,11 +375,11 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
         if self._take_next:
             # EVALSHA once the server has the script (the first take, and the first after a NOSCRIPT
             # reply, sends it whole): a fetch does not carry the script's text each time.
-            lists = keys.queue_lists(queue)
+            take_keys = [*keys.queue_lists(queue), inflight_key, self.unacked_index_key, self.unacked_key]
             self._fetch_command = "EVALSHA" if self._take_loaded else "EVAL"
             script = _TAKE_SHA if self._take_loaded else _TAKE
             self.client.connection.send_command(
-                self._fetch_command, script, len(lists) + 1, *lists, inflight_key
+                self._fetch_command, script, len(take_keys), *take_keys, _kombu.time()
             )
             return
         self._fetch_command = "BLMOVE"
@@ -320,7 +409,10 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
             self._take_next = not (take and raw is None)
             if raw is None:
                 raise _kombu.Empty()
-            self._fetched = (keys.inflight(worker_id(), queue), raw)
+            recorded, left = False, 0
+            if take:
+                raw, recorded, left = raw[0], bool(raw[1]), int(raw[2])
+            self._fetched = (keys.inflight(worker_id(), queue), raw, recorded, left)
             try:
                 self.connection._deliver(loads(_kombu.bytes_to_str(raw)), queue)
             finally:

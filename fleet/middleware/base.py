@@ -58,6 +58,9 @@ class Job:
     tail: Tail
     #: Times Celery sent this job again (requeues): a lock names its delivery by it.
     retries: int = 0
+    #: The message's delivery tag, where its unacked record can go with the result's round trip
+    #: (:func:`fleet.transport.ack_tag`).
+    ack_tag: str | None = None
     #: The first chain link's admission, when the job's start asked it.
     first_link: GateAnswer | None = None
     #: The tier's chain in the order this job walks it (a warm prompt cache first), once planned.

@@ -1,6 +1,6 @@
 """A job's last writes, sent in one round trip when its delivery ends: its result (and the PUBLISH
 that wakes a waiting producer), its cost line, the tpm corrections of its calls, quality counts, and
-its lock's release.
+its lock's release; with the result, the message's unacked record (its ack then sends nothing).
 
 They are applied only while the job is still this run's (``fleet/lua/job_finish.lua``): a run whose
 worker was judged dead (a partition, a stall) and whose job another worker took over writes nothing,
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from fleet import asyncio_pool, keys, scripts
+from fleet import asyncio_pool, keys, scripts, transport
 from fleet.costs import MAX_RECORDS
 from fleet.errors import BrokerError
 from fleet.limits import Correction, MemoryLimiter, apply_correction
@@ -39,8 +39,10 @@ _RETRY_S, _RETRY_CAP_S = 0.25, 4.0
 class Tail(Protocol):
     """The job's last writes; nothing goes out before :meth:`flush`."""
 
-    def store_result(self, task_id: str, result: dict[str, Any]) -> None:
-        """The job's final result, and a wake-up for producers waiting on it."""
+    def store_result(self, task_id: str, result: dict[str, Any], *, ack_tag: str | None = None) -> None:
+        """The job's final result, and a wake-up for producers waiting on it. ``ack_tag``
+        (:func:`fleet.transport.ack_tag`): the message's unacked record goes with them, and its ack
+        then sends nothing; the task must ack its message once they are written."""
 
     def append_cost(self, fields: dict[str, str]) -> None:
         """One cost line (:func:`fleet.costs.job_fields`)."""
@@ -82,14 +84,17 @@ class RedisTail:
         self._task_id = ""
         self._owner = ""
         self._has_result = False
+        self._ack_tag: str | None = None
         self.grace_s = grace_s
         self._sleep = sleep
 
-    def store_result(self, task_id: str, result: dict[str, Any]) -> None:
+    def store_result(self, task_id: str, result: dict[str, Any], *, ack_tag: str | None = None) -> None:
         key, value, expires = self._encode_result(task_id, result)
         self._ops.append(["SET", key, value, "EX", expires] if expires else ["SET", key, value])
         self._ops.append(["PUBLISH", key, value])
-        self._task_id, self._has_result = task_id, True
+        if ack_tag is not None:
+            self._ops.extend(transport.unacked_drop(ack_tag))
+        self._task_id, self._has_result, self._ack_tag = task_id, True, ack_tag
 
     def append_cost(self, fields: dict[str, str]) -> None:
         flat = [item for pair in fields.items() for item in pair]
@@ -130,6 +135,8 @@ class RedisTail:
         if (answer.decode() if isinstance(answer, bytes) else str(answer)) == "superseded":
             log.warning("task %s: another worker took it over; this run's writes were dropped", self._task_id)
             return "superseded"
+        if self._ack_tag is not None:
+            transport.dropped_with_writes(self._ack_tag)
         return "written" if self._has_result else "sent"
 
 
@@ -145,7 +152,7 @@ class MemoryTail:
         self._has_result = False
         self._guard: tuple[str, str] | None = None
 
-    def store_result(self, task_id: str, result: dict[str, Any]) -> None:
+    def store_result(self, task_id: str, result: dict[str, Any], *, ack_tag: str | None = None) -> None:
         self._has_result = True
         self._ops.append(lambda: self.jobs.results.__setitem__(task_id, result))
 

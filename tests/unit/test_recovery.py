@@ -13,7 +13,8 @@ import redis
 from kombu import Connection, Exchange, Queue
 from kombu.message import Message
 
-from fleet import keys
+from fleet import keys, scripts
+from fleet import transport as fleet_transport
 from fleet.recovery import Beat, Liveness, Reaper, restore_orphan, worker_id
 from fleet.transport import Transport
 
@@ -182,6 +183,72 @@ def test_reliable_fetch_records_a_message_as_unacked_and_leaves_no_copy(
     message.ack()
     assert not clean_redis.hexists("unacked", message.delivery_tag)
     assert clean_redis.zscore("unacked_index", message.delivery_tag) is None
+
+
+def test_a_take_records_its_message_as_unacked_in_the_same_round_trip(
+    connection: Connection, clean_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker's QoS whose scripts are counted (the record was a script of its own before)
+    sent: list[str] = []
+    original = fleet_transport.QoS._script
+    monkeypatch.setattr(
+        fleet_transport.QoS, "_script", lambda qos, name: sent.append(name) or original(qos, name)
+    )
+    queue = Queue("rf4", Exchange("rf4ex", type="direct"), routing_key="rf4")
+    connection.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key="rf4", declare=[queue])
+    # When a message is taken
+    [message] = _consume(connection, queue)
+    # Then its record, as kombu writes it, was made by the take: no script of the worker's made it
+    assert sent == []
+    payload, exchange, routing_key = json.loads(clean_redis.hget("unacked", message.delivery_tag) or b"")
+    assert (payload, exchange, routing_key) == (message._raw, "rf4ex", "rf4")  # type: ignore[attr-defined]
+    assert abs((clean_redis.zscore("unacked_index", message.delivery_tag) or 0) - time.time()) < 5
+    message.ack()
+    assert sent == ["unacked_drop"] and not clean_redis.hexists("unacked", message.delivery_tag)
+
+
+def _take(client: redis.Redis, queue: str, worker: str, at: float | None = None) -> list[bytes | int] | None:
+    """The take script, by hand (at ``at`` by the worker's clock): a fetch whose reply never reached
+    its worker."""
+    take_keys = [*keys.queue_lists(queue), keys.inflight(worker, queue), "unacked_index", "unacked"]
+    taken: list[bytes | int] | None = client.eval(
+        scripts.source("priority_take"), len(take_keys), *take_keys, at or time.time()
+    )
+    return taken
+
+
+def test_a_take_whose_reply_was_lost_is_unacked_and_the_reaper_gives_it_back(
+    connection: Connection, clean_redis: redis.Redis
+) -> None:
+    # Given a message taken a minute ago by a worker that never got the reply (its link went down)
+    queue = Queue("mini", Exchange("mini", type="direct"), routing_key="mini")  # a queue of the fleet's
+    connection.Producer().publish({"n": "lost"}, exchange=queue.exchange, routing_key="mini", declare=[queue])
+    taken = _take(clean_redis, "mini", "host:9:lost", at=time.time() - 60)
+    assert taken is not None and taken[1:] == [1, 0]
+    [tag] = clean_redis.hkeys("unacked")
+    # When the reaper runs (no live worker says it holds it; it is older than orphan_after_s)
+    assert Reaper(clean_redis, restore_orphan(clean_redis), orphan_after_s=12).reap() == 1
+    # Then it is back on its queue, and is delivered again
+    assert not clean_redis.hexists("unacked", tag)
+    [again] = _consume(connection, queue)
+    assert again.decode() == {"n": "lost"}
+    again.ack()
+
+
+def test_a_message_that_is_not_kombus_goes_to_the_in_flight_list_unrecorded(clean_redis: redis.Redis) -> None:
+    # Given messages a take cannot read a delivery tag from
+    for raw in (
+        b"not json",
+        b'{"properties": {}}',
+        b'{"properties": {"delivery_tag": 7, "delivery_info": {}}}',
+    ):
+        clean_redis.lpush("rf6", raw)
+        # When it is taken, it is in the worker's in-flight list, not recorded (the worker records it)
+        assert _take(clean_redis, "rf6", "host:9:me") == [raw, 0, 0]
+        assert clean_redis.lrange(keys.inflight("host:9:me", "rf6"), 0, -1) == [raw]
+        assert clean_redis.hlen("unacked") == 0
+        clean_redis.delete(keys.inflight("host:9:me", "rf6"))
+    assert _take(clean_redis, "rf6", "host:9:me") is None
 
 
 def test_a_delivery_lost_on_its_way_goes_back_at_the_next_one(

@@ -4,6 +4,7 @@ that ride with a publish (the router's record of a job)."""
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 from typing import Any
 
@@ -105,6 +106,65 @@ def test_a_block_that_publishes_nothing_says_so(clean_redis: redis.Redis) -> Non
     ):
         pass
     assert clean_redis.exists("w4") == 0
+
+
+@pytest.mark.parametrize("priority", [None, 7])
+def test_a_task_that_publishes_drops_its_own_unacked_record_with_the_message(
+    clean_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch, priority: int | None
+) -> None:
+    from kombu import Connection
+
+    from fleet.transport import Transport, ack_tag
+
+    # Given a message this process consumed (unacked until acked), as the router's task holds one
+    url = _url(clean_redis)
+    app = _app(url)
+    state = redis.Redis(connection_pool=clean_redis.connection_pool)
+    with Connection(url, transport=Transport) as conn, app.producer_or_acquire() as producer:
+        queue = _queue()
+        conn.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key=_QUEUE, declare=[queue])
+        got: list[Any] = []
+        with conn.Consumer(queue, callbacks=[lambda body, message: got.append(message)], accept=["json"]):
+            conn.drain_events(timeout=5)
+        [held] = got
+        tag = ack_tag(held.properties)
+        assert tag == held.delivery_tag and clean_redis.hexists("unacked", tag)
+        # When it publishes its next message with the record's writes
+        with writes_with_publish(state, _mark("fleet:job:w5"), ack_tag=tag):
+            app.send_task(
+                "fleet.noop", args=[1], task_id="w5", queue=_queue(), producer=producer, priority=priority
+            )
+        merged = priority is None
+        # Then a plain publish dropped the record with the message, and the ack sends nothing; a
+        # priority message (its own round trips) leaves the ack to drop it
+        assert clean_redis.hexists("unacked", tag) is not merged
+        sent: list[int] = []
+        send = redis.connection.Connection.send_packed_command
+        monkeypatch.setattr(
+            redis.connection.Connection, "send_packed_command",
+            lambda self, command, check_health=True: sent.append(1) or send(self, command, check_health),
+        )  # fmt: skip
+        held.ack()
+        monkeypatch.undo()
+        assert (len(sent) == 0) is merged  # (the first ack of a channel also loads its script)
+        assert not clean_redis.hexists("unacked", tag) and clean_redis.zscore("unacked_index", tag) is None
+    for name in keys.queue_lists(_QUEUE):
+        clean_redis.delete(name)
+
+
+def test_a_process_that_acks_nothing_never_drops_a_record_early() -> None:
+    from fleet import transport
+
+    # A producer, or a prefork child whose parent acks: no fleet QoS acks in this process
+    real = transport._acking_pid
+    try:
+        transport._acking_pid = None
+        assert transport.ack_tag({"delivery_tag": "t1"}) is None
+        transport._acking_pid = os.getpid()
+        assert transport.ack_tag({"delivery_tag": "t1"}) == "t1"
+        assert transport.ack_tag({}) is None and transport.ack_tag(None) is None
+    finally:
+        transport._acking_pid = real
 
 
 def _url(client: redis.Redis) -> str:
