@@ -1,7 +1,7 @@
 """I/O-bound efficiency: model calls of 200 ms against the mock provider over real HTTP.
 
 (a) One tier at concurrency 50 (threads): the ceiling is 50 / 0.2 s = 250 jobs/s;
-    prints efficiency_c50 = achieved / 250. Target >= 0.9.
+    prints efficiency_c50 = achieved / 250. Target >= 0.95 (issue 18; 0.9 before).
 (b) One tier at concurrency 200 (threads) beside bare Celery running a 200 ms sleep with the
     same pool, processes and concurrency (ceiling 1,000/s): prints c200_fleet_tps, c200_bare_tps
     and c200_vs_bare. Target >= 0.6.
@@ -131,7 +131,7 @@ def main() -> int:
         "c200_vs_bare": round(c200 / bare200, 3) if bare200 else None,
         # The mock provider's CPU over the fleet runs, as a share of one core (1.0: the bottleneck).
         "mock_cpu_share": round(mock_share, 3),
-        "target_met": c50 / 250 >= 0.9 and bare200 > 0 and c200 / bare200 >= 0.6,
+        "target_met": c50 / 250 >= 0.95 and bare200 > 0 and c200 / bare200 >= 0.6,
     }
     if not args.json:
         print(f"c50: {c50:.0f}/s of 250; c200: fleet {c200:.0f}/s, bare {bare200:.0f}/s")
