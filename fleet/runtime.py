@@ -171,10 +171,8 @@ class Runtime:
                 self.client,
                 record,
                 merge=self._messages_in_redis,
-                ack_tag=ack_tag(task.request.properties)
-                if task is not None and self._messages_in_redis
-                else None,
-            ),
+                ack_tag=ack_tag(task.request.properties) if task is not None else None,
+            ),  # fmt: skip
         ):
             self.app.send_task(
                 EXECUTE_TASK, args=[payload, envelope.model_dump(mode="json")], task_id=envelope.id,
@@ -271,7 +269,7 @@ class Runtime:
             redelivered=bool(info.get("redelivered")),
             retries=int(task.request.retries or 0),
             tail=self.new_tail(),
-            ack_tag=ack_tag(task.request.properties) if self._messages_in_redis else None,
+            ack_tag=ack_tag(task.request.properties),
         )
 
     def queue_options(self, tier: str | None) -> dict[str, Any]:

@@ -327,9 +327,8 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
                     pipe = client.pipeline(transaction=False)
                     writes.queue(pipe)
                     pipe.lpush(self._q_for_pri(queue, 0), _kombu.dumps(message))
-                    if tag is not None:
-                        pipe.zrem(self.unacked_index_key, tag)
-                        pipe.hdel(self.unacked_key, tag)
+                    for command in unacked_drop(tag) if tag is not None else ():
+                        pipe.execute_command(*command)
                     pipe.execute()
                 writes.done = True
                 if tag is not None:

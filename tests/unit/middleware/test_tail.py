@@ -36,26 +36,20 @@ def state(clean_redis: redis.Redis) -> redis.Redis:
     return redis.Redis(connection_pool=clean_redis.connection_pool)
 
 
-def test_a_stored_result_takes_its_messages_unacked_record_with_it(
-    state: redis.Redis, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("holder", "flushed"), [("me", "written"), ("other", "superseded")])
+def test_a_stored_result_takes_its_messages_unacked_record_only_when_it_is_written(
+    state: redis.Redis, monkeypatch: pytest.MonkeyPatch, holder: str, flushed: str
 ) -> None:
     monkeypatch.setattr(transport, "_dropped", type(transport._dropped)())
-    # Given a job running under its lock, whose message is unacked
-    tail = _finishing(state, "t1", holder="me")
+    # Given a job whose message is unacked, running under its lock ("other": another worker took it
+    # over, so this run's writes are refused)
+    tail = _finishing(state, "t1", holder=holder)
     # When its result goes with its last writes
-    assert tail.flush() == "written"
-    # Then the record went in the same round trip, and the ack of that tag will send nothing
-    assert state.exists(keys.result("t1")) and not state.exists(keys.running("t1"))
-    assert not state.hexists("unacked", "tag-t1") and state.zscore("unacked_index", "tag-t1") is None
-    assert list(transport._dropped) == ["tag-t1"]
-
-
-def test_a_superseded_run_leaves_the_record_to_its_ack(
-    state: redis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(transport, "_dropped", type(transport._dropped)())
-    # Given a job another worker took over (its lock names that worker)
-    tail = _finishing(state, "t2", holder="other")
-    # When this run's writes are refused, nothing of them happened: the record stays for the ack
-    assert tail.flush() == "superseded"
-    assert state.hexists("unacked", "tag-t2") and not transport._dropped
+    assert tail.flush() == flushed
+    written = flushed == "written"
+    # Then a written result took the record in the same round trip, and the ack of that tag will send
+    # nothing; a refused run did nothing of it, and leaves the record to its ack
+    assert bool(state.exists(keys.result("t1"))) is written
+    assert bool(state.hexists("unacked", "tag-t1")) is not written
+    assert (state.zscore("unacked_index", "tag-t1") is None) is written
+    assert list(transport._dropped) == (["tag-t1"] if written else [])
