@@ -14,6 +14,10 @@ thread and holds the loop for that long, which is what the task's CPU costs anyw
 blocks for long without :func:`await_` (``time.sleep``, a blocking socket read of seconds) stalls
 every task of the process: use :func:`sleep`, and call awaitables for long waits.
 
+Celery's consumer (kombu's hub: the fetch, the task messages, the acks) can run on the same loop,
+in a greenlet of its own, where the consumer's ``loop`` calls :meth:`AsyncioPool.run_consumer_loop`
+(``fleet.consumer.FleetConsumer`` does): one thread then does all of a job's work.
+
 Task-local state keeps working: Celery's request stack is greenlet-local (``celery.utils.threads``
 keys its ``Local`` on ``greenlet.getcurrent``), and each greenlet has its own ``contextvars``
 context. ``threading.local`` is shared by all tasks of the process (one thread runs them).
@@ -24,6 +28,8 @@ Self-contained (Celery, greenlet and the standard library), so that it could be 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import threading
 import time
@@ -102,6 +108,46 @@ async def run_in_greenlet(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return result
 
 
+class _LoopPoller:
+    """kombu's epoll poller for a hub driven from an asyncio loop: a poll that would block waits on
+    the loop for the epoll's own descriptor instead (or for :meth:`wake`)."""
+
+    def __init__(self, inner: Any, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._inner = inner
+        self._fd = fd
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def poll(self, timeout: float | None) -> Any:
+        events = self._inner.poll(0)
+        if events or timeout == 0:
+            return events
+        await_(self._readable(timeout))
+        return self._inner.poll(0)
+
+    def wake(self) -> None:
+        """End the current wait (on the loop's thread): the hub has a callback to run."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _readable(self, timeout: float | None) -> None:
+        loop = self._loop
+        self._waiter = waiter = loop.create_future()
+        loop.add_reader(self._fd, self.wake)
+        timer = loop.call_later(timeout, self.wake) if timeout is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            loop.remove_reader(self._fd)
+            if timer is not None:
+                timer.cancel()
+
+
 class AsyncioPool(BasePool):
     """Runs tasks as greenlets on one asyncio loop in a thread of the worker process.
 
@@ -112,6 +158,8 @@ class AsyncioPool(BasePool):
 
     body_can_be_buffer = True
     signal_safe = False
+    #: Run Celery's consumer on the pool's loop (:meth:`run_consumer_loop`).
+    consumer_on_loop = True
 
     limit: int
 
@@ -121,6 +169,10 @@ class AsyncioPool(BasePool):
         self._thread: threading.Thread | None = None
         self._running: set[asyncio.Task[Any]] = set()
         self._waiting: deque[tuple[Any, ...]] = deque()
+        self._loop_ident: int | None = None
+        #: Whether the consumer runs on the loop now, and its run (a future of the calling thread's).
+        self._consumer_on_loop = False
+        self._consumer: concurrent.futures.Future[tuple[bool, Any]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -134,6 +186,7 @@ class AsyncioPool(BasePool):
 
     def _run_loop(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
+        self._loop_ident = threading.get_ident()
         self.loop.call_soon(started.set)
         try:
             self.loop.run_forever()
@@ -156,6 +209,9 @@ class AsyncioPool(BasePool):
         self._stop_loop()
 
     def _stop_loop(self) -> None:
+        consumer = self._consumer
+        if consumer is not None:  # stopped from another thread while the consumer runs on the loop
+            consumer.cancel()
         if self._thread is not None and self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
@@ -169,6 +225,66 @@ class AsyncioPool(BasePool):
             except Exception:
                 logger.exception("asyncio pool: a closer failed at shutdown")
 
+    # -- Celery's consumer on the pool's loop ------------------------------------------------
+
+    def run_consumer_loop(self, loop_fn: Callable[..., Any], *args: Any) -> Any:
+        """Run Celery's consumer loop (``loop_fn``, ``asynloop``, with its ``args``) in a greenlet on
+        this pool's loop while the calling thread (the worker's main thread) waits; return or raise
+        what it does.
+
+        One thread then fetches, runs the tasks and acks. With the consumer on a thread of its own,
+        every fetch and every ack was a hand-over of the interpreter lock between two busy threads:
+        the loop's lock waits after each of its tasks' Redis round trips stalled it for seconds at
+        1,000 calls in flight, and the calls came back in waves (docs/performance.md). Here the
+        hub's poll waits on the loop for the poller's descriptor instead of blocking in it; a hub
+        callback queued from the loop (an ack) ends that wait. A poller without a descriptor
+        (``select``) keeps the consumer on the calling thread.
+        """
+        hub = args[4]
+        poller = hub.poller
+        epoll = getattr(poller, "_epoll", None)
+        if not self.consumer_on_loop or epoll is None or self._thread is None or not self._thread.is_alive():
+            return loop_fn(*args)
+
+        async def consume() -> tuple[bool, Any]:
+            try:
+                return True, await run_in_greenlet(self._consume, loop_fn, args, hub, epoll.fileno())
+            except BaseException as exc:  # noqa: BLE001 - WorkerShutdown and the like are the caller's
+                return False, exc
+
+        self._consumer = asyncio.run_coroutine_threadsafe(consume(), self.loop)
+        try:
+            ok, value = self._consumer.result()
+        finally:
+            self._consumer = None
+        if not ok:
+            raise value
+        return value
+
+    def _consume(self, loop_fn: Callable[..., Any], args: tuple[Any, ...], hub: Any, fd: int) -> Any:
+        inner = hub.poller
+        poller = _LoopPoller(inner, fd, self.loop)
+        call_soon = hub.call_soon
+
+        def call_soon_and_wake(callback: Any, *cargs: Any) -> Any:
+            queued = call_soon(callback, *cargs)
+            if threading.get_ident() == self._loop_ident:
+                poller.wake()  # the hub's own wake skips its loop's thread: it could not be waiting
+            return queued
+
+        hub.poller = poller
+        hub.call_soon = call_soon_and_wake
+        # kombu's hub sleeps (up to 0.1 s) while it has no descriptor: on the loop, the pool's sleep
+        hub.create_loop = functools.partial(type(hub).create_loop, hub, sleep=sleep)
+        self._consumer_on_loop = True
+        try:
+            return loop_fn(*args)
+        finally:
+            self._consumer_on_loop = False
+            if hub._poller is poller:  # else the hub was reset (a lost connection): a new poller
+                hub.poller = inner
+            del hub.call_soon, hub.create_loop
+
     # -- tasks -------------------------------------------------------------------------------
 
     def on_apply(
@@ -180,7 +296,11 @@ class AsyncioPool(BasePool):
         accept_callback: Callable[..., Any] | None = None,
         **_: Any,
     ) -> None:
-        self.loop.call_soon_threadsafe(self._admit, (target, args, kwargs, callback, accept_callback))
+        job = (target, args, kwargs, callback, accept_callback)
+        if self._consumer_on_loop and threading.get_ident() == self._loop_ident:
+            self._admit(job)  # the consumer's own thread: no wake of the loop
+            return
+        self.loop.call_soon_threadsafe(self._admit, job)
 
     def _admit(self, job: tuple[Any, ...]) -> None:
         self._waiting.append(job)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import InvalidTaskError
+from celery.worker import loops
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
 
@@ -77,6 +78,16 @@ class FleetConsumer(Consumer):
         elif not self._flush_pending:
             self._flush_pending = True
             self.hub.call_later(delay_ms / 1000.0, self._flush_batched)
+
+    def loop(self, *args: Any) -> Any:
+        """Celery's event loop (``asynloop``); on the pool's own loop where the pool runs one
+        (:meth:`fleet.asyncio_pool.AsyncioPool.run_consumer_loop`)."""
+        if not self.hub:
+            return loops.synloop(*args)
+        run_on_pool = getattr(self.pool, "run_consumer_loop", None)
+        if run_on_pool is None:
+            return loops.asynloop(*args)
+        return run_on_pool(loops.asynloop, *args)
 
     def _flush_batched(self) -> None:
         self._flush_pending = False

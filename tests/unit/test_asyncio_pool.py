@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import socket
 import threading
 import time
 from typing import Any
 
 import pytest
 from celery.utils.threads import LocalStack
+from kombu.asynchronous import Hub
 
 from fleet.asyncio_pool import AsyncioPool, await_, in_task, run_in_greenlet, sleep
 
@@ -157,5 +159,94 @@ def test_a_task_escaping_celerys_handling_is_logged_and_the_pool_goes_on(
         pool.apply_async(rec.target, (7, 0.0), callback=rec.callback)
         _wait(lambda: rec.results == [7])
         _wait(lambda: "ended outside Celery's handling" in caplog.text)
+    finally:
+        pool.stop()
+
+
+def _hub_loop(hub: Hub, until: threading.Event, seen: list[str]) -> Any:
+    """A consumer loop as Celery's asynloop runs one: the hub's iterations until ``until``."""
+
+    def loop_fn(*args: Any) -> str:
+        seen.append(threading.current_thread().name)
+        steps = hub.create_loop()
+        while not until.is_set():
+            next(steps)
+        return "stopped"
+
+    return loop_fn
+
+
+def _loop_args(hub: Hub) -> tuple[Any, ...]:
+    # asynloop's arguments: (consumer, connection, task consumer, blueprint, hub, qos, heartbeat, clock)
+    return (None, None, None, None, hub, None, None, None)
+
+
+def test_the_consumer_runs_on_the_pools_loop_and_its_poll_does_not_block_the_tasks() -> None:
+    # Given a pool, and a hub watching a socket that no one writes to yet
+    pool = AsyncioPool(limit=4)
+    pool.start()
+    hub = Hub()
+    reader, writer = socket.socketpair()
+    read: list[tuple[bytes, str]] = []
+    hub.add_reader(reader, lambda: read.append((reader.recv(10), threading.current_thread().name)))
+    stop, seen, rec = threading.Event(), [], _Recorder()
+    outcome: list[Any] = []
+    # When the consumer loop runs through the pool (the worker's main thread waits in it)
+    consumer = threading.Thread(
+        target=lambda: outcome.append(pool.run_consumer_loop(_hub_loop(hub, stop, seen), *_loop_args(hub)))
+    )
+    consumer.start()
+    try:
+        _wait(lambda: seen == ["asyncio-pool"])
+        # Then tasks run beside its waiting poll, the descriptor's callback runs on the loop's thread
+        began = time.monotonic()
+        for i in range(4):
+            pool.apply_async(rec.target, (i, 0.1), callback=rec.callback)
+        _wait(lambda: sorted(rec.results) == [0, 1, 2, 3], timeout=3)
+        assert time.monotonic() - began < 0.6  # the hub's poll waits 1 s at a time here
+        writer.send(b"ping")
+        _wait(lambda: read == [(b"ping", "asyncio-pool")], timeout=3)
+        # and a callback a task queues on the hub ends the hub's wait at once (a poll of 1 s)
+        queued_at: list[float] = []
+        ran_at: list[float] = []
+
+        def queue_on_hub() -> None:
+            queued_at.append(time.monotonic())
+            hub.call_soon(lambda: ran_at.append(time.monotonic()))
+
+        pool.apply_async(queue_on_hub, ())
+        _wait(lambda: bool(ran_at), timeout=3)
+        assert ran_at[0] - queued_at[0] < 0.5
+    finally:
+        stop.set()
+        writer.send(b"x")  # one more iteration, to see the stop
+        consumer.join(5)
+        pool.stop()
+        reader.close()
+        writer.close()
+    assert outcome == ["stopped"]
+    assert type(hub.poller).__name__ != "_LoopPoller" and "call_soon" not in vars(hub)
+
+
+def test_what_the_consumer_loop_raises_reaches_the_waiting_thread_and_the_hub_is_as_before() -> None:
+    class Shutdown(SystemExit):  # Celery's WorkerShutdown is a SystemExit
+        pass
+
+    pool = AsyncioPool(limit=2)
+    pool.start()
+    hub = Hub()
+    poller = hub.poller
+
+    def loop_fn(*args: Any) -> None:
+        raise Shutdown(0)
+
+    try:
+        with pytest.raises(Shutdown):
+            pool.run_consumer_loop(loop_fn, *_loop_args(hub))
+        assert hub.poller is poller and "call_soon" not in vars(hub) and "create_loop" not in vars(hub)
+        # and the pool's loop goes on running tasks
+        rec = _Recorder()
+        pool.apply_async(rec.target, (1, 0.0), callback=rec.callback)
+        _wait(lambda: rec.results == [1])
     finally:
         pool.stop()
