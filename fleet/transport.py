@@ -248,6 +248,9 @@ _TAKE_SHA = hashlib.sha1(_TAKE.encode(), usedforsecurity=False).hexdigest()
 
 #: The order a worker looks at a queue's lists in (kombu's ``priority_steps``): the most urgent first.
 PRIORITY_STEPS = list(reversed(keys.PRIORITIES))
+#: The most messages one take brings (within the worker's free prefetch): one round trip and one
+#: wake of the consumer's thread for up to this many, where kombu takes one per BRPOP.
+TAKE_MAX = 32
 #: How long a command waits for a free connection of a channel's pool before it is a connection error.
 _POOL_WAIT_S = 20.0
 
@@ -378,7 +381,7 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
             self._fetch_command = "EVALSHA" if self._take_loaded else "EVAL"
             script = _TAKE_SHA if self._take_loaded else _TAKE
             self.client.connection.send_command(
-                self._fetch_command, script, len(take_keys), *take_keys, _kombu.time()
+                self._fetch_command, script, len(take_keys), *take_keys, _kombu.time(), self._take_count()
             )
             return
         self._fetch_command = "BLMOVE"
@@ -408,19 +411,47 @@ class Channel(_kombu.Channel):  # type: ignore[misc]
             self._take_next = not (take and raw is None)
             if raw is None:
                 raise _kombu.Empty()
-            recorded, left = False, 0
-            if take:
-                raw, recorded, left = raw[0], bool(raw[1]), int(raw[2])
-            self._fetched = (keys.inflight(worker_id(), queue), raw, recorded, left)
-            try:
-                self.connection._deliver(loads(_kombu.bytes_to_str(raw)), queue)
-            finally:
-                self._fetched = None
+            inflight_key = keys.inflight(worker_id(), queue)
+            if not take:  # a wait's message, in the in-flight list: QoS.append records it
+                taken: list[tuple[bytes, bool, int]] = [(raw, False, 0)]
+            else:  # [left, message, recorded, ...]: what was left in the in-flight list goes with the last
+                count = len(raw) // 2
+                taken = [
+                    (raw[i], bool(raw[i + 1]), int(raw[0]) if i == 2 * count - 1 else 0)
+                    for i in range(1, 2 * count, 2)
+                ]
+            for i, (message, recorded, left) in enumerate(taken):
+                self._fetched = (inflight_key, message, recorded, left)
+                try:
+                    self.connection._deliver(loads(_kombu.bytes_to_str(message)), queue)
+                except BaseException:
+                    self._give_back_undelivered([m for m, was_recorded, _ in taken[i + 1 :] if was_recorded])
+                    raise
+                finally:
+                    self._fetched = None
             return True
         finally:
             self._fetching = None
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def _take_count(self) -> int:
+        """How many messages the next take may bring: the free prefetch, at most :data:`TAKE_MAX`."""
+        free = self.qos.can_consume_max_estimate()
+        return TAKE_MAX if free is None else max(1, min(int(free), TAKE_MAX))
+
+    def _give_back_undelivered(self, messages: list[bytes]) -> None:
+        """Put back the messages of a take that the worker recorded but never delivered (a delivery
+        before them raised), at the head of their queue; else the reaper does, after
+        ``recovery.orphan_after_s``."""
+        for message in messages:
+            try:
+                tag = loads(_kombu.bytes_to_str(message))["properties"]["delivery_tag"]
+                self.qos.restore_by_tag(tag)
+            except Exception:
+                _kombu.logger.warning(
+                    "reliable fetch: could not give back an undelivered message", exc_info=True
+                )
 
 
 class Transport(_kombu.Transport):  # type: ignore[misc]

@@ -3,6 +3,7 @@ unacked messages and of in-flight lists, and reliable fetch in the fleet's kombu
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import time
@@ -160,9 +161,11 @@ def any_connection(
         yield conn
 
 
-def _consume(conn: Connection, queue: Queue) -> list[Message]:
+def _consume(conn: Connection, queue: Queue, prefetch: int | None = None) -> list[Message]:
+    """What one fetch of a consumer with ``prefetch`` delivers (a take brings up to the free prefetch)."""
     got: list[Message] = []
-    with conn.Consumer(queue, callbacks=[lambda body, message: got.append(message)], accept=["json"]):
+    callbacks = [lambda body, message: got.append(message)]
+    with conn.Consumer(queue, callbacks=callbacks, accept=["json"], prefetch_count=prefetch):
         conn.drain_events(timeout=5)
     return got
 
@@ -207,12 +210,14 @@ def test_a_take_records_its_message_as_unacked_in_the_same_round_trip(
     assert sent == ["unacked_drop"] and not clean_redis.hexists("unacked", message.delivery_tag)
 
 
-def _take(client: redis.Redis, queue: str, worker: str, at: float | None = None) -> list[bytes | int] | None:
-    """The take script, by hand (at ``at`` by the worker's clock): a fetch whose reply never reached
-    its worker."""
+def _take(
+    client: redis.Redis, queue: str, worker: str, at: float | None = None, count: int = 1
+) -> list[bytes | int] | None:
+    """The take script, by hand (at ``at`` by the worker's clock, up to ``count`` messages): a fetch
+    whose reply never reached its worker."""
     take_keys = [*keys.queue_lists(queue), keys.inflight(worker, queue), "unacked_index", "unacked"]
     taken: list[bytes | int] | None = client.eval(
-        scripts.source("priority_take"), len(take_keys), *take_keys, at or time.time()
+        scripts.source("priority_take"), len(take_keys), *take_keys, at or time.time(), count
     )
     return taken
 
@@ -224,7 +229,7 @@ def test_a_take_whose_reply_was_lost_is_unacked_and_the_reaper_gives_it_back(
     queue = Queue("mini", Exchange("mini", type="direct"), routing_key="mini")  # a queue of the fleet's
     connection.Producer().publish({"n": "lost"}, exchange=queue.exchange, routing_key="mini", declare=[queue])
     taken = _take(clean_redis, "mini", "host:9:lost", at=time.time() - 60)
-    assert taken is not None and taken[1:] == [1, 0]
+    assert taken is not None and taken[0] == 0 and taken[2] == 1 and len(taken) == 3
     [tag] = clean_redis.hkeys("unacked")
     # When the reaper runs (no live worker says it holds it; it is older than orphan_after_s)
     assert Reaper(clean_redis, restore_orphan(clean_redis), orphan_after_s=12).reap() == 1
@@ -244,7 +249,7 @@ def test_a_message_that_is_not_kombus_goes_to_the_in_flight_list_unrecorded(clea
     ):
         clean_redis.lpush("rf6", raw)
         # When it is taken, it is in the worker's in-flight list, not recorded (the worker records it)
-        assert _take(clean_redis, "rf6", "host:9:me") == [raw, 0, 0]
+        assert _take(clean_redis, "rf6", "host:9:me") == [0, raw, 0]
         assert clean_redis.lrange(keys.inflight("host:9:me", "rf6"), 0, -1) == [raw]
         assert clean_redis.hlen("unacked") == 0
         clean_redis.delete(keys.inflight("host:9:me", "rf6"))
@@ -284,14 +289,73 @@ def test_the_most_urgent_message_is_taken_first_and_equals_in_order(
         )
     # Then each waits on its priority's list
     assert [clean_redis.llen(name) for name in keys.queue_lists("pq")] == [2, 0, 0, 0, 1, 0, 0, 0, 0, 4]
-    # When a worker takes them one by one
+    # When a worker takes them, three at most at a time (its prefetch)
     order = []
-    for _ in sent:
-        [message] = _consume(connection, queue)
-        order.append(message.decode()["n"])
-        message.ack()
+    while len(order) < len(sent):
+        taken = _consume(connection, queue, prefetch=3)
+        assert 1 <= len(taken) <= 3
+        for message in taken:
+            order.append(message.decode()["n"])
+            message.ack()
     # Then the most urgent come first, and messages of one priority in the order they were sent
     assert order == ["e", "f", "d", "a", "b", "c", "g"]
+
+
+def _numbered(connection: Connection, name: str, count: int) -> Queue:
+    """Queue ``name`` holding ``count`` messages, ``{"n": 0}`` first."""
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    producer = connection.Producer()
+    for n in range(count):
+        producer.publish({"n": n}, exchange=queue.exchange, routing_key=name, declare=[queue])
+    return queue
+
+
+def test_a_take_brings_up_to_the_free_prefetch_in_one_round_trip(
+    connection: Connection, clean_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given six messages, and a worker whose fetches are counted
+    queue = _numbered(connection, "bt", 6)
+    counts: list[int] = []
+    original = fleet_transport.Channel._take_count
+    monkeypatch.setattr(
+        fleet_transport.Channel, "_take_count", lambda channel: counts.append(original(channel)) or counts[-1]
+    )
+    # When a consumer with a prefetch of four fetches once
+    taken = _consume(connection, queue, prefetch=4)
+    # Then one take brought four, in order, each recorded as unacked; two wait on the queue
+    assert counts == [4]
+    assert [m.decode()["n"] for m in taken] == [0, 1, 2, 3]
+    assert sorted(t.decode() for t in clean_redis.hkeys("unacked")) == sorted(m.delivery_tag for m in taken)
+    assert clean_redis.llen("bt") == 2
+    for message in taken:
+        message.ack()
+    assert clean_redis.hlen("unacked") == 0
+
+
+def test_a_take_whose_delivery_fails_gives_back_the_messages_after_it(
+    connection: Connection, clean_redis: redis.Redis
+) -> None:
+    # Given three messages, and a consumer whose second delivery raises
+    queue = _numbered(connection, "bf", 3)
+    got: list[Message] = []
+
+    def deliver(body: dict[str, int], message: Message) -> None:
+        if body["n"] == 1:
+            raise RuntimeError("a broken callback")
+        got.append(message)
+
+    # When one take brings all three
+    with (
+        connection.Consumer(queue, callbacks=[deliver], accept=["json"], prefetch_count=3),
+        pytest.raises(RuntimeError),
+    ):
+        connection.drain_events(timeout=5)
+    # Then the one after the failure is back on its queue, unrecorded; the failed one is the worker's
+    # (recorded and held, as with a single take); the first was delivered
+    assert [m.decode()["n"] for m in got] == [0]
+    [back] = clean_redis.lrange("bf", 0, -1)
+    assert json.loads(back)["body"] == base64.b64encode(b'{"n": 2}').decode()
+    assert clean_redis.hlen("unacked") == 2
 
 
 def test_an_urgent_message_to_an_idle_queue_reaches_a_waiting_worker_at_once(
