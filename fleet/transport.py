@@ -25,14 +25,15 @@ its queue at its next delivery, and the reaper (:mod:`fleet.recovery`) puts back
 in-flight list idle for ``recovery.orphan_after_s``. The same idea as Sidekiq Pro's super_fetch.
 A worker on several queues keeps kombu's BRPOP (one BLMOVE takes from one list).
 
-With priorities, a fetch is first a script that takes the head of the most urgent non-empty list
-(``priority_take.lua``) and writes kombu's unacked record of it in the same step, where kombu (and a
-BLMOVE) take a second round trip for it once the message has arrived: a message whose reply is lost
-on the way is then unacked and held by no live worker, and the reaper gives it back after
-``recovery.orphan_after_s``. Only when the queue is empty does the worker wait, with BLMOVE on the
-plain list (recorded as above), and after that wait it looks at every list again. A message that goes back
-from an in-flight list (a lost delivery, an orphan) goes to the head of the plain list: its
-priority is not kept in that rare case.
+With priorities, a fetch is first a script that takes the oldest messages of the most urgent
+non-empty lists (``priority_take.lua``: up to :data:`TAKE_MAX`, within the worker's free prefetch)
+and writes kombu's unacked record of each in the same step, where kombu (and a BLMOVE) take a second
+round trip per message once it has arrived: a message whose reply is lost on the way is then unacked
+and held by no live worker, and the reaper gives it back after ``recovery.orphan_after_s``. Only
+when the queue is empty does the worker wait, with BLMOVE on the plain list (recorded as above), and
+after that wait it looks at every list again. A message that goes back from an in-flight list (a
+lost delivery, an orphan) goes to the head of the plain list: its priority is not kept in that rare
+case.
 
 **Writes with a publish** (:func:`writes_with_publish`). The router writes a job's record (state
 ``routed``) before it sends the job on, so the tier's ``running`` is never overwritten by it: two
@@ -218,10 +219,10 @@ class QoS(_kombu.QoS):  # type: ignore[misc]
         if _dropped.pop(delivery_tag, _KEPT) is _KEPT:
             self._script("unacked_drop")(keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag])
         else:
-            # The round trip skipped was where the acking thread (the asyncio pool's loop, a pool
-            # thread) let the consumer's thread have the interpreter lock to fetch the next message.
-            # Without it the consumer waited for the lock's switch interval, refilled the pool in
-            # bursts, and bench/concurrency.py lost 10-15% of its rate (docs/performance.md).
+            # The round trip skipped was where the acking thread let another have the interpreter
+            # lock: with the asyncio pool's consumer on a thread of its own, bench/concurrency.py lost
+            # 10-15% of its rate without this yield (docs/performance.md). The consumer now runs on
+            # the pool's loop; the yield was not measured again there.
             sleep(0)
         _kombu.virtual.QoS.ack(self, delivery_tag)
 
