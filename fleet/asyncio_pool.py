@@ -170,8 +170,7 @@ class AsyncioPool(BasePool):
         self._running: set[asyncio.Task[Any]] = set()
         self._waiting: deque[tuple[Any, ...]] = deque()
         self._loop_ident: int | None = None
-        #: Whether the consumer runs on the loop now, and its run (a future of the calling thread's).
-        self._consumer_on_loop = False
+        #: The consumer's run on the loop, while it runs (a future of the calling thread's).
         self._consumer: concurrent.futures.Future[tuple[bool, Any]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -276,11 +275,9 @@ class AsyncioPool(BasePool):
         hub.call_soon = call_soon_and_wake
         # kombu's hub sleeps (up to 0.1 s) while it has no descriptor: on the loop, the pool's sleep
         hub.create_loop = functools.partial(type(hub).create_loop, hub, sleep=sleep)
-        self._consumer_on_loop = True
         try:
             return loop_fn(*args)
         finally:
-            self._consumer_on_loop = False
             if hub._poller is poller:  # else the hub was reset (a lost connection): a new poller
                 hub.poller = inner
             del hub.call_soon, hub.create_loop
@@ -297,8 +294,8 @@ class AsyncioPool(BasePool):
         **_: Any,
     ) -> None:
         job = (target, args, kwargs, callback, accept_callback)
-        if self._consumer_on_loop and threading.get_ident() == self._loop_ident:
-            self._admit(job)  # the consumer's own thread: no wake of the loop
+        if threading.get_ident() == self._loop_ident:
+            self._admit(job)  # the consumer on the loop: no wake of it
             return
         self.loop.call_soon_threadsafe(self._admit, job)
 
