@@ -1,6 +1,8 @@
 """Faults cost seconds, with the default configuration: a dead worker's job comes back within 30 s
 (not after the visibility timeout), and workers ride out a broker that goes away, finishing their
-calls in flight and writing their results when it returns, with no process exiting."""
+calls in flight and writing their results when it returns, with no process exiting; a producer is
+refused cleanly while it is away and accepted once it is back (the same under load, a producer
+retrying all through the outage: tests/integration/test_chaos_broker.py, under `make chaos`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 
 from fleet import keys
 from fleet.embedded import EmbeddedBroker
+from fleet.errors import BrokerError
 from fleet.models import Tier
 
 from .chaosrig import chaos_fleet, kill_worker_mid_call, wait_for
@@ -58,11 +61,20 @@ def test_workers_ride_out_a_broker_outage(tmp_path: Path) -> None:
             # When the broker is SIGKILLed, and comes back 5 s later on the same port and data
             port = broker.port
             broker.kill()
-            time.sleep(5)
+            killed_at = time.monotonic()
+            # (meanwhile a producer's submit is refused with a clean error, in seconds)
+            with pytest.raises(BrokerError):
+                fleet.client.submit({"prompt": "Summarise note 70: the meeting moved.", "tier": "mini"})
+            assert time.monotonic() - killed_at < 5
+            time.sleep(max(0.0, 5 - (time.monotonic() - killed_at)))
             restarted = EmbeddedBroker(tmp_path / "broker", port=port)
             restarted.start()
             back_at = time.monotonic()
             try:
+                # (and once it is back, the producer's next submit is accepted)
+                ids.append(
+                    fleet.client.submit({"prompt": "Summarise note 70: the meeting moved.", "tier": "mini"})
+                )
                 # Then every job is final within 30 s of the restart
                 done = fleet.wait_final(ids, timeout=60)
                 took = time.monotonic() - back_at
