@@ -18,7 +18,7 @@ from fleet import costs, telemetry
 from fleet.errors import ConfigError
 from fleet.models import Attempt, TaskResult, Tier
 from fleet.settings import Settings, load_settings
-from fleet.telemetry.metrics import Instruments, genai_latest
+from fleet.telemetry.metrics import Instruments, Sum, genai_latest
 from fleet.telemetry.runtime import DiscardMetricExporter, exporter_names
 from fleet.telemetry.runtime import state as telemetry_state
 
@@ -255,6 +255,23 @@ def test_job_metrics_by_tier_outcome_model_and_kind() -> None:
     assert points["fleet.cost"][0].value == pytest.approx(0.002)
     [fallback] = points["fleet.fallbacks"]
     assert fallback.attributes["fleet.outcome"] == "server_error"
+
+
+def test_a_sum_counts_one_series_per_attribute_set_whatever_their_order() -> None:
+    # Given a sum on an in-memory reader
+    reader = InMemoryMetricReader()
+    jobs = Sum(MeterProvider(metric_readers=[reader]).get_meter("t"), "t.jobs", unit="{job}", description="")
+    # When it is added to with one attribute set in two orders, and with another set
+    jobs.add(1, {"fleet.tier": "mini", "fleet.kind": "extract"})
+    jobs.add(2, {"fleet.kind": "extract", "fleet.tier": "mini"})
+    jobs.add(5, {"fleet.tier": "full", "fleet.kind": "extract"})
+    # Then each set is observed once (OpenTelemetry asks a callback for one observation per set)
+    assert sorted(o.value for o in jobs._observe(None)) == [3, 5]  # type: ignore[arg-type]
+    # And is one monotonic series with its total, and the next collection keeps counting
+    points = {p.attributes["fleet.tier"]: p.value for p in _points(reader)["t.jobs"]}
+    assert points == {"mini": 3, "full": 5}
+    jobs.add(1, {"fleet.tier": "mini", "fleet.kind": "extract"})
+    assert {p.attributes["fleet.tier"]: p.value for p in _points(reader)["t.jobs"]} == {"mini": 4, "full": 5}
 
 
 @pytest.mark.parametrize("latest", [False, True], ids=["v1.36", "gen_ai_latest_experimental"])
