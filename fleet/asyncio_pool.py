@@ -158,8 +158,6 @@ class AsyncioPool(BasePool):
 
     body_can_be_buffer = True
     signal_safe = False
-    #: Run Celery's consumer on the pool's loop (:meth:`run_consumer_loop`).
-    consumer_on_loop = True
 
     limit: int
 
@@ -242,7 +240,7 @@ class AsyncioPool(BasePool):
         hub = args[4]
         poller = hub.poller
         epoll = getattr(poller, "_epoll", None)
-        if not self.consumer_on_loop or epoll is None or self._thread is None or not self._thread.is_alive():
+        if epoll is None or self._thread is None or not self._thread.is_alive():
             return loop_fn(*args)
 
         async def consume() -> tuple[bool, Any]:

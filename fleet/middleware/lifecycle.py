@@ -33,7 +33,7 @@ __all__ = ["WorkerLifecycle"]
 FULL_EVERY = 100
 
 
-def freeze_startup_objects() -> None:
+def settle_collector() -> None:
     """Collect, freeze what is left (start-up's objects), and make full collections rare."""
     gc.collect()
     gc.freeze()
@@ -44,7 +44,7 @@ def freeze_startup_objects() -> None:
 class WorkerLifecycle(Middleware):
     def after_worker_boot(self, runtime: Runtime) -> None:
         # The consumer (and a threads pool's tasks) run here; a prefork pool's children freeze their own.
-        freeze_startup_objects()
+        settle_collector()
 
     def after_process_boot(self, runtime: Runtime) -> None:
-        freeze_startup_objects()
+        settle_collector()

@@ -57,9 +57,10 @@ class Sum:
     """A monotonic counter summed in this process and read by the SDK at each collection (an
     observable counter; exported as the same cumulative or delta sum as a synchronous counter's).
 
-    An :meth:`add` is a dict update under a lock: about 1 us, where the SDK's synchronous
-    ``Counter.add`` (attribute checks, a measurement, a view match and an aggregation lock for each
-    call) took about 10 us here. Attribute sets must be few (they are: tier, kind, model, outcome).
+    An :meth:`add` is a dict update under a lock: 0.75 us with four attributes, where the SDK's
+    synchronous ``Counter.add`` (attribute checks, a measurement, a view match and an aggregation
+    lock for each call) took 5.6 us (``timeit``, one run). Attribute sets must be few (they are: tier,
+    kind, model, outcome).
     """
 
     def __init__(self, meter: Meter, name: str, *, unit: str, description: str) -> None:

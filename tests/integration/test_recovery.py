@@ -63,8 +63,9 @@ def test_workers_ride_out_a_broker_outage(tmp_path: Path) -> None:
             broker.kill()
             killed_at = time.monotonic()
             # (meanwhile a producer's submit is refused with a clean error, in seconds)
+            late = {"prompt": "Summarise note 70: the meeting moved.", "tier": "mini"}
             with pytest.raises(BrokerError):
-                fleet.client.submit({"prompt": "Summarise note 70: the meeting moved.", "tier": "mini"})
+                fleet.client.submit(late)
             assert time.monotonic() - killed_at < 5
             time.sleep(max(0.0, 5 - (time.monotonic() - killed_at)))
             restarted = EmbeddedBroker(tmp_path / "broker", port=port)
@@ -72,9 +73,7 @@ def test_workers_ride_out_a_broker_outage(tmp_path: Path) -> None:
             back_at = time.monotonic()
             try:
                 # (and once it is back, the producer's next submit is accepted)
-                ids.append(
-                    fleet.client.submit({"prompt": "Summarise note 70: the meeting moved.", "tier": "mini"})
-                )
+                ids.append(fleet.client.submit(late))
                 # Then every job is final within 30 s of the restart
                 done = fleet.wait_final(ids, timeout=60)
                 took = time.monotonic() - back_at

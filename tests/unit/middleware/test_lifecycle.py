@@ -32,5 +32,4 @@ def test_a_ready_process_freezes_start_up_and_makes_full_collections_rare(hook: 
     # Then start-up's objects are out of the collector's scans
     assert gc.get_freeze_count() >= len(made)
     # And a full collection waits for FULL_EVERY passes of generation 1, the young ones unchanged
-    assert FULL_EVERY > 10
     assert gc.get_threshold() == (700, 10, FULL_EVERY)
