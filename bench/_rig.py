@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import redis
 
 from fleet.embedded import EmbeddedBroker
 from fleet.procs import Child, children_of
+from fleet.settings import load_settings
 from fleet.worker import worker_env
 
 BENCH = Path(__file__).resolve().parent
@@ -153,6 +155,59 @@ def fleet_env(redis_url: str, mock_url: str, **extra: str) -> dict[str, str]:
         **extra,
     )
     return env
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The fleet's worker processes in a run: one router worker and one worker on the four tier
+    queues, each a (pool, concurrency)."""
+
+    name: str
+    router: tuple[str, int]
+    tiers: tuple[str, int]
+
+    def describe(self) -> str:
+        (router, r), (tiers, t) = self.router, self.tiers
+        return f"router {router} x {r}, tiers {tiers} x {t}"
+
+    def start(self, env: dict[str, str], log_dir: Path, *, router: bool = True, **kw: Any) -> list[Child]:
+        """The router worker (unless ``router`` is false: the producer routes) and the tier worker."""
+        (router_pool, r), (tier_pool, t) = self.router, self.tiers
+        workers = (
+            start_workers(
+                "fleet.worker", "router", 1, env=env, concurrency=r, pool=router_pool, log_dir=log_dir, **kw
+            )
+            if router
+            else []
+        )
+        return workers + start_workers(
+            "fleet.worker",
+            TIERS,
+            1,
+            env=env,
+            concurrency=t,
+            pool=tier_pool,
+            log_dir=log_dir,
+            name="tiers",
+            **kw,
+        )
+
+
+TIERS = "mini,standard,full,fast"
+#: Bare Celery's layout in the benchmarks, and the fleet's beside it: prefork x 2 everywhere.
+SAME = Layout("same", ("prefork", 2), ("prefork", 2))
+
+
+def shipped_layout() -> Layout:
+    """The pools the fleet ships with (queues/router.toml and queues/mini.toml: what `fleet up` starts)."""
+    queues = load_settings(env={}).queues  # the files, whatever FLEET_* the shell holds
+    router, tier = queues["router"], queues["mini"]
+    return Layout("shipped", (router.pool, router.concurrency), (tier.pool, tier.concurrency))
+
+
+def layout(name: str) -> Layout:
+    """``same`` or ``shipped``: the choices of the benchmarks' ``--layout``."""
+    return SAME if name == "same" else shipped_layout()
 
 
 def start_workers(

@@ -6,13 +6,15 @@ measured): the first job of a worker process pays its imports and connections, a
 would otherwise sit in the first second of a steady-state figure.
 
 Same layout for both: one router worker and one worker on the four tier queues (prefork,
-concurrency 2 each). The fleet's provider is zero-latency: the mock's answers
-made inside the worker (``mock.transport = "inline"``), tracing and metrics on with no-op exporters.
+concurrency 2 each); ``--layout shipped`` runs the fleet's in the pools it ships with instead
+(queues/router.toml, queues/mini.toml: router threads x 2, tiers asyncio x 16). The fleet's
+provider is zero-latency: the mock's answers made inside the worker (``mock.transport = "inline"``),
+tracing and metrics on with no-op exporters.
 
 With ``--one-hop``, the fleet runs again with ``router.in_producer = "all"``: the producer routes
 each job with the heuristic and sends it straight to its tier (``fleet_1hop_*``).
 
-Usage: python bench/latency.py [--json] [--rate 200] [--seconds 30] [--one-hop]
+Usage: python bench/latency.py [--json] [--rate 200] [--seconds 30] [--one-hop] [--layout same|shipped]
 Last stdout line: {"fleet_p50_ms", "fleet_p95_ms", "fleet_p99_ms", "bare_2hop_p50_ms", ...,
 "bare_2hop_p99_ms"}. Target: fleet p99 < 20 ms.
 """
@@ -28,11 +30,15 @@ from pathlib import Path
 
 import redis
 from _rig import (
+    SAME,
+    TIERS,
+    Layout,
     broker,
     collect_results,
     fleet_env,
     high_limits,
     inline_mock,
+    layout,
     mock_provider,
     otel_env,
     start_workers,
@@ -46,9 +52,8 @@ from fleet.demo import percentile
 from fleet.producer import Client
 from fleet.settings import load_settings
 
-TIERS = "mini,standard,full,fast"
 PCTS = ("p50", "p95", "p99")
-POOL, CONCURRENCY = "prefork", 2
+POOL, CONCURRENCY = SAME.router
 WARMUP = 100
 PROMPTS = [
     "Reformat this list as CSV: apples, pears, plums",
@@ -116,15 +121,18 @@ def run_bare(url: str, mock_url: str, rate: float, seconds: float, log_dir: Path
 
 
 def run_fleet(
-    url: str, mock_url: str, rate: float, seconds: float, log_dir: Path, in_producer: str = "off"
+    url: str,
+    mock_url: str,
+    rate: float,
+    seconds: float,
+    log_dir: Path,
+    in_producer: str = "off",
+    layout: Layout = SAME,
 ) -> dict[str, float]:
     redis.Redis.from_url(url).flushdb()
     env = fleet_env(url, mock_url, **otel_env(), **high_limits(), **inline_mock())
     env["FLEET_ROUTER__IN_PRODUCER"] = in_producer  # "all": the producer routes; no router hop
-    workers = start_workers("fleet.worker", "router", 1, env=env, concurrency=CONCURRENCY, pool=POOL,
-                            log_dir=log_dir)  # fmt: skip
-    workers += start_workers("fleet.worker", TIERS, 1, env=env, concurrency=CONCURRENCY, pool=POOL,
-                             log_dir=log_dir, name="tiers")  # fmt: skip
+    workers = layout.start(env, log_dir)
     client = Client(load_settings(env=env), redis_url=url)
     ids: list[str] = []
     try:
@@ -153,18 +161,30 @@ def main() -> int:
         action="store_true",
         help="also the fleet routing in the producer (router.in_producer = all)",
     )
+    parser.add_argument(
+        "--layout", choices=["same", "shipped"], default="same",
+        help="the fleet's pools: bare Celery's (prefork x 2 each) or the shipped ones (router threads x 2, "
+        "tiers asyncio x 16)",
+    )  # fmt: skip
     args = parser.parse_args()
+    fleet_layout = layout(args.layout)
     with (
         tempfile.TemporaryDirectory(prefix="fleet-bench-lat-") as tmp,
         broker() as url,
         mock_provider(0.0, Path(tmp)) as mock_url,
     ):
         bare = run_bare(url, mock_url, args.rate, args.seconds, Path(tmp))
-        fleet = run_fleet(url, mock_url, args.rate, args.seconds, Path(tmp))
-        one_hop = run_fleet(url, mock_url, args.rate, args.seconds, Path(tmp), "all") if args.one_hop else {}
+        fleet = run_fleet(url, mock_url, args.rate, args.seconds, Path(tmp), layout=fleet_layout)
+        one_hop = (
+            run_fleet(url, mock_url, args.rate, args.seconds, Path(tmp), "all", fleet_layout)
+            if args.one_hop
+            else {}
+        )
     out = {
         "offered_per_s": args.rate,
         "seconds": args.seconds,
+        "layout": f"bare Celery: {SAME.describe()}; "
+        f"the fleet ({fleet_layout.name}): {fleet_layout.describe()}",
         **{f"fleet_{k}_ms" if k in PCTS else f"fleet_{k}": v for k, v in fleet.items()},
         **{f"bare_2hop_{k}_ms" if k in PCTS else f"bare_2hop_{k}": v for k, v in bare.items()},
         **{f"fleet_1hop_{k}_ms" if k in PCTS else f"fleet_1hop_{k}": v for k, v in one_hop.items()},

@@ -19,11 +19,16 @@ time:
 no router worker, each job sent straight to its tier (the heuristic's CPU, about 50 us a job, is then
 the producer's, outside these figures); its rate beside fleet_http's (two hops), and its CPU per job.
 
-``--tier-pool asyncio`` runs the fleet's tier worker on its own pool (the tiers' default, at
-``--tier-concurrency``, default 16 as in queues/mini.toml) instead of the bare runs' prefork x 2.
+- fleet_http_shipped (--shipped-jobs, default 3,000; 0: skip it): fleet_http in the layout the fleet
+  ships with (queues/router.toml and queues/mini.toml: the router on threads x 2, the tiers on the
+  asyncio pool x 16) instead of bare Celery's: what a job costs a user of `fleet up`.
 
-Usage: python bench/throughput.py [--json] [--jobs N] [--rounds R] [--http-jobs N] [--tier-pool asyncio]
-                                 [--one-hop]
+``cpu_ms_http_job`` sums router + tier + broker per job over HTTP for each layout, beside bare
+Celery's two hops (issue 18's target: at most 4.5 ms). ``--layout shipped`` runs the fleet and
+fleet_http runs in the shipped layout as well (no fleet_http_shipped then).
+
+Usage: python bench/throughput.py [--json] [--jobs N] [--rounds R] [--http-jobs N] [--shipped-jobs N]
+                                 [--layout same|shipped] [--one-hop]
 Last stdout line: {"bare_1hop_tps", "bare_2hop_tps", "fleet_tps", "fleet_vs_bare_2hop",
 "fleet_http_tps", "fleet_http_vs_bare_2hop", "peak_rss_mb", "cpu_ms_per_job", "broker_requests_per_job", ...};
 BENCH_OTEL_EXPORTER=none runs the fleet with telemetry off.
@@ -42,6 +47,9 @@ from pathlib import Path
 
 import redis
 from _rig import (
+    SAME,
+    TIERS,
+    Layout,
     broker,
     broker_cpu_s,
     broker_reads,
@@ -50,10 +58,12 @@ from _rig import (
     fleet_env,
     high_limits,
     inline_mock,
+    layout,
     mock_cpu_s,
     mock_provider,
     otel_env,
     peak_rss_mb,
+    shipped_layout,
     start_workers,
     stop,
     wait_for_fleet,
@@ -65,8 +75,7 @@ from fleet.producer import Client
 from fleet.settings import load_settings
 from fleet.workload import sample
 
-TIERS = "mini,standard,full,fast"
-POOL, CONCURRENCY = "prefork", 2
+POOL, CONCURRENCY = SAME.router
 
 
 def _bare_producer(url: str) -> Celery:
@@ -132,8 +141,9 @@ def run_fleet(
     log_dir: Path,
     *,
     inline: bool = True,
-    tier_pool: tuple[str, int] = (POOL, CONCURRENCY),
+    layout: Layout = SAME,
     in_producer: str = "off",
+    variant: str = "fleet",
 ) -> tuple[float, dict[str, float], dict[str, float], float]:
     redis.Redis.from_url(url).flushdb()
     env = fleet_env(url, mock_url, **otel_env(), **high_limits(), **(inline_mock() if inline else {}))
@@ -148,16 +158,10 @@ def run_fleet(
     submit_tps = jobs / (time.monotonic() - submit_began)
     broker0, mock0, reads0 = broker_cpu_s(), mock_cpu_s(), broker_reads(url)
     began = time.monotonic()
-    workers = [] if in_producer == "all" else start_workers(
-        "fleet.worker", "router", 1, env=env, concurrency=CONCURRENCY, pool=POOL, log_dir=log_dir,
-        loglevel="WARNING",
-    )  # fmt: skip
-    workers += start_workers("fleet.worker", TIERS, 1, env=env, concurrency=tier_pool[1], pool=tier_pool[0],
-                             log_dir=log_dir, name="tiers", loglevel="WARNING")  # fmt: skip
+    workers = layout.start(env, log_dir, router=in_producer != "all", loglevel="WARNING")
     try:
         wait_for_fleet(url, jobs, timeout=600)
         elapsed = time.monotonic() - began
-        variant = "fleet" if inline else "fleet_http_one_hop" if in_producer == "all" else "fleet_http"
         _requests[variant].append((broker_reads(url) - reads0) / jobs)
         rss = {w.name: peak_rss_mb(w.pid or 0) for w in workers}
         cpu = {w.name: round(cpu_s(w.pid or 0) * 1000 / jobs, 3) for w in workers}
@@ -180,6 +184,11 @@ def _merge(per_round: list[dict[str, float]], how: Callable[[list[float]], float
     return {name: how([r[name] for r in per_round]) for name in per_round[0]}
 
 
+def _job_cpu(cpu: dict[str, float]) -> float:
+    """A job's CPU in ms over its workers and the broker (the mock server's left out)."""
+    return round(sum(ms for name, ms in cpu.items() if name != "mock"), 3)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -197,10 +206,17 @@ def main() -> int:
     parser.add_argument(
         "--one-hop", action="store_true", help="also fleet_http with the producer routing (no router hop)"
     )
-    parser.add_argument("--tier-pool", choices=[POOL, "asyncio"], default=POOL, help="the fleet's tier pool")
-    parser.add_argument("--tier-concurrency", type=int, help=f"(default: {CONCURRENCY}, 16 for asyncio)")
+    parser.add_argument(
+        "--shipped-jobs", type=int, default=3_000,
+        help="jobs of the fleet_http_shipped run, the fleet in its shipped pools over HTTP (0: skip it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--layout", choices=["same", "shipped"], default="same",
+        help="the fleet's pools in the fleet and fleet_http runs: bare Celery's (prefork x 2 each) or "
+        "the shipped ones (router threads x 2, tiers asyncio x 16)",
+    )  # fmt: skip
     args = parser.parse_args()
-    tiers = (args.tier_pool, args.tier_concurrency or (16 if args.tier_pool == "asyncio" else CONCURRENCY))
+    fleet_layout = layout(args.layout)
     per_round = max(1, args.jobs // max(1, args.rounds))
     with (
         tempfile.TemporaryDirectory(prefix="fleet-bench-tp-") as tmp,
@@ -212,16 +228,30 @@ def main() -> int:
         bare_rounds, fleet_rounds = [], []
         for _ in range(max(1, args.rounds)):
             bare_rounds.append(run_bare(url, mock_url, per_round, 2, log_dir))
-            fleet_rounds.append(run_fleet(url, mock_url, per_round, log_dir, tier_pool=tiers))
+            fleet_rounds.append(run_fleet(url, mock_url, per_round, log_dir, layout=fleet_layout))
         http = (
-            run_fleet(url, mock_url, args.http_jobs, log_dir, inline=False, tier_pool=tiers)
+            run_fleet(
+                url,
+                mock_url,
+                args.http_jobs,
+                log_dir,
+                inline=False,
+                layout=fleet_layout,
+                variant="fleet_http",
+            )
             if args.http_jobs > 0
             else None
         )
         one_hop = (
-            run_fleet(url, mock_url, args.http_jobs or per_round, log_dir, inline=False, tier_pool=tiers,
-                      in_producer="all")
+            run_fleet(url, mock_url, args.http_jobs or per_round, log_dir, inline=False, layout=fleet_layout,
+                      in_producer="all", variant="fleet_http_one_hop")
             if args.one_hop
+            else None
+        )  # fmt: skip
+        shipped = (
+            run_fleet(url, mock_url, args.shipped_jobs, log_dir, inline=False, layout=shipped_layout(),
+                      variant="fleet_http_shipped")
+            if args.shipped_jobs > 0 and fleet_layout != shipped_layout()
             else None
         )  # fmt: skip
     # Each variant's rate over all its rounds: its jobs over the sum of its rounds' times.
@@ -239,8 +269,8 @@ def main() -> int:
             {"bare_2hop_tps": round(b[0], 1), "fleet_tps": round(f[0], 1)}
             for b, f in zip(bare_rounds, fleet_rounds, strict=True)
         ],
-        "layout": f"router worker + one worker on {TIERS}, {POOL} x {CONCURRENCY} each"
-        + (f" (the fleet's tiers: {tiers[0]} x {tiers[1]})" if tiers != (POOL, CONCURRENCY) else ""),
+        "layout": f"router worker + one worker on {TIERS}; bare Celery: {SAME.describe()}; "
+        f"the fleet ({fleet_layout.name}): {fleet_layout.describe()}",
         "bare_1hop_tps": round(one, 1),
         "bare_2hop_tps": round(two, 1),
         "fleet_tps": round(fleet, 1),
@@ -255,9 +285,22 @@ def main() -> int:
             if one_hop
             else {}
         ),
+        **(
+            {
+                "fleet_http_shipped_tps": round(shipped[0], 1),
+                "fleet_http_shipped_vs_bare_2hop": round(shipped[0] / two, 3),
+            }
+            if shipped
+            else {}
+        ),
         "fleet_submit_tps": round(submit_tps, 1),
         "telemetry": otel_env()["OTEL_TRACES_EXPORTER"],
-        "peak_rss_mb": {"bare_1hop": rss1, "bare_2hop": rss2, "fleet": rss_fleet},
+        "peak_rss_mb": {
+            "bare_1hop": rss1,
+            "bare_2hop": rss2,
+            "fleet": rss_fleet,
+            **({"fleet_http_shipped": shipped[1]} if shipped else {}),
+        },
         # CPU ms per job of each worker (main process + pool processes), the broker and the mock
         # server: robust to other load on the machine, where rates are not.
         "cpu_ms_per_job": {
@@ -266,6 +309,18 @@ def main() -> int:
             "fleet": cpu_fleet,
             **({"fleet_http": http[2]} if http else {}),
             **({"fleet_http_one_hop": one_hop[2]} if one_hop else {}),
+            **({"fleet_http_shipped": shipped[2]} if shipped else {}),
+        },
+        # Router + tier + broker per job (the mock's and the producer's CPU left out): issue 18's
+        # "CPU per job over HTTP" (target <= 4.5 ms), in each layout, beside bare Celery's two hops.
+        "cpu_ms_http_job": {
+            name: _job_cpu(cpu)
+            for name, cpu in (
+                ("bare_2hop", cpu2),
+                ("fleet_http", http and http[2]),
+                ("fleet_http_shipped", shipped and shipped[2]),
+            )
+            if cpu
         },
         # Requests the broker read per job (about one per round trip; the bench's own polling of
         # its progress, a few a second, included): what the workers' round trips cost the broker.
