@@ -13,10 +13,10 @@ sets of job ids scored by when each mark lapses.
   a job ready to start, its own team already runs ``ceil((running + 1) / teams)`` of the tier's jobs,
   and the tier has no room (its configured slots) for it and every such job of the other teams. A
   refused job goes back to its queue for ``fairness.requeue_s`` (:class:`FairShare`).
-- Its end drops its marks (one pipeline), or marks it waiting where it goes next (a requeue, an
-  upgrade to another tier). A job sent back for a countdown is not ready to start, and holds no other
-  team back, until its countdown is over (:func:`fleet.keys.fair_delayed`): a tier's slots do not
-  stand idle for jobs held back for later.
+- Its end drops its marks, or marks it waiting where it goes next (a requeue, an upgrade to another
+  tier), with the job's last writes (its tail: no round trip of their own). A job sent back for a
+  countdown is not ready to start, and holds no other team back, until its countdown is over
+  (:func:`fleet.keys.fair_delayed`): a tier's slots do not stand idle for jobs held back for later.
 
 The share is of what runs now, so no worker count is needed to be fair, and a team alone on a tier
 is never held back. Marks bound what a lost message costs: a waiting mark lapses after
@@ -37,11 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet import keys
 from fleet.budgets import BudgetSettings, team_of
-from fleet.errors import BrokerError
 from fleet.middleware.base import Job, Middleware, Requeue
 
 if TYPE_CHECKING:
     from fleet.middleware.start import StartAnswer, StartPlan
+    from fleet.middleware.tail import Tail
     from fleet.settings import QueueSettings, Settings
 
 __all__ = [
@@ -154,8 +154,7 @@ class _Share:
 class FairShare(Middleware):
     """Holds a team to its share of a tier while other teams' jobs wait (see the module's docstring)."""
 
-    def __init__(self, client: Any, fairness: FairnessSettings, budgets: BudgetSettings) -> None:
-        self.client = client
+    def __init__(self, fairness: FairnessSettings, budgets: BudgetSettings) -> None:
         self.fairness = fairness
         self.budgets = budgets
         self._teams_ttl_ms = max(TEAMS_TTL_S, math.ceil(fairness.wait_ttl_s)) * 1000
@@ -205,16 +204,37 @@ class FairShare(Middleware):
         if share is None:
             return
         tier, team = job.queue.name, share.team
-        pipe = self.client.pipeline(transaction=False)
+        marks = _OnTail(job.tail)  # with the job's last writes: no round trip of their own
         if share.admitted:
-            pipe.zrem(keys.fair_running(tier, team), job.id)
+            marks.zrem(keys.fair_running(tier, team), job.id)
         if share.back_to != tier:
-            pipe.zrem(keys.fair_waiting(tier, team), job.id)
-            pipe.zrem(keys.fair_delayed(tier, team), job.id)
+            marks.zrem(keys.fair_waiting(tier, team), job.id)
+            marks.zrem(keys.fair_delayed(tier, team), job.id)
         if share.back_to is not None:
-            ttl_s = self.fairness.wait_ttl_s
-            queue_wait(pipe, share.back_to, team, job.id, ttl_s, delay_s=share.back_in_s)
-        try:
-            pipe.execute()
-        except BrokerError as exc:  # the marks lapse by themselves: the job is not failed for them
-            log.warning("task %s: could not update its team's share of %s (%s)", job.id, tier, exc)
+            queue_wait(marks, share.back_to, team, job.id, self.fairness.wait_ttl_s, delay_s=share.back_in_s)
+
+
+class _OnTail:
+    """The pipeline commands :func:`queue_wait` and a job's end send, queued on the job's tail
+    (:mod:`fleet.middleware.tail`) instead: applied with its result, only while the run is still the
+    job's (a run another worker took over leaves that run's marks alone). A tail the broker never
+    takes leaves them to lapse, as every mark can."""
+
+    def __init__(self, tail: Tail) -> None:
+        self._tail = tail
+
+    def zadd(self, key: str, mapping: Mapping[str, int]) -> None:
+        for member, score in mapping.items():
+            self._tail.command("ZADD", key, str(score), member)
+
+    def zrem(self, key: str, member: str) -> None:
+        self._tail.command("ZREM", key, member)
+
+    def pexpire(self, key: str, ms: int) -> None:
+        self._tail.command("PEXPIRE", key, str(ms))
+
+    def sadd(self, key: str, member: str) -> None:
+        self._tail.command("SADD", key, member)
+
+    def expire(self, key: str, seconds: int) -> None:
+        self._tail.command("EXPIRE", key, str(seconds))

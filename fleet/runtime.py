@@ -109,7 +109,7 @@ class Runtime:
             Cancellation(),
             JobLock(redis_drop(self.client), Liveness(self.client, settings.recovery.worker_ttl_s).holds),
             PoisonGuard(settings.limits.max_deliveries, self.handoff.job),
-            FairShare(self.client, settings.fairness, settings.budgets),  # before a slot is waited for
+            FairShare(settings.fairness, settings.budgets),  # before a slot is waited for
             QueueRateLimit(settings.limits),
             ChaosHook(settings.chaos),
             QualityGate(quality, judge, self.handoff.job, self._polish_links),

@@ -4,7 +4,8 @@
 -- KEYS: [1] the job's lock, [2] the job's result.
 -- ARGV: [1] the lock's owner ('' : a run that holds no lock: apply the writes unguarded),
 --       [2] the writes, a JSON array of commands: ["SET", key, value, "EX", ttl], ["PUBLISH", ..],
---           ["XADD", ..], ["HINCRBY", ..], ["EXPIRE", ..], and the rate-limit corrections
+--           ["XADD", ..], ["HINCRBY", ..], ["EXPIRE", ..], a team's share marks (["ZREM", ..],
+--           ["ZADD", ..], ["PEXPIRE", ..], ["SADD", ..]), and the rate-limit corrections
 --           ["ADJUST", bucket, emission_ms, delta] and ["PACE", bucket, floor_ms].
 --
 -- Returns 'ok' (written; the lock, when ours, released) or 'superseded': another worker took the job

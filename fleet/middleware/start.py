@@ -160,6 +160,8 @@ class MemoryJobs:
     lock_left: dict[str, float] = field(default_factory=dict)
     #: Counters in hashes (quality counts): key -> field -> count.
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Other writes, as a tail sent them (a team's share marks; their effect is tested on a broker).
+    commands: list[tuple[str | int | float, ...]] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def drop(self, task_id: str, owner: str) -> bool:

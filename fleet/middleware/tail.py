@@ -1,6 +1,7 @@
 """A job's last writes, sent in one round trip when its delivery ends: its result (and the PUBLISH
-that wakes a waiting producer), its cost line, the tpm corrections of its calls, quality counts, and
-its lock's release; with the result, the message's unacked record (its ack then sends nothing).
+that wakes a waiting producer), its cost line, the tpm corrections of its calls, quality counts, its
+team's share marks, and its lock's release; with the result, the message's unacked record (its ack
+then sends nothing).
 
 They are applied only while the job is still this run's (``fleet/lua/job_finish.lua``): a run whose
 worker was judged dead (a partition, a stall) and whose job another worker took over writes nothing,
@@ -52,6 +53,9 @@ class Tail(Protocol):
 
     def incr(self, key: str, field: str, by: int, ttl_s: int) -> None:
         """Add ``by`` to a counter in a hash, which lives ``ttl_s`` seconds."""
+
+    def command(self, *args: str | int | float) -> None:
+        """One more Redis write (a team's share marks: ZREM, ZADD, PEXPIRE, SADD, EXPIRE)."""
 
     def guard(self, task_id: str, owner: str) -> None:
         """Apply the writes only while ``owner`` holds the job's lock (then release it)."""
@@ -110,6 +114,9 @@ class RedisTail:
     def incr(self, key: str, field: str, by: int, ttl_s: int) -> None:
         self._ops.append(["HINCRBY", key, field, by])
         self._ops.append(["EXPIRE", key, ttl_s])
+
+    def command(self, *args: str | int | float) -> None:
+        self._ops.append(list(args))
 
     def guard(self, task_id: str, owner: str) -> None:
         self._task_id, self._owner = task_id, owner
@@ -170,6 +177,9 @@ class MemoryTail:
             counts[field] = counts.get(field, 0) + by
 
         self._ops.append(incr)
+
+    def command(self, *args: str | int | float) -> None:
+        self._ops.append(lambda: self.jobs.commands.append(args))
 
     def guard(self, task_id: str, owner: str) -> None:
         self._guard = (task_id, owner)

@@ -3,19 +3,21 @@
 
 from __future__ import annotations
 
-import logging
 import time
+from functools import partial
 from typing import Any
 
 import pytest
 import redis
 
 from fleet import keys
+from fleet.app import app, encode_result
 from fleet.boundary import BoundaryRedis
 from fleet.fairness import FairAnswer, FairShare, queue_wait
 from fleet.limits import Bucket
 from fleet.middleware.base import Job, Middleware, Requeue
 from fleet.middleware.start import QueueToken, RedisJobStarter, StartPlan
+from fleet.middleware.tail import RedisTail
 from fleet.models import JobEnvelope, RoutingDecision, Tier
 from fleet.producer import Outgoing, queue_records, queue_routing
 from fleet.runner import JobRunner
@@ -33,15 +35,23 @@ class Fleet:
         )
         self.client = client
         self.h = Harness(self.settings)
-        self.fair = FairShare(client, self.settings.fairness, self.settings.budgets)
+        self.fair = FairShare(self.settings.fairness, self.settings.budgets)
         self.starter = RedisJobStarter(client)
         self.runner = JobRunner(
             [self.fair, *extra], self.starter, self.h.chain, self.h.hand_over, self.settings.limits
         )
 
     def job(self, task_id: str, team: str | None, *, tier: str = "mini") -> Job:
+        """A job whose last writes go to the broker, as a tier worker's do."""
         metadata = {"team": team} if team is not None else {}
-        return self.h.job(task_id=task_id, tier=tier, metadata=metadata)
+        job = self.h.job(task_id=task_id, tier=tier, metadata=metadata)
+        job.tail = RedisTail(self.client, partial(encode_result, app))
+        return job
+
+    def end(self, job: Job) -> None:
+        """A job's end as the runner does it: FairShare's part, then the job's last writes."""
+        self.fair.after_job(job)
+        job.tail.flush()
 
     def wait(
         self, task_id: str, team: str, *, tier: str = "mini", ttl_s: float = 900.0, delay_s: float = 0.0
@@ -125,7 +135,7 @@ def test_two_teams_share_a_full_tier_by_halves(clean_redis: redis.Redis) -> None
     # And b's second takes the free slot (1 < 2)
     assert fleet.start(fleet.job("b2", "b")) == FairAnswer(True, 1, 3, 2, 1)
     # When b's first ends and a slot is free again, Then a is still held to its half while b waits
-    fleet.fair.after_job(b1)
+    fleet.end(b1)
     assert fleet.running("b") == {"b2"}
     with pytest.raises(Requeue):
         fleet.start(fleet.job("a3", "a"))
@@ -204,7 +214,7 @@ def test_a_job_held_back_for_a_countdown_holds_nobody_back_until_it_is_over(flee
     # When b's next job starts, Then it takes the free slot: a's job could not start now anyway
     b2 = fleet.job("b2", "b")
     assert fleet.start(b2) == FairAnswer(True, 1, 1, 1, 0)
-    fleet.fair.after_job(b2)
+    fleet.end(b2)
     # And once the countdown is over, a's job counts again and b is held to its share
     time.sleep(0.35)
     with pytest.raises(Requeue):
@@ -302,20 +312,32 @@ def test_a_job_sent_to_another_tier_waits_there(clean_redis: redis.Redis) -> Non
     assert job.envelope.requeues == 1
 
 
-def test_a_broker_error_at_a_jobs_end_does_not_fail_it(
-    fleet: Fleet, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Given a FairShare whose broker went away after the job started
+def test_a_jobs_marks_go_with_its_last_writes_in_one_round_trip(fleet: Fleet) -> None:
+    # Given a job of a that waited and was let in
     fleet.wait("a1", "a")
     job = fleet.job("a1", "a")
     fleet.start(job)
-    gone = BoundaryRedis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-    fleet.fair.client = gone
-    # When the job ends, Then the failure is logged, not raised (the marks lapse by themselves)
-    with caplog.at_level(logging.WARNING, logger="fleet.fairness"):
-        fleet.fair.after_job(job)
-    assert "could not update its team's share of mini" in caplog.text
-    gone.close()
+    assert fleet.running("a") == {"a1"}
+    # When its end is read, Then nothing is sent yet: the marks wait for the job's last writes
+    fleet.fair.after_job(job)
+    assert fleet.running("a") == {"a1"}
+    # And they go with them
+    assert job.tail.flush() == "sent"
+    assert fleet.running("a") == set() and fleet.waiting("a") == set()
+
+
+def test_a_run_another_worker_took_over_leaves_that_runs_marks(fleet: Fleet) -> None:
+    # Given a job of a that started here under this run's lock
+    fleet.wait("a1", "a")
+    job = fleet.job("a1", "a")
+    fleet.start(job)
+    # And another worker took it over (this run was judged dead) and runs it now
+    fleet.client.set(keys.running("a1"), "other:1")
+    # When this run ends, Then its writes are dropped: the job's running mark is the other run's
+    fleet.fair.after_job(job)
+    job.tail.guard("a1", "me:1")
+    assert job.tail.flush() == "superseded"
+    assert fleet.running("a") == {"a1"}
 
 
 # -- the waiting marks of the producer and the router ----------------------------------------------
